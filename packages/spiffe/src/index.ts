@@ -1,0 +1,4 @@
+export type { ErrorCode as ErrorCodeValue } from './errors.js';
+export { ErrorCode, isSpiffeError, SpiffeError } from './errors.js';
+export * from './spiffeid/index.js';
+export * from './bundle/index.js';
