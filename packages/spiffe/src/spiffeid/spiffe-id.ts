@@ -145,7 +145,9 @@ export function spiffeIdFromSegments(td: TrustDomain, ...segments: string[]): Sp
 export function joinPathSegments(...segments: string[]): string {
   let out = '';
   for (const seg of segments) {
-    const bad = checkPath(`/${seg}`);
+    // A slash inside a segment is a character error (go-spiffe), not an empty segment.
+    const slash = seg.indexOf('/');
+    const bad = slash >= 0 ? { reason: Reason.pathChars } : checkPath(`/${seg}`);
     if (bad) {
       const reason = bad.reason === Reason.trailingSlash ? Reason.emptySegment : bad.reason;
       throw new SpiffeError(ErrorCode.SPIFFEID_INVALID, `spiffeid: invalid path segment ${JSON.stringify(seg)}: ${reason}`);
