@@ -1,1 +1,13 @@
-export {};
+export { FakeClock } from './clock.js';
+export { makeTempDir, type TempDir } from './tmp.js';
+export {
+  type CaOptions,
+  type CertificateOptions,
+  generateKey,
+  type IssuedSvid,
+  type IssueOptions,
+  type KeyPair,
+  type KeyType,
+  type KeyUsageName,
+  TestCa,
+} from './x509.js';
