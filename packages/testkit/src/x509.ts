@@ -127,6 +127,10 @@ export interface CaOptions {
   notBefore?: Date;
   notAfter?: Date;
   pathLen?: number;
+  /** basicConstraints cA for an intermediate; default true. false makes a broken CA, for tests. */
+  isCa?: boolean;
+  /** keyUsage of the CA certificate; default digitalSignature + keyCertSign + cRLSign; null omits it. */
+  keyUsage?: KeyUsageName[] | null;
 }
 
 const HOUR = 3600_000;
@@ -288,7 +292,7 @@ export class TestCa {
       issuerPublicKey: key.publicKey,
       notBefore: opts.notBefore ?? new Date(now - HOUR),
       notAfter: opts.notAfter ?? new Date(now + 24 * HOUR),
-      extensions: caExtensions(opts.trustDomain, opts.pathLen),
+      extensions: caExtensions(opts.trustDomain, opts),
     });
     return new TestCa(opts.trustDomain, cert, key);
   }
@@ -317,7 +321,7 @@ export class TestCa {
       issuerPublicKey: this.publicKey,
       notBefore: opts.notBefore ?? new Date(now - HOUR),
       notAfter: opts.notAfter ?? new Date(now + 24 * HOUR),
-      extensions: caExtensions(this.trustDomain, opts.pathLen),
+      extensions: caExtensions(this.trustDomain, opts),
     });
     return new TestCa(this.trustDomain, cert, key, this);
   }
@@ -398,14 +402,22 @@ export class TestCa {
   }
 }
 
-function caExtensions(trustDomain: string, pathLen: number | undefined): Extension[] {
+function caExtensions(trustDomain: string, opts: Omit<CaOptions, 'trustDomain'>): Extension[] {
+  const { pathLen } = opts;
+  const isCa = opts.isCa ?? true;
+  const usage =
+    opts.keyUsage === undefined
+      ? (['digitalSignature', 'keyCertSign', 'cRLSign'] as KeyUsageName[])
+      : opts.keyUsage;
   return [
     extension(
       id_ce_basicConstraints,
       true,
-      new BasicConstraints({ cA: true, ...(pathLen === undefined ? {} : { pathLenConstraint: pathLen }) }),
+      new BasicConstraints(
+        isCa ? { cA: true, ...(pathLen === undefined ? {} : { pathLenConstraint: pathLen }) } : { cA: false },
+      ),
     ),
-    keyUsageExtension(['digitalSignature', 'keyCertSign', 'cRLSign']),
+    ...(usage === null ? [] : [keyUsageExtension(usage)]),
     extension(
       id_ce_subjectAltName,
       false,

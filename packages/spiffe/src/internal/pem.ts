@@ -28,6 +28,9 @@ export function toPem(type: string, der: Uint8Array): string {
 
 /** True when the input looks like PEM text rather than DER bytes. */
 export function looksLikePem(input: string | Uint8Array): boolean {
-  const head = typeof input === 'string' ? input.slice(0, 4096) : Buffer.from(input.subarray(0, 4096)).toString('latin1');
+  const head =
+    typeof input === 'string'
+      ? input.slice(0, 4096)
+      : Buffer.from(input.subarray(0, 4096)).toString('latin1');
   return head.includes('-----BEGIN ');
 }
