@@ -1,4 +1,5 @@
 export { FakeClock } from './clock.js';
+export { type JwtAuthorityOptions, type JwtKeyType, TestJwtAuthority, unsignedToken } from './jwt.js';
 export { makeTempDir, type TempDir } from './tmp.js';
 export {
   type CaOptions,

@@ -10,7 +10,12 @@ export function bundleNotFound(kind: 'X.509' | 'JWT' | 'SPIFFE', td: TrustDomain
 }
 
 /** @internal */
-export function bundleInvalid(what: string, td: TrustDomain | string, detail: string, cause?: unknown): SpiffeError {
+export function bundleInvalid(
+  what: string,
+  td: TrustDomain | string,
+  detail: string,
+  cause?: unknown,
+): SpiffeError {
   return new SpiffeError(
     ErrorCode.BUNDLE_INVALID,
     `bundle: cannot parse ${what} for trust domain "${td}": ${detail}`,

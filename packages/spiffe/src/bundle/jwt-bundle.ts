@@ -16,10 +16,16 @@ export class JwtBundle implements JwtBundleSource {
     const map = new Map<string, KeyObject>();
     for (const [kid, key] of authorities) {
       if (typeof kid !== 'string' || kid === '') {
-        throw bundleInvalid('JWT bundle', trustDomain, 'a JWT authority has an empty key ID; every key needs a "kid"');
+        throw bundleInvalid(
+          'JWT bundle',
+          trustDomain,
+          'a JWT authority has an empty key ID; every key needs a "kid"',
+        );
       }
       if (key.type !== 'public') {
-        throw new TypeError(`bundle: JWT authority "${kid}" must be a public KeyObject, got a ${key.type} key`);
+        throw new TypeError(
+          `bundle: JWT authority "${kid}" must be a public KeyObject, got a ${key.type} key`,
+        );
       }
       map.set(kid, key);
     }
@@ -103,10 +109,18 @@ export function jwkToAuthority(
   }
   const kid = (jwk as { kid?: unknown }).kid;
   if (typeof kid !== 'string' || kid === '') {
-    throw bundleInvalid('JWT bundle', trustDomain, `key ${index} has no "kid"; every JWT authority needs a key ID`);
+    throw bundleInvalid(
+      'JWT bundle',
+      trustDomain,
+      `key ${index} has no "kid"; every JWT authority needs a key ID`,
+    );
   }
   if (seenKids.has(kid)) {
-    throw bundleInvalid('JWT bundle', trustDomain, `key ${index} repeats key ID "${kid}"; key IDs must be unique`);
+    throw bundleInvalid(
+      'JWT bundle',
+      trustDomain,
+      `key ${index} repeats key ID "${kid}"; key IDs must be unique`,
+    );
   }
   seenKids.add(kid);
   const { d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...pub } = jwk as Record<string, unknown>;
@@ -116,7 +130,12 @@ export function jwkToAuthority(
   try {
     return [kid, createPublicKey({ key: pub as JsonWebKey, format: 'jwk' })];
   } catch (err) {
-    throw bundleInvalid('JWT bundle', trustDomain, `key ${index} ("${kid}") is not a usable public key: ${(err as Error).message}`, err);
+    throw bundleInvalid(
+      'JWT bundle',
+      trustDomain,
+      `key ${index} ("${kid}") is not a usable public key: ${(err as Error).message}`,
+      err,
+    );
   }
 }
 

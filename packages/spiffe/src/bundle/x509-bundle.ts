@@ -19,7 +19,8 @@ export class X509Bundle implements X509BundleSource {
     const seen = new Set<string>();
     const list: X509Certificate[] = [];
     for (const cert of authorities) {
-      if (!(cert instanceof X509Certificate)) throw new TypeError('bundle: authorities must be X509Certificate objects');
+      if (!(cert instanceof X509Certificate))
+        throw new TypeError('bundle: authorities must be X509Certificate objects');
       const fp = cert.fingerprint256;
       if (seen.has(fp)) continue;
       seen.add(fp);
@@ -87,7 +88,11 @@ export function parseX509BundlePem(trustDomain: TrustDomain, pem: string | Uint8
   }
   const certs = blocks.map((b, i) => {
     if (b.type !== 'CERTIFICATE') {
-      throw bundleInvalid('PEM X.509 bundle', trustDomain, `block ${i + 1} is "${b.type}"; only CERTIFICATE blocks are allowed`);
+      throw bundleInvalid(
+        'PEM X.509 bundle',
+        trustDomain,
+        `block ${i + 1} is "${b.type}"; only CERTIFICATE blocks are allowed`,
+      );
     }
     return parseCert(trustDomain, b.der, `PEM block ${i + 1}`);
   });
@@ -112,6 +117,11 @@ function parseCert(td: TrustDomain, der: Buffer, where: string): X509Certificate
   try {
     return new X509Certificate(der);
   } catch (err) {
-    throw bundleInvalid('X.509 bundle', td, `${where} is not a valid X.509 certificate (${(err as Error).message})`, err);
+    throw bundleInvalid(
+      'X.509 bundle',
+      td,
+      `${where} is not a valid X.509 certificate (${(err as Error).message})`,
+      err,
+    );
   }
 }

@@ -27,7 +27,8 @@ export function isPathChar(c: number): boolean {
 /** Describes the offending character for an error message: `"$" at offset 12`. */
 export function describeChar(s: string, i: number): string {
   const cp = s.codePointAt(i) ?? 0;
-  const shown = cp < 0x20 || cp === 0x7f ? `\\x${cp.toString(16).padStart(2, '0')}` : String.fromCodePoint(cp);
+  const shown =
+    cp < 0x20 || cp === 0x7f ? `\\x${cp.toString(16).padStart(2, '0')}` : String.fromCodePoint(cp);
   return `${JSON.stringify(shown)} at offset ${i}`;
 }
 

@@ -19,14 +19,19 @@ test('matchId accepts only the exact ID', () => {
     code: ErrorCode.ID_UNAUTHORIZED,
     message: 'spiffeid: unexpected ID "spiffe://example.org/db"; expected "spiffe://example.org/web"',
   });
-  assert.throws(() => matchId(web)(parseSpiffeId('spiffe://example.org/Web')), { code: ErrorCode.ID_UNAUTHORIZED });
+  assert.throws(() => matchId(web)(parseSpiffeId('spiffe://example.org/Web')), {
+    code: ErrorCode.ID_UNAUTHORIZED,
+  });
 });
 
 test('matchOneOf accepts members of the set only', () => {
   const m = matchOneOf(web, db);
   m(web);
   m(db);
-  assert.throws(() => m(other), { code: ErrorCode.ID_UNAUTHORIZED, message: /unexpected ID "spiffe:\/\/other.org\/web"/ });
+  assert.throws(() => m(other), {
+    code: ErrorCode.ID_UNAUTHORIZED,
+    message: /unexpected ID "spiffe:\/\/other.org\/web"/,
+  });
 });
 
 test('matchMemberOf accepts IDs of the trust domain only', () => {

@@ -27,8 +27,18 @@ const valid: Array<[row: string, input: string, td: string, path: string]> = [
   ['7c', 'spiffe://trustdomain/path-', 'trustdomain', '/path-'],
   ['7d', 'spiffe://trustdomain/path.', 'trustdomain', '/path.'],
   ['8', 'spiffe://staging.example.com/payments/mysql', 'staging.example.com', '/payments/mysql'],
-  ['9', 'spiffe://k8s-west.example.com/ns/staging/sa/default', 'k8s-west.example.com', '/ns/staging/sa/default'],
-  ['10', 'spiffe://example.com/9eebccd2-12bf-40a6-b262-65fe0487d453', 'example.com', '/9eebccd2-12bf-40a6-b262-65fe0487d453'],
+  [
+    '9',
+    'spiffe://k8s-west.example.com/ns/staging/sa/default',
+    'k8s-west.example.com',
+    '/ns/staging/sa/default',
+  ],
+  [
+    '10',
+    'spiffe://example.com/9eebccd2-12bf-40a6-b262-65fe0487d453',
+    'example.com',
+    '/9eebccd2-12bf-40a6-b262-65fe0487d453',
+  ],
   ['11', 'spiffe://192.168.1.1/x', '192.168.1.1', '/x'],
 ];
 
@@ -90,7 +100,10 @@ describe('parseSpiffeId', () => {
         (err: unknown) => {
           assert.ok(err instanceof SpiffeError);
           assert.equal(err.code, ErrorCode.SPIFFEID_INVALID);
-          assert.ok(err.message.startsWith(`spiffeid: invalid SPIFFE ID ${JSON.stringify(input)}: ${reason}`), err.message);
+          assert.ok(
+            err.message.startsWith(`spiffeid: invalid SPIFFE ID ${JSON.stringify(input)}: ${reason}`),
+            err.message,
+          );
           return true;
         },
       );
@@ -164,14 +177,23 @@ describe('building IDs from paths and segments', () => {
   const td = parseTrustDomain('example.org');
 
   test('row 40: spiffeIdFromPath needs a leading slash and no trailing slash', () => {
-    assert.throws(() => spiffeIdFromPath(td, 'foo'), { code: ErrorCode.SPIFFEID_INVALID, message: /path must have a leading slash/ });
-    assert.throws(() => spiffeIdFromPath(td, '/'), { code: ErrorCode.SPIFFEID_INVALID, message: /path cannot have a trailing slash/ });
+    assert.throws(() => spiffeIdFromPath(td, 'foo'), {
+      code: ErrorCode.SPIFFEID_INVALID,
+      message: /path must have a leading slash/,
+    });
+    assert.throws(() => spiffeIdFromPath(td, '/'), {
+      code: ErrorCode.SPIFFEID_INVALID,
+      message: /path cannot have a trailing slash/,
+    });
     assert.equal(spiffeIdFromPath(td, '/ns/prod').toString(), 'spiffe://example.org/ns/prod');
     assert.equal(spiffeIdFromPath(td, '').toString(), 'spiffe://example.org');
   });
 
   test('segments are joined and each is checked', () => {
-    assert.equal(spiffeIdFromSegments(td, 'ns', 'prod', 'sa', 'web').toString(), 'spiffe://example.org/ns/prod/sa/web');
+    assert.equal(
+      spiffeIdFromSegments(td, 'ns', 'prod', 'sa', 'web').toString(),
+      'spiffe://example.org/ns/prod/sa/web',
+    );
     assert.equal(spiffeIdFromSegments(td).toString(), 'spiffe://example.org');
     assert.throws(() => joinPathSegments(''), { message: /path cannot contain empty segments/ });
     assert.throws(() => joinPathSegments('.'), { message: /path cannot contain dot segments/ });

@@ -77,7 +77,8 @@ function checkId(input: string): Check {
   for (; i < input.length; i++) {
     const c = input.charCodeAt(i);
     if (c === 0x2f) break;
-    if (!isTrustDomainChar(c)) return { ok: false, reason: Reason.tdChars, detail: `found ${describeChar(input, i)}` };
+    if (!isTrustDomainChar(c))
+      return { ok: false, reason: Reason.tdChars, detail: `found ${describeChar(input, i)}` };
   }
   if (i === PREFIX.length) return { ok: false, reason: Reason.tdMissing };
   const td = input.slice(PREFIX.length, i);
@@ -150,7 +151,10 @@ export function joinPathSegments(...segments: string[]): string {
     const bad = slash >= 0 ? { reason: Reason.pathChars } : checkPath(`/${seg}`);
     if (bad) {
       const reason = bad.reason === Reason.trailingSlash ? Reason.emptySegment : bad.reason;
-      throw new SpiffeError(ErrorCode.SPIFFEID_INVALID, `spiffeid: invalid path segment ${JSON.stringify(seg)}: ${reason}`);
+      throw new SpiffeError(
+        ErrorCode.SPIFFEID_INVALID,
+        `spiffeid: invalid path segment ${JSON.stringify(seg)}: ${reason}`,
+      );
     }
     out += `/${seg}`;
   }
@@ -160,5 +164,9 @@ export function joinPathSegments(...segments: string[]): string {
 /** Validates a path (`""`, or `/seg/seg`); throws ERR_SPIFFEID_INVALID naming the rule broken. */
 export function validatePath(path: string): void {
   const bad = checkPath(path);
-  if (bad) throw new SpiffeError(ErrorCode.SPIFFEID_INVALID, `spiffeid: invalid path ${JSON.stringify(path)}: ${bad.reason}`);
+  if (bad)
+    throw new SpiffeError(
+      ErrorCode.SPIFFEID_INVALID,
+      `spiffeid: invalid path ${JSON.stringify(path)}: ${bad.reason}`,
+    );
 }
