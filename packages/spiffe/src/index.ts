@@ -1,4 +1,41 @@
-export * from './bundle/index.js';
+// The public API of `spiffe`. Every export is named here; modules under internal/ are never exported.
+
 export type { ErrorCode as ErrorCodeValue } from './errors.js';
 export { ErrorCode, isSpiffeError, SpiffeError } from './errors.js';
-export * from './spiffeid/index.js';
+export type { Logger } from './logger.js';
+export { silentLogger } from './logger.js';
+
+// SPIFFE IDs and trust domains
+export type { Matcher } from './spiffeid/matcher.js';
+export { matchAny, matchId, matchMemberOf, matchOneOf } from './spiffeid/matcher.js';
+export {
+  joinPathSegments,
+  parseSpiffeId,
+  SpiffeId,
+  spiffeIdFromPath,
+  spiffeIdFromSegments,
+  validatePath,
+} from './spiffeid/spiffe-id.js';
+export { parseTrustDomain, TrustDomain } from './spiffeid/trust-domain.js';
+
+// Bundles
+export { JwtBundle, parseJwtBundle } from './bundle/jwt-bundle.js';
+export { JwtBundleSet, SpiffeBundleSet, X509BundleSet } from './bundle/set.js';
+export type { JwtBundleSource, X509BundleSource } from './bundle/source.js';
+export type { SpiffeBundleInit } from './bundle/spiffe-bundle.js';
+export { parseSpiffeBundle, SpiffeBundle } from './bundle/spiffe-bundle.js';
+export { parseX509Bundle, parseX509BundleDer, parseX509BundlePem, X509Bundle } from './bundle/x509-bundle.js';
+
+// SVIDs
+export type { JwtSvidAlgorithm, ValidateJwtSvidOptions } from './svid/jwt-svid.js';
+export {
+  DEFAULT_JWT_LEEWAY_SECONDS,
+  JWT_SVID_ALGORITHMS,
+  JwtSvid,
+  parseAndValidateJwtSvid,
+  parseInsecureJwtSvid,
+} from './svid/jwt-svid.js';
+export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source.js';
+export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
+export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
+export { verifyX509Svid } from './svid/x509-verify.js';
