@@ -39,3 +39,32 @@ export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source
 export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
 export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
 export { verifyX509Svid } from './svid/x509-verify.js';
+
+// Federation
+export type {
+  BundleEndpointHandler,
+  BundleEndpointHandlerOptions,
+} from './federation/bundle-endpoint-handler.js';
+export { createBundleEndpointHandler } from './federation/bundle-endpoint-handler.js';
+export type {
+  BundleEndpointClientOptions,
+  BundleEndpointProfile,
+  BundleEndpointProfileOptions,
+  FetchBundleOptions,
+  HttpsSpiffeProfileOptions,
+  HttpsWebProfileOptions,
+} from './federation/fetch-bundle.js';
+export { DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_MAX_BUNDLE_SIZE, fetchBundle } from './federation/fetch-bundle.js';
+export type {
+  BundleWatcher,
+  Schedule,
+  WatchBundleOptions,
+  WatchBundleTimingOptions,
+} from './federation/watch-bundle.js';
+export {
+  DEFAULT_REFRESH_INTERVAL_MS,
+  DEFAULT_RETRY_INTERVAL_MS,
+  MAX_REFRESH_INTERVAL_MS,
+  MIN_REFRESH_INTERVAL_MS,
+  watchBundle,
+} from './federation/watch-bundle.js';
