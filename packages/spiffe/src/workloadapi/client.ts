@@ -1,0 +1,510 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import * as grpc from '@grpc/grpc-js';
+import { parseJwtBundle } from '../bundle/jwt-bundle.js';
+import { JwtBundleSet, X509BundleSet } from '../bundle/set.js';
+import { parseX509BundleDer } from '../bundle/x509-bundle.js';
+import { ErrorCode, isSpiffeError, SpiffeError } from '../errors.js';
+import type {
+  JWTBundlesResponse,
+  JWTSVIDResponse,
+  X509BundlesResponse,
+  X509SVIDResponse,
+} from '../gen/workload/workload_pb.js';
+import {
+  JWTBundlesRequestSchema,
+  JWTSVIDRequestSchema,
+  ValidateJWTSVIDRequestSchema,
+  X509BundlesRequestSchema,
+  X509SVIDRequestSchema,
+} from '../gen/workload/workload_pb.js';
+import { type Logger, silentLogger } from '../logger.js';
+import { parseTrustDomain } from '../spiffeid/trust-domain.js';
+import { type JwtSvid, parseInsecureJwtSvid } from '../svid/jwt-svid.js';
+import type { JwtSvidParams } from '../svid/source.js';
+import { parseX509SvidRaw, type X509Svid } from '../svid/x509-svid.js';
+import { grpcTarget, resolveWorkloadApiAddress, type WorkloadApiAddress } from './address.js';
+import { Backoff, type BackoffOptions } from './backoff.js';
+import { create, SECURITY_HEADER, workloadApiMethods } from './service.js';
+
+/** What FetchX509SVID delivers: the SVIDs (first = default) and the X.509 bundles to verify peers with. */
+export interface X509Context {
+  readonly svids: readonly X509Svid[];
+  readonly bundles: X509BundleSet;
+}
+
+/** Receives each snapshot of a watch, and the errors the watch recovers from. */
+export interface Watcher<T> {
+  onUpdate(value: T): void;
+  /** A failed connection or a malformed message; the watch keeps going (reconnecting with back-off). */
+  onError?(err: SpiffeError): void;
+}
+
+export interface WorkloadApiClientOptions {
+  /** `unix:///path` or `tcp://ip:port`; default SPIFFE_ENDPOINT_SOCKET. */
+  address?: string;
+  logger?: Logger;
+  /** Reconnect back-off for watches (exponential with jitter, 1 s .. 30 s by default). */
+  backoff?: BackoffOptions;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+type Method = (typeof workloadApiMethods)[keyof typeof workloadApiMethods];
+
+function responseError(what: string, detail: string, cause?: unknown): SpiffeError {
+  return new SpiffeError(
+    ErrorCode.WORKLOADAPI_RESPONSE,
+    `workloadapi: ${what}: ${detail}`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/**
+ * A client of the SPIFFE Workload API (spec §5) over a Unix socket or loopback TCP. Every request
+ * carries the `workload.spiffe.io: true` header. Fetches are one-shot; watches keep a stream open,
+ * deliver every snapshot, and reconnect with back-off until their signal aborts or the client closes.
+ */
+export class WorkloadApiClient {
+  readonly address: WorkloadApiAddress;
+  readonly #client: grpc.Client;
+  readonly #logger: Logger;
+  readonly #backoff: BackoffOptions;
+  readonly #closing = new AbortController();
+
+  constructor(options: WorkloadApiClientOptions = {}) {
+    this.address = resolveWorkloadApiAddress(options.address);
+    this.#logger = options.logger ?? silentLogger;
+    this.#backoff = options.backoff ?? {};
+    this.#client = new grpc.Client(grpcTarget(this.address), grpc.credentials.createInsecure(), {
+      'grpc.enable_retries': 0,
+    });
+  }
+
+  /** The SVIDs and bundles for this process, once. */
+  async fetchX509Context(options: CallOptions = {}): Promise<X509Context> {
+    const resp = await this.#first(
+      workloadApiMethods.FetchX509SVID,
+      create(X509SVIDRequestSchema),
+      'fetch X.509 context',
+      options,
+    );
+    return parseX509Context(resp as X509SVIDResponse);
+  }
+
+  /** The default (first) X509-SVID. */
+  async fetchX509Svid(options: CallOptions = {}): Promise<X509Svid> {
+    return (await this.fetchX509Context(options)).svids[0] as X509Svid;
+  }
+
+  async fetchX509Svids(options: CallOptions = {}): Promise<readonly X509Svid[]> {
+    return (await this.fetchX509Context(options)).svids;
+  }
+
+  async fetchX509Bundles(options: CallOptions = {}): Promise<X509BundleSet> {
+    const resp = await this.#first(
+      workloadApiMethods.FetchX509Bundles,
+      create(X509BundlesRequestSchema),
+      'fetch X.509 bundles',
+      options,
+    );
+    return parseX509BundlesResponse(resp as X509BundlesResponse);
+  }
+
+  async fetchJwtBundles(options: CallOptions = {}): Promise<JwtBundleSet> {
+    const resp = await this.#first(
+      workloadApiMethods.FetchJWTBundles,
+      create(JWTBundlesRequestSchema),
+      'fetch JWT bundles',
+      options,
+    );
+    return parseJwtBundlesResponse(resp as JWTBundlesResponse);
+  }
+
+  /** The first JWT-SVID minted for `audience` (and `subject`, when given). */
+  async fetchJwtSvid(params: JwtSvidParams, options: CallOptions = {}): Promise<JwtSvid> {
+    return (await this.fetchJwtSvids(params, options))[0] as JwtSvid;
+  }
+
+  /** Every JWT-SVID this process may have for `audience` (or only `subject`'s). */
+  async fetchJwtSvids(params: JwtSvidParams, options: CallOptions = {}): Promise<JwtSvid[]> {
+    const audience = [...params.audience];
+    if (audience.length === 0 || audience.some((a) => typeof a !== 'string' || a === '')) {
+      throw new TypeError('workloadapi: fetchJwtSvid needs a non-empty audience list of non-empty strings');
+    }
+    const req = create(JWTSVIDRequestSchema, { audience, spiffeId: params.subject?.toString() ?? '' });
+    const resp = (await this.#unary(
+      workloadApiMethods.FetchJWTSVID,
+      req,
+      'fetch JWT-SVID',
+      options,
+    )) as JWTSVIDResponse;
+    return parseJwtSvidResponse(resp, audience);
+  }
+
+  /**
+   * Asks the Workload API to validate `token` for `audience`, then parses it locally (without the
+   * signature, which the API checked), as go-spiffe does. A token the API refuses is ERR_JWTSVID_VERIFY.
+   */
+  async validateJwtSvid(token: string, audience: string, options: CallOptions = {}): Promise<JwtSvid> {
+    if (typeof token !== 'string' || token === '')
+      throw new TypeError('workloadapi: validateJwtSvid needs a token');
+    if (typeof audience !== 'string' || audience === '')
+      throw new TypeError('workloadapi: validateJwtSvid needs an audience');
+    try {
+      await this.#unary(
+        workloadApiMethods.ValidateJWTSVID,
+        create(ValidateJWTSVIDRequestSchema, { audience, svid: token }),
+        'validate JWT-SVID',
+        options,
+      );
+    } catch (err) {
+      if (
+        isSpiffeError(err, ErrorCode.WORKLOADAPI_RESPONSE) &&
+        (err.cause as grpc.ServiceError | undefined)?.code === grpc.status.INVALID_ARGUMENT
+      ) {
+        throw new SpiffeError(
+          ErrorCode.JWTSVID_VERIFY,
+          `workloadapi: the Workload API refused the JWT-SVID: ${(err.cause as grpc.ServiceError).details}`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+    return parseInsecureJwtSvid(token, [audience]);
+  }
+
+  /** Streams X.509 contexts until `signal` aborts or the client closes; see Watcher. */
+  watchX509Context(watcher: Watcher<X509Context>, signal?: AbortSignal): Promise<void> {
+    return this.#watch(
+      workloadApiMethods.FetchX509SVID,
+      create(X509SVIDRequestSchema),
+      'watch X.509 context',
+      (r) => parseX509Context(r as X509SVIDResponse),
+      watcher,
+      signal,
+    );
+  }
+
+  watchX509Bundles(watcher: Watcher<X509BundleSet>, signal?: AbortSignal): Promise<void> {
+    return this.#watch(
+      workloadApiMethods.FetchX509Bundles,
+      create(X509BundlesRequestSchema),
+      'watch X.509 bundles',
+      (r) => parseX509BundlesResponse(r as X509BundlesResponse),
+      watcher,
+      signal,
+    );
+  }
+
+  watchJwtBundles(watcher: Watcher<JwtBundleSet>, signal?: AbortSignal): Promise<void> {
+    return this.#watch(
+      workloadApiMethods.FetchJWTBundles,
+      create(JWTBundlesRequestSchema),
+      'watch JWT bundles',
+      (r) => parseJwtBundlesResponse(r as JWTBundlesResponse),
+      watcher,
+      signal,
+    );
+  }
+
+  /** Stops every watch and closes the connection. Idempotent. */
+  close(): void {
+    if (this.#closing.signal.aborted) return;
+    this.#closing.abort();
+    this.#client.close();
+  }
+
+  #metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    md.set(SECURITY_HEADER, 'true');
+    return md;
+  }
+
+  #signal(signal: AbortSignal | undefined): AbortSignal {
+    return signal === undefined ? this.#closing.signal : AbortSignal.any([signal, this.#closing.signal]);
+  }
+
+  #check(op: string, signal: AbortSignal): void {
+    if (signal.aborted) throw aborted(op, this.#closing.signal.aborted);
+  }
+
+  #mapError(err: grpc.ServiceError, op: string, signal?: AbortSignal): SpiffeError {
+    const where = `the Workload API at ${this.address.uri}`;
+    switch (err.code) {
+      case grpc.status.PERMISSION_DENIED:
+        return new SpiffeError(
+          ErrorCode.WORKLOADAPI_PERMISSION_DENIED,
+          `workloadapi: ${op}: ${where} issued no identity to this process (PermissionDenied: ${err.details}); ` +
+            'register an entry whose selectors match this process (its uid, gid or binary path), or run it as the user the entry names',
+          { cause: err },
+        );
+      case grpc.status.CANCELLED:
+      case grpc.status.UNAVAILABLE:
+        // A cancellation we did not ask for is the server going away: retried like UNAVAILABLE.
+        if (err.code === grpc.status.CANCELLED && signal?.aborted === true)
+          return aborted(op, this.#closing.signal.aborted, err);
+        return new SpiffeError(
+          ErrorCode.WORKLOADAPI_UNAVAILABLE,
+          `workloadapi: ${op}: cannot reach ${where} (${err.details}); check that the agent is running and that the socket exists and is accessible`,
+          { cause: err },
+        );
+      default:
+        return responseError(
+          op,
+          `${where} answered ${grpc.status[err.code] ?? err.code}: ${err.details}`,
+          err,
+        );
+    }
+  }
+
+  #first(method: Method, req: unknown, op: string, options: CallOptions): Promise<unknown> {
+    const signal = this.#signal(options.signal);
+    this.#check(op, signal);
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const call = this.#client.makeServerStreamRequest(
+        method.path,
+        method.requestSerialize as (v: unknown) => Buffer,
+        method.responseDeserialize as (b: Buffer) => unknown,
+        req,
+        this.#metadata(),
+      );
+      const onAbort = () => call.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+      const settle = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener('abort', onAbort);
+        fn();
+      };
+      call.on('data', (resp: unknown) => {
+        settle(() => resolve(resp));
+        call.cancel();
+      });
+      call.on('error', (err: grpc.ServiceError) => settle(() => reject(this.#mapError(err, op, signal))));
+      call.on('end', () =>
+        settle(() => reject(responseError(op, 'the stream ended before the first message'))),
+      );
+    });
+  }
+
+  #unary(method: Method, req: unknown, op: string, options: CallOptions): Promise<unknown> {
+    const signal = this.#signal(options.signal);
+    this.#check(op, signal);
+    return new Promise((resolve, reject) => {
+      const call = this.#client.makeUnaryRequest(
+        method.path,
+        method.requestSerialize as (v: unknown) => Buffer,
+        method.responseDeserialize as (b: Buffer) => unknown,
+        req,
+        this.#metadata(),
+        (err: grpc.ServiceError | null, resp?: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          if (err !== null) reject(this.#mapError(err, op, signal));
+          else resolve(resp);
+        },
+      );
+      const onAbort = () => call.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  async #watch<T>(
+    method: Method,
+    req: unknown,
+    op: string,
+    parse: (resp: unknown) => T,
+    watcher: Watcher<T>,
+    userSignal: AbortSignal | undefined,
+  ): Promise<void> {
+    const signal = this.#signal(userSignal);
+    const backoff = new Backoff(this.#backoff);
+    const report = (err: SpiffeError) => {
+      this.#logger.warn?.(`workloadapi: ${op}: ${err.message}`, {
+        code: err.code,
+        address: this.address.uri,
+      });
+      try {
+        watcher.onError?.(err);
+      } catch (cbErr) {
+        this.#logger.error?.(`workloadapi: ${op}: the watcher's onError threw`, { error: String(cbErr) });
+      }
+    };
+    while (!signal.aborted) {
+      const ended = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+        let settled = false;
+        const call = this.#client.makeServerStreamRequest(
+          method.path,
+          method.requestSerialize as (v: unknown) => Buffer,
+          method.responseDeserialize as (b: Buffer) => unknown,
+          req,
+          this.#metadata(),
+        );
+        const onAbort = () => call.cancel();
+        signal.addEventListener('abort', onAbort, { once: true });
+        const settle = (err: grpc.ServiceError | undefined) => {
+          if (settled) return;
+          settled = true;
+          signal.removeEventListener('abort', onAbort);
+          resolve(err);
+        };
+        call.on('data', (resp: unknown) => {
+          backoff.reset();
+          let value: T;
+          try {
+            value = parse(resp);
+          } catch (err) {
+            report(isSpiffeError(err) ? err : responseError(op, String(err), err));
+            return;
+          }
+          try {
+            watcher.onUpdate(value);
+          } catch (cbErr) {
+            this.#logger.error?.(`workloadapi: ${op}: the watcher's onUpdate threw`, {
+              error: String(cbErr),
+            });
+          }
+        });
+        call.on('error', (err: grpc.ServiceError) => settle(err));
+        call.on('end', () => settle(undefined));
+      });
+      if (signal.aborted) return;
+      if (ended?.code === grpc.status.INVALID_ARGUMENT) {
+        // The server refuses the request itself; retrying cannot help (spec §5.2).
+        const err = this.#mapError(ended, op);
+        report(err);
+        throw err;
+      }
+      report(
+        ended === undefined
+          ? new SpiffeError(
+              ErrorCode.WORKLOADAPI_UNAVAILABLE,
+              `workloadapi: ${op}: the Workload API at ${this.address.uri} closed the stream; reconnecting`,
+            )
+          : this.#mapError(ended, op, signal),
+      );
+      try {
+        await delay(backoff.next(), undefined, { signal });
+      } catch {
+        return;
+      }
+    }
+  }
+}
+
+function aborted(op: string, closed: boolean, cause?: unknown): SpiffeError {
+  return new SpiffeError(
+    ErrorCode.ABORTED,
+    `workloadapi: ${op}: ${closed ? 'the client was closed' : 'aborted by the caller'}`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** Creates a Workload API client; `address` defaults to SPIFFE_ENDPOINT_SOCKET. */
+export function createWorkloadApiClient(options: WorkloadApiClientOptions = {}): WorkloadApiClient {
+  return new WorkloadApiClient(options);
+}
+
+/** @internal Parses an X509SVIDResponse as go-spiffe does (spec §5.4, §8.1). */
+export function parseX509Context(resp: X509SVIDResponse): X509Context {
+  const what = 'X.509 context response';
+  if (resp.svids.length === 0) throw responseError(what, 'no SVIDs in response');
+  const seenHints = new Set<string>();
+  const svids: X509Svid[] = [];
+  const bundles = new X509BundleSet();
+  resp.svids.forEach((s, i) => {
+    if (s.hint !== '') {
+      if (seenHints.has(s.hint)) return; // the first SVID with a hint wins
+      seenHints.add(s.hint);
+    }
+    let svid: X509Svid;
+    try {
+      svid = parseX509SvidRaw(s.x509Svid, s.x509SvidKey, s.hint);
+    } catch (err) {
+      throw responseError(what, `SVID ${i} ("${s.spiffeId}") is invalid: ${(err as Error).message}`, err);
+    }
+    if (svid.id.toString() !== s.spiffeId) {
+      throw responseError(
+        what,
+        `SVID ${i}: spiffe_id "${s.spiffeId}" does not match the certificate's ID "${svid.id}"`,
+      );
+    }
+    try {
+      bundles.add(parseX509BundleDer(svid.id.trustDomain, s.bundle));
+    } catch (err) {
+      throw responseError(what, `the bundle of SVID ${i} is invalid: ${(err as Error).message}`, err);
+    }
+    svids.push(svid);
+  });
+  for (const [key, der] of Object.entries(resp.federatedBundles)) {
+    try {
+      bundles.add(parseX509BundleDer(parseTrustDomain(key), der));
+    } catch (err) {
+      throw responseError(what, `federated bundle "${key}" is invalid: ${(err as Error).message}`, err);
+    }
+  }
+  return { svids, bundles };
+}
+
+function parseX509BundlesResponse(resp: X509BundlesResponse): X509BundleSet {
+  const set = new X509BundleSet();
+  for (const [key, der] of Object.entries(resp.bundles)) {
+    try {
+      set.add(parseX509BundleDer(parseTrustDomain(key), der));
+    } catch (err) {
+      throw responseError(
+        'X.509 bundles response',
+        `bundle "${key}" is invalid: ${(err as Error).message}`,
+        err,
+      );
+    }
+  }
+  if (set.size === 0) throw responseError('X.509 bundles response', 'no bundles in response');
+  return set;
+}
+
+function parseJwtBundlesResponse(resp: JWTBundlesResponse): JwtBundleSet {
+  const set = new JwtBundleSet();
+  for (const [key, jwks] of Object.entries(resp.bundles)) {
+    try {
+      set.add(parseJwtBundle(parseTrustDomain(key), jwks));
+    } catch (err) {
+      throw responseError(
+        'JWT bundles response',
+        `bundle "${key}" is invalid: ${(err as Error).message}`,
+        err,
+      );
+    }
+  }
+  if (set.size === 0) throw responseError('JWT bundles response', 'no bundles in response');
+  return set;
+}
+
+function parseJwtSvidResponse(resp: JWTSVIDResponse, audience: readonly string[]): JwtSvid[] {
+  const what = 'JWT-SVID response';
+  if (resp.svids.length === 0) throw responseError(what, 'there were no SVIDs in the response');
+  const seenHints = new Set<string>();
+  const out: JwtSvid[] = [];
+  resp.svids.forEach((s, i) => {
+    if (s.hint !== '') {
+      if (seenHints.has(s.hint)) return;
+      seenHints.add(s.hint);
+    }
+    let svid: JwtSvid;
+    try {
+      svid = parseInsecureJwtSvid(s.svid, audience, s.hint);
+    } catch (err) {
+      throw responseError(what, `SVID ${i} ("${s.spiffeId}") is invalid: ${(err as Error).message}`, err);
+    }
+    if (svid.id.toString() !== s.spiffeId) {
+      throw responseError(
+        what,
+        `SVID ${i}: spiffe_id "${s.spiffeId}" does not match the token subject "${svid.id}"`,
+      );
+    }
+    out.push(svid);
+  });
+  return out;
+}
