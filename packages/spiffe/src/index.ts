@@ -1,23 +1,5 @@
 // The public API of `spiffe`. Every export is named here; modules under internal/ are never exported.
 
-export type { ErrorCode as ErrorCodeValue } from './errors.js';
-export { ErrorCode, isSpiffeError, SpiffeError } from './errors.js';
-export type { Logger } from './logger.js';
-export { silentLogger } from './logger.js';
-
-// SPIFFE IDs and trust domains
-export type { Matcher } from './spiffeid/matcher.js';
-export { matchAny, matchId, matchMemberOf, matchOneOf } from './spiffeid/matcher.js';
-export {
-  joinPathSegments,
-  parseSpiffeId,
-  SpiffeId,
-  spiffeIdFromPath,
-  spiffeIdFromSegments,
-  validatePath,
-} from './spiffeid/spiffe-id.js';
-export { parseTrustDomain, TrustDomain } from './spiffeid/trust-domain.js';
-
 // Bundles
 export { JwtBundle, parseJwtBundle } from './bundle/jwt-bundle.js';
 export { JwtBundleSet, SpiffeBundleSet, X509BundleSet } from './bundle/set.js';
@@ -25,21 +7,8 @@ export type { JwtBundleSource, X509BundleSource } from './bundle/source.js';
 export type { SpiffeBundleInit } from './bundle/spiffe-bundle.js';
 export { parseSpiffeBundle, SpiffeBundle } from './bundle/spiffe-bundle.js';
 export { parseX509Bundle, parseX509BundleDer, parseX509BundlePem, X509Bundle } from './bundle/x509-bundle.js';
-
-// SVIDs
-export type { JwtSvidAlgorithm, ValidateJwtSvidOptions } from './svid/jwt-svid.js';
-export {
-  DEFAULT_JWT_LEEWAY_SECONDS,
-  JWT_SVID_ALGORITHMS,
-  JwtSvid,
-  parseAndValidateJwtSvid,
-  parseInsecureJwtSvid,
-} from './svid/jwt-svid.js';
-export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source.js';
-export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
-export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
-export { verifyX509Svid } from './svid/x509-verify.js';
-
+export type { ErrorCode as ErrorCodeValue } from './errors.js';
+export { ErrorCode, isSpiffeError, SpiffeError } from './errors.js';
 // Federation
 export type {
   BundleEndpointHandler,
@@ -68,3 +37,44 @@ export {
   MIN_REFRESH_INTERVAL_MS,
   watchBundle,
 } from './federation/watch-bundle.js';
+export type { Logger } from './logger.js';
+export { silentLogger } from './logger.js';
+// SPIFFE IDs and trust domains
+export type { Matcher } from './spiffeid/matcher.js';
+export { matchAny, matchId, matchMemberOf, matchOneOf } from './spiffeid/matcher.js';
+export {
+  joinPathSegments,
+  parseSpiffeId,
+  SpiffeId,
+  spiffeIdFromPath,
+  spiffeIdFromSegments,
+  validatePath,
+} from './spiffeid/spiffe-id.js';
+export { parseTrustDomain, TrustDomain } from './spiffeid/trust-domain.js';
+// SVIDs
+export type { JwtSvidAlgorithm, ValidateJwtSvidOptions } from './svid/jwt-svid.js';
+export {
+  DEFAULT_JWT_LEEWAY_SECONDS,
+  JWT_SVID_ALGORITHMS,
+  JwtSvid,
+  parseAndValidateJwtSvid,
+  parseInsecureJwtSvid,
+} from './svid/jwt-svid.js';
+export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source.js';
+export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
+export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
+export { verifyX509Svid } from './svid/x509-verify.js';
+
+// Workload API
+export type { WorkloadApiAddress } from './workloadapi/address.js';
+export {
+  parseWorkloadApiAddress,
+  resolveWorkloadApiAddress,
+  SPIFFE_ENDPOINT_SOCKET,
+} from './workloadapi/address.js';
+export type { BackoffOptions } from './workloadapi/backoff.js';
+export type { CallOptions, Watcher, WorkloadApiClientOptions, X509Context } from './workloadapi/client.js';
+export { createWorkloadApiClient, WorkloadApiClient } from './workloadapi/client.js';
+export type { SourceOptions } from './workloadapi/source-base.js';
+export type { X509SourceOptions, X509SvidPicker } from './workloadapi/sources.js';
+export { BundleSource, JwtSource, pickByHint, X509Source } from './workloadapi/sources.js';
