@@ -64,7 +64,26 @@ export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source
 export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
 export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
 export { verifyX509Svid } from './svid/x509-verify.js';
-
+// TLS
+export type { Authorizer } from './tls/authorizer.js';
+export {
+  authorizeAny,
+  authorizeId,
+  authorizeIf,
+  authorizeMemberOf,
+  authorizeOneOf,
+} from './tls/authorizer.js';
+export { grpcChannelCredentials, grpcServerCredentials } from './tls/grpc.js';
+export type { SpiffeServer, SpiffeTlsConfig, TlsBundleSource } from './tls/node-tls.js';
+export {
+  createSpiffeHttp2Server,
+  createSpiffeHttpsServer,
+  createSpiffeTlsServer,
+  spiffeHttpsAgent,
+  spiffeTlsConnect,
+  tlsClientOptions,
+} from './tls/node-tls.js';
+export { peerSpiffeId, verifyPeer } from './tls/peer.js';
 // Workload API
 export type { WorkloadApiAddress } from './workloadapi/address.js';
 export {
