@@ -1,6 +1,6 @@
 // What the SPIFFE rules need from a certificate, decoded once with @peculiar/asn1-x509 and
 // cached per X509Certificate object: verification runs on every TLS handshake and is benchmarked.
-import type { KeyObject, X509Certificate } from 'node:crypto';
+import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import {
   BasicConstraints,
@@ -53,11 +53,24 @@ export interface CertInfo {
 }
 
 const cache = new WeakMap<X509Certificate, CertInfo>();
+// A TLS peer presents the same chain on every handshake for the SVID's lifetime, each time as new
+// X509Certificate objects; decoding is a pure function of the DER, so results are also kept by
+// SHA-256 fingerprint (bounded, least recently used first out).
+const byFingerprint = new Map<string, CertInfo>();
+const MAX_FINGERPRINTS = 4096;
 
 /** Decodes the fields the SPIFFE rules need. Throws an Error (with the ASN.1 reason) on a malformed certificate. */
 export function certInfo(cert: X509Certificate): CertInfo {
   const hit = cache.get(cert);
   if (hit !== undefined) return hit;
+  const fingerprint = cert.fingerprint256;
+  const known = byFingerprint.get(fingerprint);
+  if (known !== undefined) {
+    byFingerprint.delete(fingerprint);
+    byFingerprint.set(fingerprint, known);
+    cache.set(cert, known);
+    return known;
+  }
   const parsed = AsnConvert.parse(cert.raw, Certificate);
   const tbs = parsed.tbsCertificate;
   let uris: string[] = [];
@@ -110,5 +123,27 @@ export function certInfo(cert: X509Certificate): CertInfo {
     issuer: cert.issuer,
   };
   cache.set(cert, info);
+  byFingerprint.set(fingerprint, info);
+  if (byFingerprint.size > MAX_FINGERPRINTS)
+    byFingerprint.delete(byFingerprint.keys().next().value as string);
   return info;
+}
+
+// Building an X509Certificate costs ~120 µs (more than an ECDSA verify); peers send the same DER on
+// every handshake, so objects are reused by SHA-256 of the DER (immutable, bounded LRU).
+const byDer = new Map<string, X509Certificate>();
+
+/** An X509Certificate for `der`, reused when the same DER was seen recently. Throws like the constructor. */
+export function certificateFromDer(der: Uint8Array): X509Certificate {
+  const key = createHash('sha256').update(der).digest('base64');
+  const hit = byDer.get(key);
+  if (hit !== undefined) {
+    byDer.delete(key);
+    byDer.set(key, hit);
+    return hit;
+  }
+  const cert = new X509Certificate(der);
+  byDer.set(key, cert);
+  if (byDer.size > MAX_FINGERPRINTS) byDer.delete(byDer.keys().next().value as string);
+  return cert;
 }

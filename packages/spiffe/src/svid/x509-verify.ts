@@ -1,7 +1,13 @@
 import { X509Certificate } from 'node:crypto';
 import type { X509BundleSource } from '../bundle/source.js';
 import { ErrorCode, SpiffeError } from '../errors.js';
-import { type CertInfo, certInfo, KU_CRL_SIGN, KU_KEY_CERT_SIGN } from '../internal/x509.js';
+import {
+  type CertInfo,
+  certInfo,
+  certificateFromDer,
+  KU_CRL_SIGN,
+  KU_KEY_CERT_SIGN,
+} from '../internal/x509.js';
 import type { SpiffeId } from '../spiffeid/spiffe-id.js';
 import { idFromCertificateWith } from './x509-svid.js';
 
@@ -42,7 +48,7 @@ export function verifyX509Svid(
   const certs = chain.map((c, i) => {
     if (c instanceof X509Certificate) return c;
     try {
-      return new X509Certificate(c);
+      return certificateFromDer(c);
     } catch (err) {
       throw refused(`certificate ${i + 1} of ${chain.length} is not a valid X.509 certificate`, err);
     }

@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import type { X509BundleSource } from '../bundle/source.js';
 import { ErrorCode, SpiffeError } from '../errors.js';
@@ -9,14 +9,14 @@ import type { Authorizer } from './authorizer.js';
 // A symbol property, not a WeakMap: http2 hands out a proxy of the socket, which forwards property reads.
 const PEER_ID = Symbol('spiffe.peerId');
 
-/** The chain a peer presented, leaf first, from node's detailed peer certificate (self-signed root excluded). */
-export function peerChain(cert: PeerCertificate | undefined): X509Certificate[] {
-  const out: X509Certificate[] = [];
+/** The chain a peer presented (DER, leaf first), from node's detailed peer certificate. */
+export function peerChain(cert: PeerCertificate | undefined): Buffer[] {
+  const out: Buffer[] = [];
   let c = cert as (PeerCertificate & { issuerCertificate?: PeerCertificate }) | undefined;
   const seen = new Set<string>();
   while (c?.raw !== undefined && !seen.has(c.fingerprint256)) {
     seen.add(c.fingerprint256);
-    out.push(new X509Certificate(c.raw));
+    out.push(c.raw);
     c = c.issuerCertificate;
   }
   return out;
@@ -28,7 +28,7 @@ export function peerChain(cert: PeerCertificate | undefined): X509Certificate[] 
  * verification or authorization error).
  */
 export function verifyPeer(
-  chain: readonly X509Certificate[],
+  chain: readonly (X509Certificate | Uint8Array)[],
   bundles: X509BundleSource,
   authorizer: Authorizer,
   now?: Date,
