@@ -48,7 +48,7 @@ export function verifyPeer(
   } catch (err) {
     throw new SpiffeError(
       ErrorCode.TLS_PEER_REFUSED,
-      `tlsconfig: peer "${verified.id}" refused by the authorizer (${authorizer.description}): ${(err as Error).message}`,
+      `tlsconfig: peer "${verified.id}" refused by the authorizer (${authorizer.description}): ${(err as Error).message.replace(/^tlsconfig: /, '')}`,
       { cause: err },
     );
   }
