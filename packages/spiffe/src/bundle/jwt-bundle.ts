@@ -85,9 +85,8 @@ export class JwtBundle implements JwtBundleSource {
 export function parseJwtBundle(trustDomain: TrustDomain, jwks: string | Uint8Array | object): JwtBundle {
   const doc = typeof jwks === 'object' && !(jwks instanceof Uint8Array) ? jwks : parseJson(trustDomain, jwks);
   const keys = (doc as { keys?: unknown }).keys;
-  if (keys === undefined || keys === null) {
-    throw bundleInvalid('JWT bundle', trustDomain, 'the JWK Set has no "keys" member (no authorities found)');
-  }
+  // A JWK Set without keys is an empty bundle, as go-spiffe and py-spiffe read it.
+  if (keys === undefined || keys === null) return new JwtBundle(trustDomain);
   if (!Array.isArray(keys)) throw bundleInvalid('JWT bundle', trustDomain, '"keys" must be an array');
   const entries: Array<[string, KeyObject]> = [];
   const seen = new Set<string>();

@@ -215,8 +215,8 @@ function x509Authority(
       err,
     );
   }
-  const { x5c: _x5c, use: _use, kid, ...members } = jwk;
-  if (kid !== undefined) throw fail(`x509-svid entry ${i} must not have a "kid"`);
+  // Producers must not set a kid on x509-svid keys (spec §2.7); like go-spiffe, a consumer ignores one.
+  const { x5c: _x5c, use: _use, kid: _kid, ...members } = jwk;
   let key: KeyObject;
   try {
     key = createPublicKey({ key: members as JsonWebKey, format: 'jwk' });

@@ -77,7 +77,7 @@ export function parseX509Bundle(trustDomain: TrustDomain, input: string | Uint8A
     : parseX509BundleDer(trustDomain, typeof input === 'string' ? Buffer.from(input, 'latin1') : input);
 }
 
-/** Parses PEM text holding one or more CERTIFICATE blocks; other block types are an error. */
+/** Parses PEM text holding CERTIFICATE blocks (blocks of other types are skipped; no block at all is an error). */
 export function parseX509BundlePem(trustDomain: TrustDomain, pem: string | Uint8Array): X509Bundle {
   const text = typeof pem === 'string' ? pem : Buffer.from(pem).toString('utf8');
   let blocks: ReturnType<typeof parsePemBlocks>;
@@ -86,16 +86,9 @@ export function parseX509BundlePem(trustDomain: TrustDomain, pem: string | Uint8
   } catch (err) {
     throw bundleInvalid('PEM X.509 bundle', trustDomain, (err as Error).message, err);
   }
-  const certs = blocks.map((b, i) => {
-    if (b.type !== 'CERTIFICATE') {
-      throw bundleInvalid(
-        'PEM X.509 bundle',
-        trustDomain,
-        `block ${i + 1} is "${b.type}"; only CERTIFICATE blocks are allowed`,
-      );
-    }
-    return parseCert(trustDomain, b.der, `PEM block ${i + 1}`);
-  });
+  if (blocks.length === 0) throw bundleInvalid('PEM X.509 bundle', trustDomain, 'no PEM blocks found');
+  // Blocks of other types are skipped, as go-spiffe's pemutil does.
+  const certs = blocks.flatMap((b, i) => (b.type === 'CERTIFICATE' ? [parseCert(trustDomain, b.der, `PEM block ${i + 1}`)] : []));
   return new X509Bundle(trustDomain, certs);
 }
 
