@@ -1,0 +1,47 @@
+// Command interop drives go-spiffe v2 as a reference peer for Tessera's interop suite.
+//
+//	interop verdicts <vectors.json>
+//	interop tls-server --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) [--addr 127.0.0.1:0]
+//	interop tls-client --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) --addr host:port [--message hi]
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ...")
+	os.Exit(2)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "verdicts":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		err = runVerdicts(os.Args[2])
+	case "tls-server":
+		err = runTLSServer(os.Args[2:])
+	case "tls-client":
+		err = runTLSClient(os.Args[2:])
+	default:
+		usage()
+	}
+	var ce connError
+	if errors.As(err, &ce) {
+		fmt.Printf("ERROR %s\n", strings.ReplaceAll(ce.Error(), "\n", " "))
+		os.Exit(1)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		os.Exit(1)
+	}
+}

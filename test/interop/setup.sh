@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the reference peers for the interop suite (test/interop/interop.test.ts):
+#   - go-spiffe v2 (pinned in go/go.mod, go.sum) -> go/bin/interop
+#   - py-spiffe (pinned in python/requirements.txt) -> python/.venv
+# Idempotent: re-running rebuilds the Go binary and re-syncs the venv; both are gitignored.
+# Needs Go >= 1.24 and Python >= 3.9 with the venv module; downloads from the Go module proxy and PyPI.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+die() {
+  echo "interop setup: $*" >&2
+  exit 1
+}
+
+# --- Go peer ------------------------------------------------------------------
+command -v go >/dev/null 2>&1 ||
+  die "go is not on PATH; install Go >= 1.24 (https://go.dev/dl/) and re-run $0"
+echo "interop setup: $(go version)"
+(
+  cd "$here/go"
+  go mod download
+  go build -o "$here/go/bin/interop" ./...
+) || die "building the go-spiffe peer failed (see above)"
+echo "interop setup: built $here/go/bin/interop"
+
+# --- Python peer --------------------------------------------------------------
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+      python="$candidate"
+      break
+    fi
+  done
+fi
+[[ -n "$python" ]] ||
+  die "python3 is not on PATH; install Python >= 3.9 (3.11 is what requirements.txt was pinned with) or set PYTHON=/path/to/python and re-run $0"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' ||
+  die "$("$python" --version 2>&1) is too old; py-spiffe needs Python >= 3.9 (set PYTHON=/path/to/python3.11)"
+venv="$here/python/.venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+  "$python" -m venv "$venv" ||
+    die "'$python -m venv' failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv) and re-run $0"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/python/requirements.txt" ||
+  die "pip install of python/requirements.txt failed (see above)"
+"$venv/bin/python" -c 'import spiffe' || die "the venv has no importable spiffe package"
+echo "interop setup: python venv ready at $venv ($("$venv/bin/python" --version 2>&1), spiffe $("$venv/bin/python" -m pip show spiffe 2>/dev/null | sed -n 's/^Version: //p'))"
