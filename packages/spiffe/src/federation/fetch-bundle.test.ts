@@ -185,7 +185,7 @@ describe('fetchBundle https_spiffe', () => {
         endpointId,
         bundleSource: otherBundle,
       }),
-      fetchError(/https_spiffe.*example\.org/, ErrorCode.X509SVID_VERIFY),
+      fetchError(/https_spiffe.*example\.org/, ErrorCode.BUNDLE_NOT_FOUND),
     );
     assert.equal(server.requests, before);
   });
@@ -194,7 +194,7 @@ describe('fetchBundle https_spiffe', () => {
     await withEndpoint(webCert, bundleHandler, async (s) => {
       await assert.rejects(
         fetchBundle(foreignTd, s.url(), { profile: 'https_spiffe', endpointId, bundleSource: spiffeBundle }),
-        fetchError(/https_spiffe/, ErrorCode.X509SVID_VERIFY),
+        fetchError(/https_spiffe/, ErrorCode.X509SVID_INVALID),
       );
       assert.equal(s.requests, 0);
     });

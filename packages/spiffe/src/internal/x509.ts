@@ -1,24 +1,31 @@
-// What the SPIFFE rules need from a certificate, decoded once with @peculiar/asn1-x509 and
-// cached per X509Certificate object: verification runs on every TLS handshake and is benchmarked.
-import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
+// What the SPIFFE rules need from a certificate, decoded once with @peculiar/asn1-x509 and cached:
+// verification runs on every TLS handshake and is benchmarked.
+//
+// Two caches, both safe because an X509Certificate and its DER are immutable:
+// - per object (WeakMap), for callers that keep their X509Certificate objects (bundles, own SVIDs);
+// - per DER content (a bounded LRU keyed by the exact bytes, not a hash), for callers that build a
+//   fresh X509Certificate (or hand us DER) on every handshake for the same peer chain.
+import { type KeyObject, X509Certificate } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import {
   BasicConstraints,
   Certificate,
   id_ce_basicConstraints,
   id_ce_keyUsage,
+  id_ce_nameConstraints,
   id_ce_subjectAltName,
   KeyUsage,
   SubjectAlternativeName,
 } from '@peculiar/asn1-x509';
 
+/** keyUsage bits as @peculiar/asn1-x509 numbers them (KeyUsageFlags). */
 export const KU_DIGITAL_SIGNATURE = 1;
 export const KU_KEY_CERT_SIGN = 32;
 export const KU_CRL_SIGN = 64;
 
-// Extensions whose semantics we either enforce or that carry no constraint on path validation.
+// Extensions whose semantics we enforce, or that place no constraint on path validation.
 // A critical extension outside this list makes the certificate unusable (RFC 5280 4.2).
-const KNOWN_EXTENSIONS = new Set([
+const KNOWN_EXTENSIONS: ReadonlySet<string> = new Set([
   id_ce_basicConstraints,
   id_ce_keyUsage,
   id_ce_subjectAltName,
@@ -35,10 +42,12 @@ export interface CertInfo {
   readonly uris: readonly string[];
   /** basicConstraints present. */
   readonly hasBasicConstraints: boolean;
+  /** basicConstraints cA (false when the extension is absent). */
   readonly isCa: boolean;
   readonly pathLen: number | undefined;
-  /** keyUsage bits (digitalSignature = 1, keyCertSign = 32, cRLSign = 64); undefined when absent. */
+  /** keyUsage bits (KU_* above); undefined when the extension is absent. */
   readonly keyUsage: number | undefined;
+  /** Validity window in epoch milliseconds. */
   readonly notBefore: number;
   readonly notAfter: number;
   /** OIDs of critical extensions we do not process. */
@@ -46,104 +55,140 @@ export interface CertInfo {
   /** nameConstraints present (not supported: such chains are refused). */
   readonly hasNameConstraints: boolean;
   readonly publicKey: KeyObject;
-  readonly selfIssued: boolean;
-  /** Distinguished names as node:crypto prints them, for issuer matching. */
+  /** Subject and issuer names as node:crypto prints them, for issuer candidate matching. */
   readonly subject: string;
   readonly issuer: string;
+  readonly selfIssued: boolean;
 }
 
-const cache = new WeakMap<X509Certificate, CertInfo>();
-// A TLS peer presents the same chain on every handshake for the SVID's lifetime, each time as new
-// X509Certificate objects; decoding is a pure function of the DER, so results are also kept by
-// SHA-256 fingerprint (bounded, least recently used first out).
-const byFingerprint = new Map<string, CertInfo>();
-const MAX_FINGERPRINTS = 4096;
+/** True when `bit` (a KU_* constant) is set; false when keyUsage is absent. */
+export function hasKeyUsage(info: CertInfo, bit: number): boolean {
+  return info.keyUsage !== undefined && (info.keyUsage & bit) !== 0;
+}
 
-/** Decodes the fields the SPIFFE rules need. Throws an Error (with the ASN.1 reason) on a malformed certificate. */
+interface Entry {
+  readonly cert: X509Certificate;
+  /** Decoded on first use; an Error when the certificate's extensions are malformed. */
+  info?: CertInfo | Error;
+}
+
+const byObject = new WeakMap<X509Certificate, CertInfo | Error>();
+const byDer = new Map<string, Entry>();
+/** Enough for every peer and authority a busy process sees; each entry is a few kilobytes. */
+const MAX_DER_ENTRIES = 1024;
+
+function lookup(key: string): Entry | undefined {
+  const e = byDer.get(key);
+  if (e !== undefined) {
+    // Move to the back: Map iteration order is insertion order, so the front is least recently used.
+    byDer.delete(key);
+    byDer.set(key, e);
+  }
+  return e;
+}
+
+function remember(key: string, e: Entry): void {
+  byDer.set(key, e);
+  if (byDer.size > MAX_DER_ENTRIES) {
+    const oldest = byDer.keys().next();
+    if (oldest.done !== true) byDer.delete(oldest.value);
+  }
+}
+
+function derKey(der: Uint8Array): string {
+  return Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('latin1');
+}
+
+/**
+ * An X509Certificate for `der`, reusing the object made for the same bytes before. Throws the
+ * node:crypto error when the bytes are not a certificate (failures are not cached).
+ */
+export function certificateFromDer(der: Uint8Array): X509Certificate {
+  const key = derKey(der);
+  const hit = lookup(key);
+  if (hit !== undefined) return hit.cert;
+  const cert = new X509Certificate(der);
+  remember(key, { cert });
+  return cert;
+}
+
+/**
+ * The fields the SPIFFE rules need. Throws an Error (with the ASN.1 reason) when the certificate's
+ * extensions cannot be decoded; the failure is cached as well, so a bad peer costs one decode.
+ */
 export function certInfo(cert: X509Certificate): CertInfo {
-  const hit = cache.get(cert);
-  if (hit !== undefined) return hit;
-  const fingerprint = cert.fingerprint256;
-  const known = byFingerprint.get(fingerprint);
-  if (known !== undefined) {
-    byFingerprint.delete(fingerprint);
-    byFingerprint.set(fingerprint, known);
-    cache.set(cert, known);
-    return known;
-  }
-  const parsed = AsnConvert.parse(cert.raw, Certificate);
-  const tbs = parsed.tbsCertificate;
-  let uris: string[] = [];
-  let hasBasicConstraints = false;
-  let isCa = false;
-  let pathLen: number | undefined;
-  let keyUsage: number | undefined;
-  let hasNameConstraints = false;
-  const unhandledCritical: string[] = [];
-  for (const ext of tbs.extensions ?? []) {
-    const value = ext.extnValue.buffer;
-    switch (ext.extnID) {
-      case id_ce_subjectAltName: {
-        const san = AsnConvert.parse(value, SubjectAlternativeName);
-        uris = san.flatMap((n) =>
-          n.uniformResourceIdentifier === undefined ? [] : [n.uniformResourceIdentifier],
-        );
-        break;
-      }
-      case id_ce_basicConstraints: {
-        const bc = AsnConvert.parse(value, BasicConstraints);
-        hasBasicConstraints = true;
-        isCa = bc.cA;
-        pathLen = bc.pathLenConstraint;
-        break;
-      }
-      case id_ce_keyUsage:
-        keyUsage = AsnConvert.parse(value, KeyUsage).toNumber();
-        break;
-      case '2.5.29.30':
-        hasNameConstraints = true;
-        break;
-      default:
-        if (ext.critical && !KNOWN_EXTENSIONS.has(ext.extnID)) unhandledCritical.push(ext.extnID);
+  let info = byObject.get(cert);
+  if (info === undefined) {
+    const key = derKey(cert.raw);
+    let entry = lookup(key);
+    if (entry === undefined) {
+      entry = { cert };
+      remember(key, entry);
     }
+    if (entry.info === undefined) entry.info = decode(cert);
+    info = entry.info;
+    byObject.set(cert, info);
   }
-  const info: CertInfo = {
-    uris,
-    hasBasicConstraints,
-    isCa,
-    pathLen,
-    keyUsage,
-    notBefore: tbs.validity.notBefore.getTime().getTime(),
-    notAfter: tbs.validity.notAfter.getTime().getTime(),
-    unhandledCritical,
-    hasNameConstraints,
-    publicKey: cert.publicKey,
-    selfIssued: cert.subject === cert.issuer,
-    subject: cert.subject,
-    issuer: cert.issuer,
-  };
-  cache.set(cert, info);
-  byFingerprint.set(fingerprint, info);
-  if (byFingerprint.size > MAX_FINGERPRINTS)
-    byFingerprint.delete(byFingerprint.keys().next().value as string);
+  if (info instanceof Error) throw info;
   return info;
 }
 
-// Building an X509Certificate costs ~120 µs (more than an ECDSA verify); peers send the same DER on
-// every handshake, so objects are reused by SHA-256 of the DER (immutable, bounded LRU).
-const byDer = new Map<string, X509Certificate>();
-
-/** An X509Certificate for `der`, reused when the same DER was seen recently. Throws like the constructor. */
-export function certificateFromDer(der: Uint8Array): X509Certificate {
-  const key = createHash('sha256').update(der).digest('base64');
-  const hit = byDer.get(key);
-  if (hit !== undefined) {
-    byDer.delete(key);
-    byDer.set(key, hit);
-    return hit;
+function decode(cert: X509Certificate): CertInfo | Error {
+  try {
+    const tbs = AsnConvert.parse(cert.raw, Certificate).tbsCertificate;
+    let uris: string[] = [];
+    let hasBasicConstraints = false;
+    let isCa = false;
+    let pathLen: number | undefined;
+    let keyUsage: number | undefined;
+    let hasNameConstraints = false;
+    const unhandledCritical: string[] = [];
+    for (const ext of tbs.extensions ?? []) {
+      const value = ext.extnValue.buffer;
+      switch (ext.extnID) {
+        case id_ce_subjectAltName:
+          uris = AsnConvert.parse(value, SubjectAlternativeName).flatMap((n) =>
+            n.uniformResourceIdentifier === undefined ? [] : [n.uniformResourceIdentifier],
+          );
+          break;
+        case id_ce_basicConstraints: {
+          const bc = AsnConvert.parse(value, BasicConstraints);
+          hasBasicConstraints = true;
+          isCa = bc.cA;
+          pathLen = bc.pathLenConstraint;
+          break;
+        }
+        case id_ce_keyUsage:
+          keyUsage = AsnConvert.parse(value, KeyUsage).toNumber();
+          break;
+        case id_ce_nameConstraints:
+          hasNameConstraints = true;
+          break;
+        default:
+          if (ext.critical && !KNOWN_EXTENSIONS.has(ext.extnID)) unhandledCritical.push(ext.extnID);
+      }
+    }
+    return Object.freeze({
+      uris: Object.freeze(uris),
+      hasBasicConstraints,
+      isCa,
+      pathLen,
+      keyUsage,
+      notBefore: tbs.validity.notBefore.getTime().getTime(),
+      notAfter: tbs.validity.notAfter.getTime().getTime(),
+      unhandledCritical: Object.freeze(unhandledCritical),
+      hasNameConstraints,
+      publicKey: cert.publicKey,
+      subject: cert.subject,
+      issuer: cert.issuer,
+      selfIssued: cert.subject === cert.issuer,
+    });
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err));
   }
-  const cert = new X509Certificate(der);
-  byDer.set(key, cert);
-  if (byDer.size > MAX_FINGERPRINTS) byDer.delete(byDer.keys().next().value as string);
-  return cert;
+}
+
+/** A distinguished name as node:crypto prints it (one attribute per line), on one line for messages. */
+export function oneLineName(name: string): string {
+  return name.replace(/\n/g, ', ');
 }
