@@ -23,7 +23,8 @@ export const GO_SPIFFE_DIVERGENCES: Readonly<Record<string, string>> = {
 
 /** py-spiffe 0.3.2: looser than the spec in several places; go-spiffe agrees with us on every one but the first. */
 export const PY_SPIFFE_DIVERGENCES: Readonly<Record<string, string>> = {
-  'jwtbundle/duplicate-kid': 'As for go-spiffe: spec §3.6 requires unique kids; py-spiffe keeps one of the keys.',
+  'jwtbundle/duplicate-kid':
+    'As for go-spiffe: spec §3.6 requires unique kids; py-spiffe keeps one of the keys.',
   'x509svid-parse/key-first':
     'py-spiffe refuses non-CERTIFICATE PEM blocks in the chain input; go-spiffe (pemutil) skips them, as we do.',
   'spiffeid/invalid-16':

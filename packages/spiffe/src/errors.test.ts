@@ -6,7 +6,7 @@ import { ErrorCode, isSpiffeError, SpiffeError } from './errors.js';
 
 test('docs/errors.md lists exactly the error codes the package defines', () => {
   const doc = readFileSync(fileURLToPath(new URL('../docs/errors.md', import.meta.url)), 'utf8');
-  const documented = [...doc.matchAll(/^\| `(ERR_[A-Z0-9_]+)` \|/gm)].map((m) => m[1]).sort();
+  const documented = [...doc.matchAll(/^\| `(ERR_[A-Z0-9_]+)` *\|/gm)].map((m) => m[1]).sort();
   const defined = Object.values(ErrorCode).sort();
   assert.deepEqual(documented, defined);
 });

@@ -71,7 +71,7 @@ export class JwtBundle implements JwtBundleSource {
     if (other.authorities.size !== this.authorities.size) return false;
     for (const [kid, key] of this.authorities) {
       const o = other.authorities.get(kid);
-      if (!o || !o.equals(key)) return false;
+      if (!o?.equals(key)) return false;
     }
     return true;
   }

@@ -86,9 +86,12 @@ export function parseX509BundlePem(trustDomain: TrustDomain, pem: string | Uint8
   } catch (err) {
     throw bundleInvalid('PEM X.509 bundle', trustDomain, (err as Error).message, err);
   }
-  if (blocks.length === 0 && text.trim() !== '') throw bundleInvalid('PEM X.509 bundle', trustDomain, 'no PEM blocks found');
+  if (blocks.length === 0 && text.trim() !== '')
+    throw bundleInvalid('PEM X.509 bundle', trustDomain, 'no PEM blocks found');
   // Blocks of other types are skipped, as go-spiffe's pemutil does.
-  const certs = blocks.flatMap((b, i) => (b.type === 'CERTIFICATE' ? [parseCert(trustDomain, b.der, `PEM block ${i + 1}`)] : []));
+  const certs = blocks.flatMap((b, i) =>
+    b.type === 'CERTIFICATE' ? [parseCert(trustDomain, b.der, `PEM block ${i + 1}`)] : [],
+  );
   return new X509Bundle(trustDomain, certs);
 }
 

@@ -29,7 +29,6 @@ const tdA = parseTrustDomain('a.org');
 const tdB = parseTrustDomain('b.org');
 const caA = TestCa.create({ trustDomain: 'a.org' });
 const caB = TestCa.create({ trustDomain: 'b.org' });
-const bundles = new X509BundleSet([new X509Bundle(tdA, [caA.root]), new X509Bundle(tdB, [caB.root])]);
 
 function issue(ca: TestCa, id: string, opts: IssueOptions = {}): X509Svid {
   const s = ca.issueX509Svid(id, opts);
