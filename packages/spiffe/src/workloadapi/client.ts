@@ -259,10 +259,14 @@ export class WorkloadApiClient {
     }
   }
 
-  #first(method: Method, req: unknown, op: string, options: CallOptions): Promise<unknown> {
-    const signal = this.#signal(options.signal);
-    this.#check(op, signal);
-    return new Promise((resolve, reject) => {
+  /** Runs one server stream: `onData` per message; resolves with the error that ended it, if any. */
+  #stream(
+    method: Method,
+    req: unknown,
+    signal: AbortSignal,
+    onData: (resp: unknown, cancel: () => void) => void,
+  ): Promise<grpc.ServiceError | undefined> {
+    return new Promise((resolve) => {
       let settled = false;
       const call = this.#client.makeServerStreamRequest(
         method.path,
@@ -271,23 +275,33 @@ export class WorkloadApiClient {
         req,
         this.#metadata(),
       );
-      const onAbort = () => call.cancel();
-      signal.addEventListener('abort', onAbort, { once: true });
-      const settle = (fn: () => void) => {
+      const cancel = () => call.cancel();
+      signal.addEventListener('abort', cancel, { once: true });
+      const settle = (err: grpc.ServiceError | undefined) => {
         if (settled) return;
         settled = true;
-        signal.removeEventListener('abort', onAbort);
-        fn();
+        signal.removeEventListener('abort', cancel);
+        resolve(err);
       };
-      call.on('data', (resp: unknown) => {
-        settle(() => resolve(resp));
-        call.cancel();
-      });
-      call.on('error', (err: grpc.ServiceError) => settle(() => reject(this.#mapError(err, op, signal))));
-      call.on('end', () =>
-        settle(() => reject(responseError(op, 'the stream ended before the first message'))),
-      );
+      call.on('data', (resp: unknown) => onData(resp, cancel));
+      call.on('error', (err: grpc.ServiceError) => settle(err));
+      call.on('end', () => settle(undefined));
     });
+  }
+
+  /** The first message of a stream, then the stream is cancelled (go-spiffe's one-shot fetches). */
+  async #first(method: Method, req: unknown, op: string, options: CallOptions): Promise<unknown> {
+    const signal = this.#signal(options.signal);
+    this.#check(op, signal);
+    let first: { value: unknown } | undefined;
+    const ended = await this.#stream(method, req, signal, (resp, cancel) => {
+      if (first !== undefined) return;
+      first = { value: resp };
+      cancel();
+    });
+    if (first !== undefined) return first.value;
+    if (ended !== undefined) throw this.#mapError(ended, op, signal);
+    throw responseError(op, 'the stream ended before the first message');
   }
 
   #unary(method: Method, req: unknown, op: string, options: CallOptions): Promise<unknown> {
@@ -333,42 +347,20 @@ export class WorkloadApiClient {
       }
     };
     while (!signal.aborted) {
-      const ended = await new Promise<grpc.ServiceError | undefined>((resolve) => {
-        let settled = false;
-        const call = this.#client.makeServerStreamRequest(
-          method.path,
-          method.requestSerialize as (v: unknown) => Buffer,
-          method.responseDeserialize as (b: Buffer) => unknown,
-          req,
-          this.#metadata(),
-        );
-        const onAbort = () => call.cancel();
-        signal.addEventListener('abort', onAbort, { once: true });
-        const settle = (err: grpc.ServiceError | undefined) => {
-          if (settled) return;
-          settled = true;
-          signal.removeEventListener('abort', onAbort);
-          resolve(err);
-        };
-        call.on('data', (resp: unknown) => {
-          backoff.reset();
-          let value: T;
-          try {
-            value = parse(resp);
-          } catch (err) {
-            report(isSpiffeError(err) ? err : responseError(op, String(err), err));
-            return;
-          }
-          try {
-            watcher.onUpdate(value);
-          } catch (cbErr) {
-            this.#logger.error?.(`workloadapi: ${op}: the watcher's onUpdate threw`, {
-              error: String(cbErr),
-            });
-          }
-        });
-        call.on('error', (err: grpc.ServiceError) => settle(err));
-        call.on('end', () => settle(undefined));
+      const ended = await this.#stream(method, req, signal, (resp) => {
+        backoff.reset();
+        let value: T;
+        try {
+          value = parse(resp);
+        } catch (err) {
+          report(isSpiffeError(err) ? err : responseError(op, String(err), err));
+          return;
+        }
+        try {
+          watcher.onUpdate(value);
+        } catch (cbErr) {
+          this.#logger.error?.(`workloadapi: ${op}: the watcher's onUpdate threw`, { error: String(cbErr) });
+        }
       });
       if (signal.aborted) return;
       if (ended?.code === grpc.status.INVALID_ARGUMENT) {

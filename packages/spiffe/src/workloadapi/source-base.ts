@@ -47,6 +47,17 @@ export abstract class LiveSource extends EventEmitter {
     }
   }
 
+  /** Waits for `source` to be ready; on failure closes it and rethrows. The sources' create() functions. */
+  protected static async whenReady<S extends LiveSource>(source: S): Promise<S> {
+    try {
+      await source.ready();
+    } catch (err) {
+      await source.close();
+      throw err;
+    }
+    return source;
+  }
+
   /** Resolves after the first complete update; rejects if the source closes first or a watch fails for good. */
   ready(): Promise<void> {
     return this.#ready;

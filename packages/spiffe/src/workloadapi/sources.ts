@@ -50,14 +50,7 @@ export class X509Source extends LiveSource implements X509SvidSource, X509Bundle
 
   /** Creates a source and waits until it has its first SVID (abort with `options.signal`). */
   static async create(options: X509SourceOptions = {}): Promise<X509Source> {
-    const source = new X509Source(options);
-    try {
-      await source.ready();
-    } catch (err) {
-      await source.close();
-      throw err;
-    }
-    return source;
+    return LiveSource.whenReady(new X509Source(options));
   }
 
   getX509Svid(): X509Svid {
@@ -109,14 +102,7 @@ export class JwtSource extends LiveSource implements JwtSvidSource, JwtBundleSou
   }
 
   static async create(options: SourceOptions = {}): Promise<JwtSource> {
-    const source = new JwtSource(options);
-    try {
-      await source.ready();
-    } catch (err) {
-      await source.close();
-      throw err;
-    }
-    return source;
+    return LiveSource.whenReady(new JwtSource(options));
   }
 
   async fetchJwtSvid(params: JwtSvidParams): Promise<JwtSvid> {
@@ -171,14 +157,7 @@ export class BundleSource extends LiveSource implements X509BundleSource, JwtBun
   }
 
   static async create(options: SourceOptions = {}): Promise<BundleSource> {
-    const source = new BundleSource(options);
-    try {
-      await source.ready();
-    } catch (err) {
-      await source.close();
-      throw err;
-    }
-    return source;
+    return LiveSource.whenReady(new BundleSource(options));
   }
 
   getX509BundleForTrustDomain(trustDomain: TrustDomain): X509Bundle {
