@@ -389,4 +389,19 @@ describe('grpc-js with SPIFFE mTLS', () => {
       return true;
     });
   });
+
+  it('the server presents a rotated SVID to new connections without a restart', async () => {
+    const serials: string[] = [];
+    const recordServer = authorizeIf((id, chain) => {
+      serials.push(chain[0]?.serialNumber ?? '');
+      return id.toString() === 'spiffe://a.org/grpc';
+    }, 'the gRPC server');
+    assert.equal(await call('spiffe://a.org/good', recordServer), 'echo:x');
+    const rotated = issue(caA, 'spiffe://a.org/grpc');
+    serverSource.rotate(rotated);
+    assert.equal(await call('spiffe://a.org/good', recordServer), 'echo:x');
+    assert.equal(serials.length, 2);
+    assert.notEqual(serials[0], serials[1]);
+    assert.equal(serials[1], rotated.certificates[0]?.serialNumber);
+  });
 });
