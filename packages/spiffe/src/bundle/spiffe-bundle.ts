@@ -1,5 +1,6 @@
-import { createPublicKey, type JsonWebKey, type KeyObject, X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
 import { parse as parseLosslessJson } from 'lossless-json';
+import { certificateFromDer } from '../internal/x509.js';
 import type { TrustDomain } from '../spiffeid/trust-domain.js';
 import { bundleInvalid, bundleNotFound } from './errors.js';
 import { JwtBundle, jwkToAuthority } from './jwt-bundle.js';
@@ -9,6 +10,12 @@ import { X509Bundle } from './x509-bundle.js';
 const MAX_UINT64 = (1n << 64n) - 1n;
 // JWK key types we can read. A JWK of another kty is ignored, as the SPIFFE bundle spec says.
 const KNOWN_KTY = new Set(['EC', 'RSA', 'OKP']);
+// The JWK members that carry the public key, per kty (RFC 7518 §6, RFC 8037).
+const KEY_MEMBERS: Record<string, readonly string[]> = {
+  EC: ['kty', 'crv', 'x', 'y'],
+  RSA: ['kty', 'n', 'e'],
+  OKP: ['kty', 'crv', 'x'],
+};
 
 export interface SpiffeBundleInit {
   trustDomain: TrustDomain;
@@ -208,27 +215,22 @@ function x509Authority(
   }
   let cert: X509Certificate;
   try {
-    cert = new X509Certificate(Buffer.from(b64, 'base64'));
+    cert = certificateFromDer(Buffer.from(b64, 'base64'));
   } catch (err) {
     throw fail(
       `x509-svid entry ${i}: x5c[0] is not a valid X.509 certificate (${(err as Error).message})`,
       err,
     );
   }
-  // Producers must not set a kid on x509-svid keys (spec §2.7); like go-spiffe, a consumer ignores one.
-  const { x5c: _x5c, use: _use, kid: _kid, ...members } = jwk;
-  let key: KeyObject;
-  try {
-    key = createPublicKey({ key: members as JsonWebKey, format: 'jwk' });
-  } catch (err) {
-    throw fail(
-      `x509-svid entry ${i}: the JWK key members are not a valid public key (${(err as Error).message})`,
-      err,
-    );
+  // The JWK's key members must be the certificate's key. Comparing them with the certificate key's
+  // own JWK form is exact for canonical encodings and avoids building a key from the JWK (~65 µs
+  // each in Node 20, where exporting the certificate key as a JWK costs ~5 µs). A kid is ignored,
+  // as go-spiffe does (producers must not set one, spec §2.7).
+  const certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>;
+  const members = KEY_MEMBERS[String(certJwk.kty)] ?? [];
+  if (members.length === 0 || members.some((m) => jwk[m] !== certJwk[m])) {
+    throw fail(`x509-svid entry ${i}: public keys in key and x5c fields do not match`);
   }
-  const a = key.export({ type: 'spki', format: 'der' });
-  const b = cert.publicKey.export({ type: 'spki', format: 'der' });
-  if (!a.equals(b)) throw fail(`x509-svid entry ${i}: public keys in key and x5c fields do not match`);
   return cert;
 }
 
