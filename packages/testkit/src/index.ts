@@ -1,5 +1,6 @@
 export { FakeClock } from './clock.js';
 export { type JwtAuthorityOptions, type JwtKeyType, TestJwtAuthority, unsignedToken } from './jwt.js';
+export { findPostgresBin, type PostgresCluster, startPostgres } from './postgres.js';
 export { makeTempDir, type TempDir } from './tmp.js';
 export {
   type CaOptions,

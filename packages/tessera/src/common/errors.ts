@@ -1,0 +1,35 @@
+/**
+ * One error class for the daemons. `code` is stable; the table in packages/tessera/docs/errors.md
+ * (kept in sync by errors.test.ts) says what each means and how to fix it. gRPC status codes are
+ * chosen from `code` once, at the API boundary.
+ */
+export const TesseraErrorCode = {
+  /** A registration entry with the same SPIFFE ID, parent ID and selectors exists. */
+  ENTRY_DUPLICATE: 'ERR_ENTRY_DUPLICATE',
+  /** No registration entry has that ID. */
+  ENTRY_NOT_FOUND: 'ERR_ENTRY_NOT_FOUND',
+  /** An entry is malformed (bad SPIFFE ID, selector, TTL...). */
+  ENTRY_INVALID: 'ERR_ENTRY_INVALID',
+  /** A write carried a revision older than the stored one: someone else changed the record first. */
+  REVISION_CONFLICT: 'ERR_REVISION_CONFLICT',
+  /** A join token is unknown, already used or expired. */
+  JOIN_TOKEN_INVALID: 'ERR_JOIN_TOKEN_INVALID',
+  /** The datastore cannot be opened or a query failed. */
+  DATASTORE: 'ERR_DATASTORE',
+} as const;
+
+export type TesseraErrorCode = (typeof TesseraErrorCode)[keyof typeof TesseraErrorCode];
+
+export class TesseraError extends Error {
+  override readonly name = 'TesseraError';
+  readonly code: TesseraErrorCode;
+
+  constructor(code: TesseraErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export function isTesseraError(err: unknown, code?: TesseraErrorCode): err is TesseraError {
+  return err instanceof TesseraError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,271 @@
+// One suite, two databases: SQLite (a real file) and PostgreSQL (a throwaway cluster from the
+// installed server binaries). Without the binaries the PostgreSQL half says loudly that it skipped,
+// and fails when TESSERA_REQUIRE_POSTGRES=1.
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  findPostgresBin,
+  makeTempDir,
+  type PostgresCluster,
+  startPostgres,
+  type TempDir,
+} from '@tessera/testkit';
+import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
+import { openPostgresDatastore } from './postgres.js';
+import { openSqliteDatastore } from './sqlite.js';
+import type { Datastore, EntryInput } from './types.js';
+
+const AGENT = 'spiffe://example.org/tessera/agent/join_token/abc';
+
+function entry(path: string, extra: Partial<EntryInput> = {}): EntryInput {
+  return {
+    spiffeId: `spiffe://example.org${path}`,
+    parentId: AGENT,
+    selectors: [{ type: 'unix', value: 'uid:1000' }],
+    ...extra,
+  };
+}
+
+function rejectsWith(p: Promise<unknown>, code: string, pattern?: RegExp): Promise<void> {
+  return assert.rejects(p, (e: unknown) => {
+    assert.ok(isTesseraError(e), `expected a TesseraError, got ${String(e)}`);
+    assert.equal(e.code, code);
+    if (pattern !== undefined) assert.match(e.message, pattern);
+    return true;
+  });
+}
+
+function suite(name: string, open: () => Promise<Datastore>): void {
+  describe(`datastore on ${name}`, () => {
+    let ds: Datastore;
+    before(async () => {
+      ds = await open();
+    });
+    after(() => ds.close());
+
+    it('creates, reads, updates with a revision, and deletes an entry with every field', async () => {
+      const created = await ds.createEntry(
+        entry('/web', {
+          selectors: [
+            { type: 'unix', value: 'uid:1000' },
+            { type: 'unix', value: 'path:/usr/bin/web' },
+            { type: 'unix', value: 'uid:1000' },
+          ],
+          x509SvidTtl: 3600,
+          jwtSvidTtl: 300,
+          dnsNames: ['web.example.org'],
+          federatesWith: ['partner.org'],
+          admin: true,
+          hint: 'external',
+          expiresAt: new Date('2030-01-01T00:00:00Z'),
+          metadata: { owner: 'team-web', ticket: 'OPS-1' },
+        }),
+      );
+      assert.equal(created.revision, 1);
+      assert.deepEqual(created.selectors, [
+        { type: 'unix', value: 'path:/usr/bin/web' },
+        { type: 'unix', value: 'uid:1000' },
+      ]);
+      const read = await ds.getEntry(created.id);
+      assert.deepEqual(read, created);
+      assert.equal(read?.metadata.owner, 'team-web');
+      assert.equal(read?.expiresAt?.toISOString(), '2030-01-01T00:00:00.000Z');
+      const updated = await ds.updateEntry(
+        created.id,
+        1,
+        entry('/web', { hint: 'internal', selectors: [{ type: 'unix', value: 'uid:1001' }] }),
+      );
+      assert.equal(updated.revision, 2);
+      assert.equal(updated.hint, 'internal');
+      assert.deepEqual(updated.selectors, [{ type: 'unix', value: 'uid:1001' }]);
+      await ds.deleteEntry(created.id);
+      assert.equal(await ds.getEntry(created.id), undefined);
+      await rejectsWith(ds.deleteEntry(created.id), TesseraErrorCode.ENTRY_NOT_FOUND);
+    });
+
+    it('refuses a duplicate (same SPIFFE ID, parent and selectors in any order)', async () => {
+      const sel = [
+        { type: 'unix', value: 'uid:1' },
+        { type: 'unix', value: 'gid:1' },
+      ];
+      const first = await ds.createEntry(entry('/dup', { selectors: sel }));
+      await rejectsWith(
+        ds.createEntry(entry('/dup', { selectors: [...sel].reverse() })),
+        TesseraErrorCode.ENTRY_DUPLICATE,
+        /already exists/,
+      );
+      // A different selector set is a different entry.
+      const other = await ds.createEntry(entry('/dup', { selectors: [{ type: 'unix', value: 'uid:2' }] }));
+      await rejectsWith(
+        ds.updateEntry(other.id, 1, entry('/dup', { selectors: sel })),
+        TesseraErrorCode.ENTRY_DUPLICATE,
+      );
+      await ds.deleteEntry(first.id);
+      await ds.deleteEntry(other.id);
+    });
+
+    it('a write with a stale revision loses, and the stored entry keeps the winner’s change', async () => {
+      const e = await ds.createEntry(entry('/race'));
+      const results = await Promise.allSettled([
+        ds.updateEntry(e.id, 1, entry('/race', { hint: 'a' })),
+        ds.updateEntry(e.id, 1, entry('/race', { hint: 'b' })),
+      ]);
+      const won = results.filter((r) => r.status === 'fulfilled');
+      const lost = results.filter((r) => r.status === 'rejected');
+      assert.equal(won.length, 1);
+      assert.equal(lost.length, 1);
+      assert.ok(
+        isTesseraError((lost[0] as PromiseRejectedResult).reason, TesseraErrorCode.REVISION_CONFLICT),
+      );
+      const stored = await ds.getEntry(e.id);
+      assert.equal(stored?.revision, 2);
+      assert.equal(stored?.hint, (won[0] as PromiseFulfilledResult<{ hint: string }>).value.hint);
+      await rejectsWith(ds.updateEntry('no-such-id', 1, entry('/race')), TesseraErrorCode.ENTRY_NOT_FOUND);
+      await ds.deleteEntry(e.id);
+    });
+
+    it('refuses malformed entries, naming the field', async () => {
+      const cases: [Partial<EntryInput>, RegExp][] = [
+        [{ spiffeId: 'spiffe://Example.org/x' }, /spiffeId .* is not a SPIFFE ID/],
+        [{ parentId: 'agent-1' }, /parentId .* is not a SPIFFE ID/],
+        [{ selectors: [] }, /at least one selector/],
+        [{ selectors: [{ type: 'un ix', value: 'uid:1' }] }, /selector type/],
+        [{ selectors: [{ type: 'unix', value: '' }] }, /needs a value/],
+        [{ x509SvidTtl: -1 }, /x509SvidTtl -1/],
+        [{ dnsNames: ['bad host'] }, /DNS name/],
+        [{ federatesWith: ['Bad.org'] }, /federatesWith/],
+        [{ spiffeId: AGENT }, /cannot be its own parent/],
+      ];
+      for (const [extra, pattern] of cases) {
+        await rejectsWith(ds.createEntry(entry('/bad', extra)), TesseraErrorCode.ENTRY_INVALID, pattern);
+      }
+      assert.equal(await ds.countEntries(), 0);
+    });
+
+    it('lists with filters and pagination that visits every entry exactly once', async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 25; i++) {
+        const e = await ds.createEntry(
+          entry(`/svc/${i}`, {
+            parentId: i % 2 === 0 ? AGENT : 'spiffe://example.org/tessera/agent/x509pop/other',
+            selectors: [
+              { type: 'unix', value: `uid:${i}` },
+              { type: 'team', value: i < 5 ? 'red' : 'blue' },
+            ],
+          }),
+        );
+        ids.push(e.id);
+      }
+      assert.equal(await ds.countEntries(), 25);
+      const seen: string[] = [];
+      let token: string | undefined;
+      let pages = 0;
+      do {
+        const page = await ds.listEntries({
+          pageSize: 7,
+          ...(token === undefined ? {} : { pageToken: token }),
+        });
+        seen.push(...page.entries.map((e) => e.id));
+        token = page.nextPageToken;
+        pages++;
+      } while (token !== undefined);
+      assert.equal(pages, 4);
+      assert.deepEqual([...seen].sort(), [...ids].sort());
+      const red = await ds.listEntries({ bySelector: { type: 'team', value: 'red' } });
+      assert.equal(red.entries.length, 5);
+      assert.ok(red.entries.every((e) => e.selectors.length === 2));
+      assert.equal((await ds.listEntries({ byParentId: AGENT })).entries.length, 13);
+      assert.equal((await ds.listEntries({ bySpiffeId: 'spiffe://example.org/svc/3' })).entries.length, 1);
+      for (const id of ids) await ds.deleteEntry(id);
+    });
+
+    it('join tokens: stored hashed, single use, refused when expired', async () => {
+      const now = new Date();
+      await ds.createJoinToken({
+        token: 'tok-aaaaaaaaaaaaaaaa',
+        expiresAt: new Date(now.getTime() + 60_000),
+        agentName: 'edge-1',
+      });
+      await ds.createJoinToken({ token: 'tok-bbbbbbbbbbbbbbbb', expiresAt: new Date(now.getTime() + 1_000) });
+      const used = await ds.consumeJoinToken('tok-aaaaaaaaaaaaaaaa', now);
+      assert.equal(used.agentName, 'edge-1');
+      await rejectsWith(
+        ds.consumeJoinToken('tok-aaaaaaaaaaaaaaaa', now),
+        TesseraErrorCode.JOIN_TOKEN_INVALID,
+        /already used/,
+      );
+      await rejectsWith(
+        ds.consumeJoinToken('tok-bbbbbbbbbbbbbbbb', new Date(now.getTime() + 2_000)),
+        TesseraErrorCode.JOIN_TOKEN_INVALID,
+        /expired/,
+      );
+      await rejectsWith(ds.consumeJoinToken('never-issued-token', now), TesseraErrorCode.JOIN_TOKEN_INVALID);
+    });
+
+    it('two concurrent uses of one token: exactly one wins', async () => {
+      await ds.createJoinToken({ token: 'tok-cccccccccccccccc', expiresAt: new Date(Date.now() + 60_000) });
+      const results = await Promise.allSettled([
+        ds.consumeJoinToken('tok-cccccccccccccccc', new Date()),
+        ds.consumeJoinToken('tok-cccccccccccccccc', new Date()),
+      ]);
+      assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    });
+  });
+}
+
+let tmp: TempDir;
+before(async () => {
+  tmp = await makeTempDir('ds-');
+});
+after(() => tmp.cleanup());
+
+suite('SQLite', async () => {
+  const path = join(tmp.path, 'tessera.db');
+  const ds = await openSqliteDatastore(path);
+  assert.equal(statSync(path).mode & 0o777, 0o600, 'the database file is 0600');
+  return ds;
+});
+
+describe('SQLite file', () => {
+  it('reopens with its data and does not re-run migrations', async () => {
+    const path = join(tmp.path, 'reopen.db');
+    const a = await openSqliteDatastore(path);
+    const e = await a.createEntry(entry('/kept'));
+    await a.close();
+    const b = await openSqliteDatastore(path);
+    assert.equal((await b.getEntry(e.id))?.spiffeId, 'spiffe://example.org/kept');
+    await b.close();
+  });
+
+  it('a path that cannot be created is one clear error', async () => {
+    await rejectsWith(
+      openSqliteDatastore('/nonexistent-dir/x/tessera.db'),
+      TesseraErrorCode.DATASTORE,
+      /cannot open SQLite database \/nonexistent-dir/,
+    );
+  });
+});
+
+if (findPostgresBin() === undefined) {
+  if (process.env.TESSERA_REQUIRE_POSTGRES === '1') {
+    it('PostgreSQL server binaries are installed', () => {
+      assert.fail(
+        'initdb/pg_ctl not found; install them (apt-get install -y postgresql). TESSERA_REQUIRE_POSTGRES=1 makes this a failure',
+      );
+    });
+  } else {
+    console.warn(
+      '*** POSTGRESQL DATASTORE SUITE SKIPPED: initdb/pg_ctl not found; set TESSERA_REQUIRE_POSTGRES=1 to make this a failure. ***',
+    );
+    it('PostgreSQL datastore suite', { skip: 'PostgreSQL server binaries not installed' }, () => {});
+  }
+} else {
+  let cluster: PostgresCluster;
+  before(async () => {
+    cluster = await startPostgres();
+  });
+  after(() => cluster.stop());
+  suite('PostgreSQL', () => openPostgresDatastore(cluster.connectionString));
+}

@@ -1,0 +1,455 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { parseSpiffeId, parseTrustDomain } from 'spiffe';
+import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import type {
+  ConsumedJoinToken,
+  Datastore,
+  EntryInput,
+  EntryPage,
+  JoinTokenInput,
+  ListEntriesOptions,
+  RegistrationEntry,
+  Selector,
+} from './types.js';
+
+export type Row = Record<string, unknown>;
+
+/** What the datastore needs from a database: `?` placeholders, rows as objects, transactions. */
+export interface SqlDriver {
+  readonly dialect: 'sqlite' | 'postgres';
+  query(sql: string, params?: readonly unknown[]): Promise<Row[]>;
+  /** Rows changed by an INSERT/UPDATE/DELETE. */
+  execute(sql: string, params?: readonly unknown[]): Promise<number>;
+  /** Runs `fn` in one transaction; rolls back if it throws. */
+  transaction<T>(fn: (tx: SqlDriver) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** Versioned schema; each migration runs once, in order, inside a transaction. Never edit a released one. */
+export const MIGRATIONS: readonly { version: number; statements: readonly string[] }[] = [
+  {
+    version: 1,
+    statements: [
+      `CREATE TABLE registration_entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        selectors_key TEXT NOT NULL,
+        x509_svid_ttl INTEGER NOT NULL,
+        jwt_svid_ttl INTEGER NOT NULL,
+        dns_names TEXT NOT NULL,
+        federates_with TEXT NOT NULL,
+        admin INTEGER NOT NULL,
+        downstream INTEGER NOT NULL,
+        hint TEXT NOT NULL,
+        expires_at BIGINT,
+        metadata TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        UNIQUE (spiffe_id, parent_id, selectors_key)
+      )`,
+      'CREATE INDEX registration_entries_parent ON registration_entries (parent_id)',
+      `CREATE TABLE entry_selectors (
+        entry_id TEXT NOT NULL REFERENCES registration_entries (id) ON DELETE CASCADE,
+        type TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (entry_id, type, value)
+      )`,
+      'CREATE INDEX entry_selectors_type_value ON entry_selectors (type, value)',
+      `CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL,
+        agent_name TEXT,
+        created_at BIGINT NOT NULL
+      )`,
+    ],
+  },
+];
+
+/** Creates the version table and applies every migration not yet applied. */
+export async function migrate(driver: SqlDriver): Promise<number> {
+  await driver.execute(
+    'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)',
+  );
+  const rows = await driver.query('SELECT MAX(version) AS v FROM schema_migrations');
+  const current = Number(rows[0]?.v ?? 0);
+  const latest = MIGRATIONS.at(-1)?.version ?? 0;
+  if (current > latest) {
+    throw new TesseraError(
+      TesseraErrorCode.DATASTORE,
+      `datastore: schema version ${current} is newer than this tessera understands (${latest}); run a newer tessera`,
+    );
+  }
+  for (const m of MIGRATIONS) {
+    if (m.version <= current) continue;
+    await driver.transaction(async (tx) => {
+      for (const s of m.statements) await tx.execute(s);
+      await tx.execute('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)', [
+        m.version,
+        Date.now(),
+      ]);
+    });
+  }
+  return latest;
+}
+
+function invalid(message: string, cause?: unknown): TesseraError {
+  return new TesseraError(
+    TesseraErrorCode.ENTRY_INVALID,
+    `entry: ${message}`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+const SELECTOR_PART = /^[A-Za-z0-9_.-]+$/;
+const DNS_NAME =
+  /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+
+/** Checks an entry and returns it with defaults and selectors sorted and de-duplicated. */
+export function normalizeEntry(
+  input: EntryInput,
+): Required<Omit<EntryInput, 'expiresAt'>> & { expiresAt?: Date } {
+  const id = (field: string, value: string) => {
+    try {
+      return parseSpiffeId(value).toString();
+    } catch (err) {
+      throw invalid(`${field} ${JSON.stringify(value)} is not a SPIFFE ID: ${(err as Error).message}`, err);
+    }
+  };
+  const spiffeId = id('spiffeId', input.spiffeId);
+  const parentId = id('parentId', input.parentId);
+  if (spiffeId === parentId)
+    throw invalid(`spiffeId and parentId are both "${spiffeId}"; an entry cannot be its own parent`);
+  if (input.selectors.length === 0) throw invalid('at least one selector is required');
+  const seen = new Map<string, Selector>();
+  for (const s of input.selectors) {
+    if (!SELECTOR_PART.test(s.type))
+      throw invalid(`selector type ${JSON.stringify(s.type)} must be letters, digits, ".", "_" or "-"`);
+    if (s.value === '' || s.value.length > 1024)
+      throw invalid(`selector "${s.type}" needs a value of 1 to 1024 characters`);
+    seen.set(`${s.type}:${s.value}`, { type: s.type, value: s.value });
+  }
+  const selectors = [...seen.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, s]) => s);
+  const ttl = (field: string, v: number | undefined) => {
+    const n = v ?? 0;
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw invalid(`${field} ${v} must be a whole number of seconds (0 = server default)`);
+    return n;
+  };
+  for (const d of input.dnsNames ?? [])
+    if (!DNS_NAME.test(d)) throw invalid(`DNS name ${JSON.stringify(d)} is not a valid host name`);
+  const federatesWith = (input.federatesWith ?? []).map((t) => {
+    try {
+      return parseTrustDomain(t).name;
+    } catch (err) {
+      throw invalid(
+        `federatesWith ${JSON.stringify(t)} is not a trust domain: ${(err as Error).message}`,
+        err,
+      );
+    }
+  });
+  const hint = input.hint ?? '';
+  if (hint.length > 1024) throw invalid('hint is longer than 1024 characters');
+  const out = {
+    spiffeId,
+    parentId,
+    selectors,
+    x509SvidTtl: ttl('x509SvidTtl', input.x509SvidTtl),
+    jwtSvidTtl: ttl('jwtSvidTtl', input.jwtSvidTtl),
+    dnsNames: [...(input.dnsNames ?? [])],
+    federatesWith: [...new Set(federatesWith)].sort(),
+    admin: input.admin ?? false,
+    downstream: input.downstream ?? false,
+    hint,
+    metadata: { ...(input.metadata ?? {}) },
+  };
+  return input.expiresAt === undefined ? out : { ...out, expiresAt: input.expiresAt };
+}
+
+function selectorsKey(selectors: readonly Selector[]): string {
+  return selectors.map((s) => `${s.type}:${s.value}`).join('\n');
+}
+
+function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return (
+    e.code === '23505' || e.code === 'SQLITE_CONSTRAINT_UNIQUE' || e.code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  );
+}
+
+function wrap(op: string, err: unknown): never {
+  if (isTesseraError(err)) throw err;
+  throw new TesseraError(TesseraErrorCode.DATASTORE, `datastore: ${op} failed: ${(err as Error).message}`, {
+    cause: err,
+  });
+}
+
+/** The registry on any SqlDriver: the same SQL and behaviour on SQLite and PostgreSQL. */
+export class SqlDatastore implements Datastore {
+  readonly #db: SqlDriver;
+
+  constructor(driver: SqlDriver) {
+    this.#db = driver;
+  }
+
+  async createEntry(input: EntryInput): Promise<RegistrationEntry> {
+    const e = normalizeEntry(input);
+    const now = Date.now();
+    const id = randomUUID();
+    try {
+      await this.#db.transaction(async (tx) => {
+        await tx.execute(
+          `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
+             federates_with, admin, downstream, hint, expires_at, metadata, revision, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+          [id, ...this.#columns(e), now, now],
+        );
+        await this.#insertSelectors(tx, id, e.selectors);
+      });
+    } catch (err) {
+      if (isUniqueViolation(err)) {
+        throw new TesseraError(
+          TesseraErrorCode.ENTRY_DUPLICATE,
+          `entry: an entry for "${e.spiffeId}" with parent "${e.parentId}" and the same selectors already exists`,
+          { cause: err },
+        );
+      }
+      wrap('create entry', err);
+    }
+    return (await this.getEntry(id)) as RegistrationEntry;
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    try {
+      const rows = await this.#db.query('SELECT * FROM registration_entries WHERE id = ?', [id]);
+      const row = rows[0];
+      if (row === undefined) return undefined;
+      const sel = await this.#db.query(
+        'SELECT entry_id, type, value FROM entry_selectors WHERE entry_id = ? ORDER BY type, value',
+        [id],
+      );
+      return toEntry(row, sel);
+    } catch (err) {
+      wrap('get entry', err);
+    }
+  }
+
+  async updateEntry(id: string, revision: number, input: EntryInput): Promise<RegistrationEntry> {
+    const e = normalizeEntry(input);
+    try {
+      await this.#db.transaction(async (tx) => {
+        const changed = await tx.execute(
+          `UPDATE registration_entries SET spiffe_id = ?, parent_id = ?, selectors_key = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?,
+             dns_names = ?, federates_with = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?, metadata = ?,
+             revision = revision + 1, updated_at = ?
+           WHERE id = ? AND revision = ?`,
+          [...this.#columns(e), Date.now(), id, revision],
+        );
+        if (changed === 0) {
+          const rows = await tx.query('SELECT revision FROM registration_entries WHERE id = ?', [id]);
+          if (rows[0] === undefined) throw notFound(id);
+          throw new TesseraError(
+            TesseraErrorCode.REVISION_CONFLICT,
+            `entry: ${id} is at revision ${Number(rows[0].revision)}, not ${revision}; it changed since it was read — read it again and re-apply the change`,
+          );
+        }
+        await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
+        await this.#insertSelectors(tx, id, e.selectors);
+      });
+    } catch (err) {
+      if (isUniqueViolation(err)) {
+        throw new TesseraError(
+          TesseraErrorCode.ENTRY_DUPLICATE,
+          `entry: another entry for "${e.spiffeId}" with parent "${e.parentId}" and the same selectors exists`,
+          {
+            cause: err,
+          },
+        );
+      }
+      wrap('update entry', err);
+    }
+    return (await this.getEntry(id)) as RegistrationEntry;
+  }
+
+  async deleteEntry(id: string): Promise<void> {
+    let changed: number;
+    try {
+      changed = await this.#db.transaction(async (tx) => {
+        await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
+        return tx.execute('DELETE FROM registration_entries WHERE id = ?', [id]);
+      });
+    } catch (err) {
+      wrap('delete entry', err);
+    }
+    if (changed === 0) throw notFound(id);
+  }
+
+  async listEntries(options: ListEntriesOptions = {}): Promise<EntryPage> {
+    const pageSize = Math.min(1000, Math.max(1, options.pageSize ?? 100));
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (options.bySpiffeId !== undefined) {
+      where.push('e.spiffe_id = ?');
+      params.push(options.bySpiffeId);
+    }
+    if (options.byParentId !== undefined) {
+      where.push('e.parent_id = ?');
+      params.push(options.byParentId);
+    }
+    if (options.bySelector !== undefined) {
+      where.push(
+        'EXISTS (SELECT 1 FROM entry_selectors s WHERE s.entry_id = e.id AND s.type = ? AND s.value = ?)',
+      );
+      params.push(options.bySelector.type, options.bySelector.value);
+    }
+    if (options.pageToken !== undefined && options.pageToken !== '') {
+      where.push('e.id > ?');
+      params.push(options.pageToken);
+    }
+    try {
+      const rows = await this.#db.query(
+        `SELECT e.* FROM registration_entries e ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY e.id LIMIT ?`,
+        [...params, pageSize + 1],
+      );
+      const page = rows.slice(0, pageSize);
+      const ids = page.map((r) => String(r.id));
+      const selectors =
+        ids.length === 0
+          ? []
+          : await this.#db.query(
+              `SELECT entry_id, type, value FROM entry_selectors WHERE entry_id IN (${ids.map(() => '?').join(', ')}) ORDER BY entry_id, type, value`,
+              ids,
+            );
+      const byEntry = new Map<string, Row[]>();
+      for (const s of selectors) {
+        const k = String(s.entry_id);
+        const list = byEntry.get(k) ?? [];
+        list.push(s);
+        byEntry.set(k, list);
+      }
+      const entries = page.map((r) => toEntry(r, byEntry.get(String(r.id)) ?? []));
+      const last = ids.at(-1);
+      return rows.length > pageSize && last !== undefined ? { entries, nextPageToken: last } : { entries };
+    } catch (err) {
+      wrap('list entries', err);
+    }
+  }
+
+  async countEntries(): Promise<number> {
+    try {
+      const rows = await this.#db.query('SELECT COUNT(*) AS n FROM registration_entries');
+      return Number(rows[0]?.n ?? 0);
+    } catch (err) {
+      wrap('count entries', err);
+    }
+  }
+
+  async createJoinToken(input: JoinTokenInput): Promise<void> {
+    if (input.token.length < 16) throw new TypeError('join token must be at least 16 characters');
+    try {
+      await this.#db.execute(
+        'INSERT INTO join_tokens (token_hash, expires_at, agent_name, created_at) VALUES (?, ?, ?, ?)',
+        [hashToken(input.token), input.expiresAt.getTime(), input.agentName ?? null, Date.now()],
+      );
+    } catch (err) {
+      wrap('create join token', err);
+    }
+  }
+
+  async consumeJoinToken(token: string, now: Date): Promise<ConsumedJoinToken> {
+    // Looked up by SHA-256: the stored value is never the secret, and the comparison the database
+    // does is on the hash, which leaks nothing useful about the token through timing.
+    const hash = hashToken(token);
+    let row: Row | undefined;
+    try {
+      row = await this.#db.transaction(async (tx) => {
+        const rows = await tx.query('SELECT expires_at, agent_name FROM join_tokens WHERE token_hash = ?', [
+          hash,
+        ]);
+        if (rows[0] === undefined) return undefined;
+        const deleted = await tx.execute('DELETE FROM join_tokens WHERE token_hash = ?', [hash]);
+        return deleted === 1 ? rows[0] : undefined;
+      });
+    } catch (err) {
+      wrap('use join token', err);
+    }
+    if (row === undefined) {
+      throw new TesseraError(
+        TesseraErrorCode.JOIN_TOKEN_INVALID,
+        'join token: unknown or already used; generate a new one',
+      );
+    }
+    const expiresAt = new Date(Number(row.expires_at));
+    if (now.getTime() >= expiresAt.getTime()) {
+      throw new TesseraError(
+        TesseraErrorCode.JOIN_TOKEN_INVALID,
+        `join token: expired at ${expiresAt.toISOString()}; generate a new one`,
+      );
+    }
+    return {
+      expiresAt,
+      agentName: row.agent_name === null || row.agent_name === undefined ? undefined : String(row.agent_name),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.#db.close();
+  }
+
+  #columns(e: ReturnType<typeof normalizeEntry>): unknown[] {
+    return [
+      e.spiffeId,
+      e.parentId,
+      selectorsKey(e.selectors),
+      e.x509SvidTtl,
+      e.jwtSvidTtl,
+      JSON.stringify(e.dnsNames),
+      JSON.stringify(e.federatesWith),
+      e.admin ? 1 : 0,
+      e.downstream ? 1 : 0,
+      e.hint,
+      e.expiresAt?.getTime() ?? null,
+      JSON.stringify(e.metadata),
+    ];
+  }
+
+  async #insertSelectors(tx: SqlDriver, id: string, selectors: readonly Selector[]): Promise<void> {
+    for (const s of selectors)
+      await tx.execute('INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)', [
+        id,
+        s.type,
+        s.value,
+      ]);
+  }
+}
+
+function notFound(id: string): TesseraError {
+  return new TesseraError(TesseraErrorCode.ENTRY_NOT_FOUND, `entry: no entry with ID ${JSON.stringify(id)}`);
+}
+
+function toEntry(row: Row, selectors: readonly Row[]): RegistrationEntry {
+  return {
+    id: String(row.id),
+    spiffeId: String(row.spiffe_id),
+    parentId: String(row.parent_id),
+    selectors: selectors.map((s) => ({ type: String(s.type), value: String(s.value) })),
+    x509SvidTtl: Number(row.x509_svid_ttl),
+    jwtSvidTtl: Number(row.jwt_svid_ttl),
+    dnsNames: JSON.parse(String(row.dns_names)) as string[],
+    federatesWith: JSON.parse(String(row.federates_with)) as string[],
+    admin: Number(row.admin) === 1,
+    downstream: Number(row.downstream) === 1,
+    hint: String(row.hint),
+    expiresAt:
+      row.expires_at === null || row.expires_at === undefined ? undefined : new Date(Number(row.expires_at)),
+    metadata: JSON.parse(String(row.metadata)) as Record<string, string>,
+    revision: Number(row.revision),
+    createdAt: new Date(Number(row.created_at)),
+    updatedAt: new Date(Number(row.updated_at)),
+  };
+}

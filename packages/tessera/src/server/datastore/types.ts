@@ -1,0 +1,80 @@
+/** A workload-attestation selector, `type:value` (e.g. `unix:uid:1000`: type `unix`, value `uid:1000`). */
+export interface Selector {
+  readonly type: string;
+  readonly value: string;
+}
+
+/** What an operator registers: who (selectors, under which parent) gets which SPIFFE ID, and how. */
+export interface EntryInput {
+  spiffeId: string;
+  /** The agent's SPIFFE ID, or another entry's SPIFFE ID for node aliases. */
+  parentId: string;
+  selectors: readonly Selector[];
+  /** Seconds; 0 = the server default. */
+  x509SvidTtl?: number;
+  jwtSvidTtl?: number;
+  dnsNames?: readonly string[];
+  /** Trust domain names whose bundles the workload receives. */
+  federatesWith?: readonly string[];
+  admin?: boolean;
+  downstream?: boolean;
+  hint?: string;
+  /** The entry stops being served after this time. */
+  expiresAt?: Date;
+  /** Free-form owner metadata (team, ticket, contact), kept for offboarding. */
+  metadata?: Readonly<Record<string, string>>;
+}
+
+export interface RegistrationEntry extends Required<Omit<EntryInput, 'expiresAt'>> {
+  readonly id: string;
+  readonly expiresAt: Date | undefined;
+  /** Increases on every change; an update must name the revision it read. */
+  readonly revision: number;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
+export interface ListEntriesOptions {
+  bySpiffeId?: string;
+  byParentId?: string;
+  /** Entries carrying this selector (among others). */
+  bySelector?: Selector;
+  /** Default 100, at most 1000. */
+  pageSize?: number;
+  /** From the previous page's nextPageToken. */
+  pageToken?: string;
+}
+
+export interface EntryPage {
+  entries: RegistrationEntry[];
+  /** Absent on the last page. */
+  nextPageToken?: string;
+}
+
+export interface JoinTokenInput {
+  /** The secret; only its SHA-256 is stored. */
+  token: string;
+  expiresAt: Date;
+  /** A fixed agent name for the agent that uses it (else one is derived). */
+  agentName?: string;
+}
+
+export interface ConsumedJoinToken {
+  expiresAt: Date;
+  agentName: string | undefined;
+}
+
+/** The registry's storage: SQLite by default, PostgreSQL for shared deployments. */
+export interface Datastore {
+  createEntry(input: EntryInput): Promise<RegistrationEntry>;
+  getEntry(id: string): Promise<RegistrationEntry | undefined>;
+  /** Replaces the entry's fields; `revision` must be the one read, else ERR_REVISION_CONFLICT. */
+  updateEntry(id: string, revision: number, input: EntryInput): Promise<RegistrationEntry>;
+  deleteEntry(id: string): Promise<void>;
+  listEntries(options?: ListEntriesOptions): Promise<EntryPage>;
+  countEntries(): Promise<number>;
+  createJoinToken(input: JoinTokenInput): Promise<void>;
+  /** Uses a token once: refused when unknown, already used or expired at `now`. */
+  consumeJoinToken(token: string, now: Date): Promise<ConsumedJoinToken>;
+  close(): Promise<void>;
+}
