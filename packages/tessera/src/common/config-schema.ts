@@ -1,0 +1,239 @@
+/**
+ * Validates a YAML configuration file against a declarative schema, reporting every problem at
+ * once, each with its key path, file and line; the result has defaults applied and is frozen.
+ */
+import { readFileSync } from 'node:fs';
+import { isMap, isScalar, LineCounter, type Node, parseDocument, type YAMLMap } from 'yaml';
+import { parseDuration } from './duration.js';
+
+export type Field =
+  | {
+      kind: 'string';
+      required?: boolean;
+      default?: string;
+      check?: (v: string) => string | undefined;
+      doc?: string;
+    }
+  | { kind: 'int'; required?: boolean; default?: number; min?: number; max?: number }
+  | { kind: 'bool'; default?: boolean }
+  | { kind: 'duration'; default?: string; min?: string }
+  | { kind: 'enum'; values: readonly string[]; default?: string }
+  | { kind: 'object'; fields: Record<string, Field>; required?: boolean }
+  /** Exactly one of the named objects, e.g. `datastore: { sqlite: {…} }`. */
+  | {
+      kind: 'choice';
+      options: Record<string, Field & { kind: 'object' }>;
+      required?: boolean;
+      default?: string;
+    };
+
+export interface ConfigProblem {
+  path: string;
+  line: number | undefined;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly problems: readonly ConfigProblem[];
+  readonly file: string;
+
+  constructor(file: string, problems: ConfigProblem[]) {
+    super(
+      `${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n` +
+        problems
+          .map(
+            (p) =>
+              `  ${file}${p.line === undefined ? '' : `:${p.line}`}: ${p.path === '' ? '' : `${p.path}: `}${p.message}`,
+          )
+          .join('\n'),
+    );
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+type Value = string | number | boolean | { [k: string]: Value } | undefined;
+
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}
+
+/** Validates YAML `text` (from `file`, for messages) against an object schema. Throws ConfigError. */
+export function validateConfig(
+  text: string,
+  file: string,
+  schema: Field & { kind: 'object' },
+): Record<string, Value> {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, prettyErrors: false });
+  const problems: ConfigProblem[] = [];
+  const lineOf = (node: Node | null | undefined) =>
+    node?.range === undefined || node.range === null ? undefined : lc.linePos(node.range[0]).line;
+  for (const e of doc.errors)
+    problems.push({
+      path: '',
+      line: e.linePos?.[0]?.line ?? lc.linePos(e.pos[0]).line,
+      message: `YAML syntax: ${e.message.split('\n')[0]}`,
+    });
+  if (problems.length > 0) throw new ConfigError(file, problems);
+
+  const check = (
+    field: Field,
+    node: Node | null | undefined,
+    path: string,
+    keyLine: number | undefined,
+  ): Value => {
+    const line = keyLine ?? lineOf(node);
+    const fail = (message: string) => {
+      problems.push({ path, line, message });
+      return undefined;
+    };
+    const present = node !== undefined && node !== null && !(isScalar(node) && node.value === null);
+    if (!present) {
+      switch (field.kind) {
+        case 'object':
+          if (field.required === true) return fail('is required');
+          return objectDefaults(field, path);
+        case 'choice':
+          if (field.default !== undefined)
+            return {
+              [field.default]: objectDefaults(
+                field.options[field.default] as Field & { kind: 'object' },
+                `${path}.${field.default}`,
+              ),
+            };
+          return field.required === true
+            ? fail(`is required: one of ${Object.keys(field.options).join(', ')}`)
+            : undefined;
+        case 'string':
+        case 'int':
+          if (field.required === true) return fail('is required');
+          return field.default;
+        case 'duration':
+          return field.default === undefined ? undefined : (parseDuration(field.default) as number);
+        default:
+          return field.default;
+      }
+    }
+    switch (field.kind) {
+      case 'object':
+      case 'choice': {
+        if (!isMap(node)) return fail('must be a mapping (key: value lines)');
+        const map = node as YAMLMap<Node, Node>;
+        const allowed = field.kind === 'object' ? field.fields : field.options;
+        const out: Record<string, Value> = {};
+        for (const pair of map.items) {
+          const key = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
+          const kLine = lineOf(pair.key);
+          const sub = allowed[key];
+          const subPath = path === '' ? key : `${path}.${key}`;
+          if (sub === undefined) {
+            problems.push({
+              path: subPath,
+              line: kLine,
+              message: `unknown key; allowed here: ${Object.keys(allowed).join(', ')}`,
+            });
+            continue;
+          }
+          out[key] = check(sub, pair.value, subPath, kLine);
+        }
+        if (field.kind === 'choice') {
+          const chosen = Object.keys(out);
+          if (chosen.length !== 1)
+            return fail(
+              `must name exactly one of ${Object.keys(field.options).join(', ')}; found ${chosen.length === 0 ? 'none' : chosen.join(', ')}`,
+            );
+          return out;
+        }
+        for (const [k, sub] of Object.entries(field.fields)) {
+          if (!(k in out)) {
+            const v = check(sub, undefined, path === '' ? k : `${path}.${k}`, line);
+            if (v !== undefined) out[k] = v;
+          }
+        }
+        return out;
+      }
+      case 'string': {
+        if (!isScalar(node) || typeof node.value !== 'string')
+          return fail(`must be a string; got ${describe(node)}`);
+        const why = field.check?.(node.value);
+        return why === undefined ? node.value : fail(why);
+      }
+      case 'int': {
+        if (!isScalar(node) || typeof node.value !== 'number' || !Number.isInteger(node.value))
+          return fail(`must be a whole number; got ${describe(node)}`);
+        if (field.min !== undefined && node.value < field.min)
+          return fail(`must be at least ${field.min}; got ${node.value}`);
+        if (field.max !== undefined && node.value > field.max)
+          return fail(`must be at most ${field.max}; got ${node.value}`);
+        return node.value;
+      }
+      case 'bool':
+        if (!isScalar(node) || typeof node.value !== 'boolean')
+          return fail(`must be true or false; got ${describe(node)}`);
+        return node.value;
+      case 'duration': {
+        const ms = isScalar(node) && typeof node.value === 'string' ? parseDuration(node.value) : undefined;
+        if (ms === undefined)
+          return fail(`must be a duration such as 90s, 5m, 1h30m or 24h; got ${describe(node)}`);
+        const min = field.min === undefined ? undefined : parseDuration(field.min);
+        if (min !== undefined && ms < min) return fail(`must be at least ${field.min}`);
+        return ms;
+      }
+      case 'enum':
+        if (!isScalar(node) || typeof node.value !== 'string' || !field.values.includes(node.value)) {
+          return fail(`must be one of ${field.values.join(', ')}; got ${describe(node)}`);
+        }
+        return node.value;
+    }
+  };
+
+  const objectDefaults = (
+    field: Field & { kind: 'object' },
+    path: string,
+  ): Record<string, Value> | undefined => {
+    const out: Record<string, Value> = {};
+    for (const [k, sub] of Object.entries(field.fields)) {
+      const v = check(sub, undefined, `${path}.${k}`, undefined);
+      if (v !== undefined) out[k] = v;
+    }
+    return out;
+  };
+
+  const root = doc.contents;
+  if (root === null || (isScalar(root) && root.value === null)) {
+    problems.push({ path: '', line: 1, message: 'the file is empty' });
+    throw new ConfigError(file, problems);
+  }
+  const result = check(schema, root as Node, '', 1) as Record<string, Value>;
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  return deepFreeze(result);
+}
+
+function describe(node: Node | null | undefined): string {
+  if (isScalar(node)) return JSON.stringify(node.value);
+  if (isMap(node)) return 'a mapping';
+  return 'a list';
+}
+
+/** Reads and validates a file; a missing or unreadable file is one ConfigError. */
+export function loadConfigFile(file: string, schema: Field & { kind: 'object' }): Record<string, Value> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, [
+      {
+        path: '',
+        line: undefined,
+        message: `cannot read the file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      },
+    ]);
+  }
+  return validateConfig(text, file, schema);
+}

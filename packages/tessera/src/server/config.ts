@@ -1,0 +1,129 @@
+import { isAbsolute } from 'node:path';
+import { parseTrustDomain } from 'spiffe';
+import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+
+const absolutePath = (v: string) =>
+  isAbsolute(v) ? undefined : `must be an absolute path; got ${JSON.stringify(v)}`;
+
+/** The server configuration file (`tessera server run --config server.yaml`). */
+export const SERVER_CONFIG_SCHEMA = {
+  kind: 'object',
+  fields: {
+    trust_domain: {
+      kind: 'string',
+      required: true,
+      check: (v) => {
+        try {
+          parseTrustDomain(v);
+          return v.includes(':') ? 'must be a trust domain name (example.org), not a SPIFFE ID' : undefined;
+        } catch (err) {
+          return (err as Error).message;
+        }
+      },
+    },
+    data_dir: { kind: 'string', default: '/var/lib/tessera/server', check: absolutePath },
+    agent_api: {
+      kind: 'object',
+      fields: {
+        address: { kind: 'string', default: '0.0.0.0' },
+        port: { kind: 'int', default: 8081, min: 0, max: 65535 },
+      },
+    },
+    admin_socket: { kind: 'string', default: '/run/tessera/server.sock', check: absolutePath },
+    datastore: {
+      kind: 'choice',
+      default: 'sqlite',
+      options: {
+        sqlite: { kind: 'object', fields: { path: { kind: 'string', check: absolutePath } } },
+        postgres: { kind: 'object', fields: { connection_string: { kind: 'string', required: true } } },
+      },
+    },
+    ca: {
+      kind: 'object',
+      fields: {
+        key_type: { kind: 'enum', values: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
+        ttl: { kind: 'duration', default: '24h', min: '1m' },
+        subject: {
+          kind: 'object',
+          fields: {
+            country: { kind: 'string', default: 'US' },
+            organization: { kind: 'string', default: 'SPIFFE' },
+            common_name: { kind: 'string', default: '' },
+          },
+        },
+      },
+    },
+    x509_svid_ttl: { kind: 'duration', default: '1h', min: '1s' },
+    jwt_svid_ttl: { kind: 'duration', default: '5m', min: '1s' },
+    jwt_issuer: { kind: 'string', default: '' },
+    key_manager: { kind: 'enum', values: ['disk', 'memory'], default: 'disk' },
+    upstream_authority: {
+      kind: 'choice',
+      options: {
+        disk: {
+          kind: 'object',
+          fields: {
+            cert_file: { kind: 'string', required: true, check: absolutePath },
+            key_file: { kind: 'string', required: true, check: absolutePath },
+            bundle_file: { kind: 'string', check: absolutePath },
+          },
+        },
+      },
+    },
+    log: {
+      kind: 'object',
+      fields: {
+        level: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info' },
+        format: { kind: 'enum', values: ['json', 'text'], default: 'text' },
+      },
+    },
+    health: {
+      kind: 'object',
+      fields: {
+        address: { kind: 'string', default: '127.0.0.1' },
+        port: { kind: 'int', default: 8080, min: 0, max: 65535 },
+      },
+    },
+  },
+} as const satisfies Field;
+
+export interface ServerConfig {
+  readonly trust_domain: string;
+  readonly data_dir: string;
+  readonly agent_api: { readonly address: string; readonly port: number };
+  readonly admin_socket: string;
+  readonly datastore: {
+    readonly sqlite?: { readonly path?: string };
+    readonly postgres?: { readonly connection_string: string };
+  };
+  readonly ca: {
+    readonly key_type: 'ec-p256' | 'ec-p384' | 'rsa-2048';
+    /** Milliseconds. */
+    readonly ttl: number;
+    readonly subject: {
+      readonly country: string;
+      readonly organization: string;
+      readonly common_name: string;
+    };
+  };
+  /** Milliseconds. */
+  readonly x509_svid_ttl: number;
+  /** Milliseconds. */
+  readonly jwt_svid_ttl: number;
+  readonly jwt_issuer: string;
+  readonly key_manager: 'disk' | 'memory';
+  readonly upstream_authority?: {
+    readonly disk: { readonly cert_file: string; readonly key_file: string; readonly bundle_file?: string };
+  };
+  readonly log: { readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly format: 'json' | 'text' };
+  readonly health: { readonly address: string; readonly port: number };
+}
+
+/** Validates server configuration text; every problem is reported at once (ConfigError). */
+export function parseServerConfig(text: string, file = 'server.yaml'): ServerConfig {
+  return validateConfig(text, file, SERVER_CONFIG_SCHEMA) as unknown as ServerConfig;
+}
+
+export function loadServerConfig(file: string): ServerConfig {
+  return loadConfigFile(file, SERVER_CONFIG_SCHEMA) as unknown as ServerConfig;
+}
