@@ -1,4 +1,5 @@
 export { FakeClock } from './clock.js';
+export { createCsr } from './csr.js';
 export { type JwtAuthorityOptions, type JwtKeyType, TestJwtAuthority, unsignedToken } from './jwt.js';
 export { findPostgresBin, type PostgresCluster, startPostgres } from './postgres.js';
 export { makeTempDir, type TempDir } from './tmp.js';

@@ -14,6 +14,10 @@ export const TesseraErrorCode = {
   REVISION_CONFLICT: 'ERR_REVISION_CONFLICT',
   /** A join token is unknown, already used or expired. */
   JOIN_TOKEN_INVALID: 'ERR_JOIN_TOKEN_INVALID',
+  /** A certificate signing request is malformed, has a bad signature, or an unacceptable key. */
+  CSR_INVALID: 'ERR_CSR_INVALID',
+  /** The CA cannot issue what was asked (bad SPIFFE ID, TTL, no active key). */
+  CA_ISSUE: 'ERR_CA_ISSUE',
   /** The datastore cannot be opened or a query failed. */
   DATASTORE: 'ERR_DATASTORE',
 } as const;

@@ -1,0 +1,192 @@
+/**
+ * Building and signing X.509 certificates for the authority: the ASN.1 from @peculiar/asn1-x509,
+ * the signature from node:crypto. Only the shapes the SPIFFE X509-SVID spec allows are built.
+ */
+import { createHash, type KeyObject, randomBytes, sign, X509Certificate } from 'node:crypto';
+import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
+import {
+  AlgorithmIdentifier,
+  AttributeTypeAndValue,
+  AttributeValue,
+  AuthorityKeyIdentifier,
+  BasicConstraints,
+  Certificate,
+  ExtendedKeyUsage,
+  Extension,
+  Extensions,
+  GeneralName,
+  id_ce_authorityKeyIdentifier,
+  id_ce_basicConstraints,
+  id_ce_extKeyUsage,
+  id_ce_keyUsage,
+  id_ce_subjectAltName,
+  id_ce_subjectKeyIdentifier,
+  id_kp_clientAuth,
+  id_kp_serverAuth,
+  KeyIdentifier,
+  KeyUsage,
+  KeyUsageFlags,
+  Name,
+  RelativeDistinguishedName,
+  SubjectAlternativeName,
+  SubjectKeyIdentifier,
+  SubjectPublicKeyInfo,
+  TBSCertificate,
+  Validity,
+  Version,
+} from '@peculiar/asn1-x509';
+
+export interface DistinguishedName {
+  country?: string;
+  organization?: string;
+  organizationalUnit?: string;
+  commonName?: string;
+  serialNumber?: string;
+}
+
+const OIDS: [keyof DistinguishedName, string, 'printableString' | 'utf8String'][] = [
+  ['country', '2.5.4.6', 'printableString'],
+  ['organization', '2.5.4.10', 'utf8String'],
+  ['organizationalUnit', '2.5.4.11', 'utf8String'],
+  ['commonName', '2.5.4.3', 'utf8String'],
+  ['serialNumber', '2.5.4.5', 'printableString'],
+];
+
+export function toName(dn: DistinguishedName): Name {
+  return new Name(
+    OIDS.flatMap(([field, type, form]) => {
+      const v = dn[field];
+      if (v === undefined || v === '') return [];
+      return [
+        new RelativeDistinguishedName([
+          new AttributeTypeAndValue({ type, value: new AttributeValue({ [form]: v }) }),
+        ]),
+      ];
+    }),
+  );
+}
+
+function toArrayBuffer(b: Buffer): ArrayBuffer {
+  return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+}
+
+/** The signature algorithm for a signing key: ECDSA with the curve's hash, RSA PKCS#1 v1.5 SHA-256, Ed25519. */
+function signatureAlgorithm(key: KeyObject): { alg: AlgorithmIdentifier; hash: string | null } {
+  switch (key.asymmetricKeyType) {
+    case 'ec': {
+      const p384 = key.asymmetricKeyDetails?.namedCurve === 'secp384r1';
+      return {
+        alg: new AlgorithmIdentifier({ algorithm: p384 ? '1.2.840.10045.4.3.3' : '1.2.840.10045.4.3.2' }),
+        hash: p384 ? 'sha384' : 'sha256',
+      };
+    }
+    case 'rsa':
+      return {
+        alg: new AlgorithmIdentifier({ algorithm: '1.2.840.113549.1.1.11', parameters: null }),
+        hash: 'sha256',
+      };
+    case 'ed25519':
+      return { alg: new AlgorithmIdentifier({ algorithm: '1.3.101.112' }), hash: null };
+    default:
+      throw new TypeError(`x509: cannot sign with a ${key.asymmetricKeyType} key`);
+  }
+}
+
+export function spkiOf(publicKey: KeyObject): SubjectPublicKeyInfo {
+  return AsnConvert.parse(publicKey.export({ type: 'spki', format: 'der' }), SubjectPublicKeyInfo);
+}
+
+/** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits. */
+export function keyIdentifier(spki: SubjectPublicKeyInfo): ArrayBuffer {
+  return toArrayBuffer(createHash('sha1').update(new Uint8Array(spki.subjectPublicKey)).digest());
+}
+
+function ext(extnID: string, critical: boolean, value: unknown): Extension {
+  return new Extension({ extnID, critical, extnValue: new OctetString(AsnConvert.serialize(value)) });
+}
+
+/** A random positive serial of 16 bytes (no leading zero octet, never negative: Go >= 1.23 rejects those). */
+export function randomSerial(): ArrayBuffer {
+  const s = randomBytes(16);
+  s[0] = ((s[0] ?? 0) & 0x7f) | 0x01;
+  return toArrayBuffer(s);
+}
+
+export interface CertificateTemplate {
+  subject: Name;
+  subjectPublicKey: SubjectPublicKeyInfo;
+  notBefore: Date;
+  notAfter: Date;
+  isCa: boolean;
+  /** CA certificates: keyCertSign + cRLSign; leaves: digitalSignature + keyEncipherment + keyAgreement (as SPIRE). */
+  uris: readonly string[];
+  dnsNames?: readonly string[];
+}
+
+export interface Issuer {
+  name: Name;
+  privateKey: KeyObject;
+  /** SubjectKeyIdentifier of the issuer (AKI of what it signs). */
+  keyId: ArrayBuffer;
+}
+
+/** Builds and signs a certificate. `issuer` undefined = self-signed with `selfKey`. */
+export function signCertificate(t: CertificateTemplate, issuer: Issuer): X509Certificate {
+  const { alg, hash } = signatureAlgorithm(issuer.privateKey);
+  const subjectKeyId = keyIdentifier(t.subjectPublicKey);
+  const names = [
+    ...t.uris.map((u) => new GeneralName({ uniformResourceIdentifier: u })),
+    ...(t.dnsNames ?? []).map((d) => new GeneralName({ dNSName: d })),
+  ];
+  const extensions = [
+    ext(id_ce_basicConstraints, true, new BasicConstraints({ cA: t.isCa })),
+    ext(
+      id_ce_keyUsage,
+      true,
+      new KeyUsage(
+        t.isCa
+          ? KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign
+          : KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment | KeyUsageFlags.keyAgreement,
+      ),
+    ),
+    ...(t.isCa
+      ? []
+      : [ext(id_ce_extKeyUsage, false, new ExtendedKeyUsage([id_kp_serverAuth, id_kp_clientAuth]))]),
+    ext(id_ce_subjectKeyIdentifier, false, new SubjectKeyIdentifier(subjectKeyId)),
+    ext(
+      id_ce_authorityKeyIdentifier,
+      false,
+      new AuthorityKeyIdentifier({ keyIdentifier: new KeyIdentifier(issuer.keyId) }),
+    ),
+    // With an empty subject the SAN must be critical (RFC 5280 4.1.2.6).
+    ...(names.length === 0
+      ? []
+      : [ext(id_ce_subjectAltName, t.subject.length === 0, new SubjectAlternativeName(names))]),
+  ];
+  const tbs = new TBSCertificate({
+    version: Version.v3,
+    serialNumber: randomSerial(),
+    signature: alg,
+    issuer: issuer.name,
+    validity: new Validity({
+      notBefore: new Date(Math.floor(t.notBefore.getTime() / 1000) * 1000),
+      notAfter: new Date(Math.floor(t.notAfter.getTime() / 1000) * 1000),
+    }),
+    subject: t.subject,
+    subjectPublicKeyInfo: t.subjectPublicKey,
+    extensions: new Extensions(extensions),
+  });
+  const tbsDer = Buffer.from(AsnConvert.serialize(tbs));
+  const signature = sign(hash, tbsDer, issuer.privateKey);
+  const cert = new Certificate({
+    tbsCertificate: tbs,
+    signatureAlgorithm: alg,
+    signatureValue: toArrayBuffer(signature),
+  });
+  return new X509Certificate(Buffer.from(AsnConvert.serialize(cert)));
+}
+
+/** The subject Name of a certificate, as the issuer Name of what it signs. */
+export function subjectName(cert: X509Certificate): Name {
+  return AsnConvert.parse(cert.raw, Certificate).tbsCertificate.subject;
+}

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createCsr, generateKey, type KeyType, makeTempDir, type TempDir } from '@tessera/testkit';
+import { parseTrustDomain, parseX509SvidRaw, verifyX509Svid, X509Bundle } from 'spiffe';
+import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
+import { parseCsr } from './csr.js';
+import { BACKDATE_MS, type CaKeyType, X509Authority } from './x509-authority.js';
+
+const td = parseTrustDomain('example.org');
+const HOUR = 3600_000;
+const subject = { country: 'US', organization: 'SPIFFE' };
+
+function refused(fn: () => unknown, code: string, pattern: RegExp): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(isTesseraError(e), String(e));
+    assert.equal(e.code, code);
+    assert.match(e.message, pattern);
+    return true;
+  });
+}
+
+describe('X509Authority', () => {
+  let tmp: TempDir;
+  before(async () => {
+    tmp = await makeTempDir('ca-');
+  });
+  after(() => tmp.cleanup());
+
+  for (const keyType of ['ec-p256', 'ec-p384', 'rsa-2048'] as CaKeyType[]) {
+    it(`a ${keyType} CA issues from a CSR an X509-SVID that openssl and the spiffe library accept`, () => {
+      const now = new Date();
+      const ca = X509Authority.createSelfSigned({ trustDomain: td, keyType, ttlMs: 24 * HOUR, subject, now });
+      assert.equal(ca.certificate.ca, true);
+      assert.equal(ca.certificate.subjectAltName, 'URI:spiffe://example.org');
+      const key = generateKey();
+      const { chain, expiresAt } = ca.issueX509Svid({
+        csr: createCsr(key.publicKey, key.privateKey),
+        spiffeId: 'spiffe://example.org/web',
+        dnsNames: ['web.example.org'],
+        ttlMs: HOUR,
+        now,
+      });
+      assert.equal(chain.length, 1);
+      const leaf = chain[0]!;
+      assert.equal(leaf.subjectAltName, 'URI:spiffe://example.org/web, DNS:web.example.org');
+      assert.match(leaf.subject, /CN=web.example.org/);
+      assert.equal(
+        new Date(leaf.validFrom).getTime(),
+        Math.floor((now.getTime() - BACKDATE_MS) / 1000) * 1000,
+      );
+      assert.equal(new Date(leaf.validTo).getTime(), expiresAt.getTime());
+      const svid = parseX509SvidRaw(leaf.raw, key.privateKey.export({ type: 'pkcs8', format: 'der' }));
+      assert.equal(svid.id.toString(), 'spiffe://example.org/web');
+      assert.equal(verifyX509Svid([leaf.raw], new X509Bundle(td, [ca.certificate])).id.path, '/web');
+      const rootFile = join(tmp.path, `${keyType}-root.pem`);
+      const leafFile = join(tmp.path, `${keyType}-leaf.pem`);
+      writeFileSync(rootFile, ca.certificate.toString());
+      writeFileSync(leafFile, leaf.toString());
+      assert.match(
+        execFileSync('openssl', ['verify', '-CAfile', rootFile, '-purpose', 'sslclient', leafFile], {
+          encoding: 'utf8',
+        }),
+        /OK/,
+      );
+      const serial = BigInt(`0x${leaf.serialNumber}`);
+      assert.ok(serial > 0n && leaf.serialNumber.length <= 40);
+    });
+  }
+
+  it('caps the TTL at the CA’s own expiry', () => {
+    const now = new Date();
+    const ca = X509Authority.createSelfSigned({
+      trustDomain: td,
+      keyType: 'ec-p256',
+      ttlMs: HOUR,
+      subject,
+      now,
+    });
+    const { expiresAt } = ca.issueX509Svid({
+      publicKey: generateKey().publicKey,
+      spiffeId: 'spiffe://example.org/w',
+      ttlMs: 10 * HOUR,
+      now,
+    });
+    assert.equal(expiresAt.getTime(), ca.notAfter.getTime());
+  });
+
+  it('refuses IDs outside its trust domain or without a path, bad TTLs and DNS names, and an expired CA', () => {
+    const now = new Date();
+    const ca = X509Authority.createSelfSigned({
+      trustDomain: td,
+      keyType: 'ec-p256',
+      ttlMs: HOUR,
+      subject,
+      now,
+    });
+    const publicKey = generateKey().publicKey;
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ spiffeId: 'spiffe://other.org/w' }, /not in trust domain "example.org"/],
+      [{ spiffeId: 'spiffe://example.org' }, /needs a path/],
+      [{ spiffeId: 'http://example.org/w' }, /cannot issue for/],
+      [{ ttlMs: 0 }, /TTL must be a positive/],
+      [{ dnsNames: ['not a host'] }, /DNS name/],
+      [{ now: new Date(now.getTime() + 2 * HOUR) }, /the CA expired/],
+    ];
+    for (const [extra, pattern] of cases) {
+      refused(
+        () => ca.issueX509Svid({ publicKey, spiffeId: 'spiffe://example.org/w', ttlMs: HOUR, now, ...extra }),
+        TesseraErrorCode.CA_ISSUE,
+        pattern,
+      );
+    }
+  });
+});
+
+describe('parseCsr', () => {
+  for (const kt of ['ec-p256', 'ec-p384', 'rsa-2048', 'ed25519'] as KeyType[]) {
+    it(`accepts a ${kt} CSR signed by its own key`, () => {
+      const k = generateKey(kt);
+      assert.ok(parseCsr(createCsr(k.publicKey, k.privateKey)).publicKey.equals(k.publicKey));
+    });
+  }
+  it('refuses a CSR signed by another key, garbage, and a truncated request', () => {
+    const a = generateKey();
+    const b = generateKey();
+    refused(
+      () => parseCsr(createCsr(a.publicKey, b.privateKey)),
+      TesseraErrorCode.CSR_INVALID,
+      /no proof of possession/,
+    );
+    refused(() => parseCsr(Buffer.from('not a csr')), TesseraErrorCode.CSR_INVALID, /not a DER PKCS#10/);
+    const good = createCsr(a.publicKey, a.privateKey);
+    refused(
+      () => parseCsr(good.subarray(0, good.length - 10)),
+      TesseraErrorCode.CSR_INVALID,
+      /not a DER PKCS#10|signature/,
+    );
+  });
+});

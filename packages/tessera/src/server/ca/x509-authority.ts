@@ -1,0 +1,166 @@
+import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
+import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import {
+  type DistinguishedName,
+  keyIdentifier,
+  signCertificate,
+  spkiOf,
+  subjectName,
+  toName,
+} from '../../common/x509.js';
+import { parseCsr } from './csr.js';
+
+export type CaKeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048';
+
+/** SPIRE backdates NotBefore by 10 s so that small clock skew does not reject a fresh SVID. */
+export const BACKDATE_MS = 10_000;
+const DNS_NAME =
+  /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+
+export function generateCaKey(type: CaKeyType): { privateKey: KeyObject; publicKey: KeyObject } {
+  switch (type) {
+    case 'ec-p256':
+      return generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    case 'ec-p384':
+      return generateKeyPairSync('ec', { namedCurve: 'P-384' });
+    case 'rsa-2048':
+      return generateKeyPairSync('rsa', { modulusLength: 2048 });
+  }
+}
+
+function refuse(message: string): TesseraError {
+  return new TesseraError(TesseraErrorCode.CA_ISSUE, `ca: ${message}`);
+}
+
+export interface IssueX509SvidRequest {
+  /** The workload's public key, or its CSR (DER), whose signature is checked. */
+  publicKey?: KeyObject;
+  csr?: Uint8Array;
+  spiffeId: string | SpiffeId;
+  dnsNames?: readonly string[];
+  ttlMs: number;
+  now: Date;
+}
+
+export interface IssuedX509Svid {
+  /** Leaf first, then the intermediates up to (not including) the root in the bundle. */
+  chain: X509Certificate[];
+  expiresAt: Date;
+}
+
+/**
+ * One X.509 signing key of the trust domain: its CA certificate (self-signed, or signed by an
+ * upstream authority) and private key. Issues X509-SVIDs per the spec: one URI SAN, optional DNS
+ * SANs, random serial, SPIRE's key usages, NotBefore backdated 10 s, NotAfter capped by the CA's.
+ */
+export class X509Authority {
+  readonly trustDomain: TrustDomain;
+  readonly certificate: X509Certificate;
+  readonly privateKey: KeyObject;
+  /** Upstream intermediates between this CA and the root, when an upstream authority signed it. */
+  readonly upstreamChain: readonly X509Certificate[];
+  readonly #issuer: { name: ReturnType<typeof subjectName>; privateKey: KeyObject; keyId: ArrayBuffer };
+  readonly #notAfter: number;
+  /** What follows a leaf in the chain: nothing for a self-signed root; this CA and its upstream chain otherwise. */
+  readonly #intermediates: X509Certificate[];
+
+  constructor(
+    trustDomain: TrustDomain,
+    certificate: X509Certificate,
+    privateKey: KeyObject,
+    upstreamChain: readonly X509Certificate[] = [],
+  ) {
+    if (!certificate.checkPrivateKey(privateKey))
+      throw new TypeError('ca: the private key does not belong to the CA certificate');
+    this.trustDomain = trustDomain;
+    this.certificate = certificate;
+    this.privateKey = privateKey;
+    this.upstreamChain = upstreamChain;
+    this.#issuer = {
+      name: subjectName(certificate),
+      privateKey,
+      keyId: keyIdentifier(spkiOf(certificate.publicKey)),
+    };
+    this.#notAfter = new Date(certificate.validTo).getTime();
+    const selfSigned =
+      certificate.subject === certificate.issuer && certificate.verify(certificate.publicKey);
+    this.#intermediates = selfSigned ? [] : [certificate, ...upstreamChain];
+  }
+
+  /** A self-signed CA for the trust domain, valid from `now` (backdated) for `ttlMs`. */
+  static createSelfSigned(opts: {
+    trustDomain: TrustDomain;
+    keyType: CaKeyType;
+    ttlMs: number;
+    subject: DistinguishedName;
+    now: Date;
+  }): X509Authority {
+    const key = generateCaKey(opts.keyType);
+    const spki = spkiOf(key.publicKey);
+    const name = toName({ ...opts.subject, serialNumber: opts.subject.serialNumber ?? String(Date.now()) });
+    const cert = signCertificate(
+      {
+        subject: name,
+        subjectPublicKey: spki,
+        notBefore: new Date(opts.now.getTime() - BACKDATE_MS),
+        notAfter: new Date(opts.now.getTime() + opts.ttlMs),
+        isCa: true,
+        uris: [opts.trustDomain.idString()],
+      },
+      { name, privateKey: key.privateKey, keyId: keyIdentifier(spki) },
+    );
+    return new X509Authority(opts.trustDomain, cert, key.privateKey);
+  }
+
+  get notAfter(): Date {
+    return new Date(this.#notAfter);
+  }
+
+  /** Issues an X509-SVID for a workload or agent of this trust domain. */
+  issueX509Svid(req: IssueX509SvidRequest): IssuedX509Svid {
+    let id: SpiffeId;
+    try {
+      id = typeof req.spiffeId === 'string' ? parseSpiffeId(req.spiffeId) : req.spiffeId;
+    } catch (err) {
+      throw refuse(`cannot issue for ${JSON.stringify(String(req.spiffeId))}: ${(err as Error).message}`);
+    }
+    if (!id.memberOf(this.trustDomain))
+      throw refuse(`cannot issue for "${id}": it is not in trust domain "${this.trustDomain}"`);
+    if (id.path === '')
+      throw refuse(`cannot issue for "${id}": an X509-SVID must name a workload (the ID needs a path)`);
+    if (!Number.isSafeInteger(req.ttlMs) || req.ttlMs <= 0)
+      throw refuse(`TTL must be a positive number of milliseconds; got ${req.ttlMs}`);
+    for (const d of req.dnsNames ?? [])
+      if (!DNS_NAME.test(d)) throw refuse(`DNS name ${JSON.stringify(d)} is not a valid host name`);
+    const now = req.now.getTime();
+    if (now >= this.#notAfter)
+      throw refuse(`the CA expired at ${this.notAfter.toISOString()}; rotate the authority`);
+    const spki =
+      req.csr !== undefined
+        ? parseCsr(req.csr).spki
+        : req.publicKey !== undefined
+          ? spkiOf(req.publicKey)
+          : undefined;
+    if (spki === undefined) throw new TypeError('ca: issueX509Svid needs a csr or a publicKey');
+    const notAfter = Math.min(now + req.ttlMs, this.#notAfter);
+    const firstDns = req.dnsNames?.[0];
+    const leaf = signCertificate(
+      {
+        subject: toName({
+          country: 'US',
+          organization: 'SPIFFE',
+          ...(firstDns === undefined ? {} : { commonName: firstDns }),
+        }),
+        subjectPublicKey: spki,
+        notBefore: new Date(now - BACKDATE_MS),
+        notAfter: new Date(notAfter),
+        isCa: false,
+        uris: [id.toString()],
+        dnsNames: req.dnsNames ?? [],
+      },
+      this.#issuer,
+    );
+    return { chain: [leaf, ...this.#intermediates], expiresAt: new Date(Math.floor(notAfter / 1000) * 1000) };
+  }
+}
