@@ -18,6 +18,8 @@ export const TesseraErrorCode = {
   CSR_INVALID: 'ERR_CSR_INVALID',
   /** The CA cannot issue what was asked (bad SPIFFE ID, TTL, no active key). */
   CA_ISSUE: 'ERR_CA_ISSUE',
+  /** A key file is unreadable, corrupt, or readable by others. */
+  KEY_FILE: 'ERR_KEY_FILE',
   /** The datastore cannot be opened or a query failed. */
   DATASTORE: 'ERR_DATASTORE',
 } as const;
