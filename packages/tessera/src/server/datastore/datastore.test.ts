@@ -11,7 +11,10 @@ import {
   type PostgresCluster,
   startPostgres,
   type TempDir,
+  TestCa,
+  TestJwtAuthority,
 } from '@tessera/testkit';
+import { parseTrustDomain, type SpiffeBundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { openPostgresDatastore } from './postgres.js';
 import { openSqliteDatastore } from './sqlite.js';
@@ -202,6 +205,37 @@ function suite(name: string, open: () => Promise<Datastore>): void {
         /expired/,
       );
       await rejectsWith(ds.consumeJoinToken('never-issued-token', now), TesseraErrorCode.JOIN_TOKEN_INVALID);
+    });
+
+    it('bundles: updates increment spiffe_sequence, a no-op does not, concurrent unions keep both keys', async () => {
+      const td = parseTrustDomain('example.org');
+      assert.equal(await ds.getBundle(td), undefined);
+      const a = TestCa.create({ trustDomain: 'example.org' }).root;
+      const b = TestCa.create({ trustDomain: 'example.org' }).root;
+      const addX509 = (cert: typeof a) => (cur: SpiffeBundle) =>
+        cur.with({ x509Authorities: [...cur.x509Authorities, cert] });
+      const first = await ds.updateBundle(td, addX509(a));
+      assert.equal(first.sequenceNumber, 1n);
+      const same = await ds.updateBundle(td, (cur) => cur);
+      assert.equal(same.sequenceNumber, 1n);
+      const jwt = TestJwtAuthority.create({ trustDomain: 'example.org', kid: 'k1' });
+      await Promise.all([
+        ds.updateBundle(td, addX509(b)),
+        ds.updateBundle(td, (cur) =>
+          cur.with({ jwtAuthorities: [...cur.jwtAuthorities, ['k1', jwt.publicKey] as const] }),
+        ),
+      ]);
+      const stored = await ds.getBundle(td);
+      assert.equal(stored?.sequenceNumber, 3n);
+      assert.equal(stored?.x509Authorities.length, 2);
+      assert.ok(stored?.jwtAuthorities.has('k1'));
+      const revoked = await ds.updateBundle(td, (cur) =>
+        cur.with({
+          x509Authorities: cur.x509Authorities.filter((c) => c.fingerprint256 !== a.fingerprint256),
+        }),
+      );
+      assert.equal(revoked.sequenceNumber, 4n);
+      assert.equal((await ds.getBundle(td))?.x509Authorities.length, 1);
     });
 
     it('two concurrent uses of one token: exactly one wins', async () => {

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { parseSpiffeId, parseTrustDomain } from 'spiffe';
+import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, SpiffeBundle, type TrustDomain } from 'spiffe';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type {
   ConsumedJoinToken,
@@ -62,6 +62,19 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
         expires_at BIGINT NOT NULL,
         agent_name TEXT,
         created_at BIGINT NOT NULL
+      )`,
+    ],
+  },
+  {
+    version: 2,
+    statements: [
+      // One SPIFFE bundle document per trust domain (own and federated); the sequence is kept as
+      // text because spiffe_sequence is a uint64 and SQL integers are signed 64-bit.
+      `CREATE TABLE bundles (
+        trust_domain TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        sequence TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
       )`,
     ],
   },
@@ -337,6 +350,59 @@ export class SqlDatastore implements Datastore {
       return rows.length > pageSize && last !== undefined ? { entries, nextPageToken: last } : { entries };
     } catch (err) {
       wrap('list entries', err);
+    }
+  }
+
+  async getBundle(trustDomain: TrustDomain): Promise<SpiffeBundle | undefined> {
+    try {
+      const rows = await this.#db.query('SELECT document FROM bundles WHERE trust_domain = ?', [
+        trustDomain.name,
+      ]);
+      const doc = rows[0]?.document;
+      return doc === undefined ? undefined : parseSpiffeBundle(trustDomain, String(doc));
+    } catch (err) {
+      wrap('get bundle', err);
+    }
+  }
+
+  async updateBundle(
+    trustDomain: TrustDomain,
+    change: (current: SpiffeBundle) => SpiffeBundle,
+  ): Promise<SpiffeBundle> {
+    try {
+      return await this.#db.transaction(async (tx) => {
+        if (tx.dialect === 'postgres')
+          await tx.execute('SELECT pg_advisory_xact_lock(hashtext(?))', [`bundle:${trustDomain.name}`]);
+        const rows = await tx.query('SELECT document FROM bundles WHERE trust_domain = ?', [
+          trustDomain.name,
+        ]);
+        const doc = rows[0]?.document;
+        const current =
+          doc === undefined
+            ? new SpiffeBundle({ trustDomain, sequenceNumber: 0n })
+            : parseSpiffeBundle(trustDomain, String(doc));
+        const proposed = change(current);
+        if (!proposed.trustDomain.equals(trustDomain))
+          throw new TypeError('datastore: a bundle update cannot change the trust domain');
+        const same = proposed.with({ sequenceNumber: current.sequenceNumber }).equals(current);
+        if (same && doc !== undefined) return current;
+        const next = proposed.with({ sequenceNumber: (current.sequenceNumber ?? 0n) + 1n });
+        const params = [next.marshal(), String(next.sequenceNumber), Date.now(), trustDomain.name];
+        if (doc === undefined) {
+          await tx.execute(
+            'INSERT INTO bundles (document, sequence, updated_at, trust_domain) VALUES (?, ?, ?, ?)',
+            params,
+          );
+        } else {
+          await tx.execute(
+            'UPDATE bundles SET document = ?, sequence = ?, updated_at = ? WHERE trust_domain = ?',
+            params,
+          );
+        }
+        return next;
+      });
+    } catch (err) {
+      wrap('update bundle', err);
     }
   }
 

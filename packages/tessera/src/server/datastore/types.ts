@@ -1,3 +1,5 @@
+import type { SpiffeBundle, TrustDomain } from 'spiffe';
+
 /** A workload-attestation selector, `type:value` (e.g. `unix:uid:1000`: type `unix`, value `uid:1000`). */
 export interface Selector {
   readonly type: string;
@@ -76,5 +78,16 @@ export interface Datastore {
   createJoinToken(input: JoinTokenInput): Promise<void>;
   /** Uses a token once: refused when unknown, already used or expired at `now`. */
   consumeJoinToken(token: string, now: Date): Promise<ConsumedJoinToken>;
+  /** The stored bundle of a trust domain (own or federated). */
+  getBundle(trustDomain: TrustDomain): Promise<SpiffeBundle | undefined>;
+  /**
+   * Changes a trust domain's bundle atomically (servers sharing a database each add their own
+   * keys): `change` gets the current bundle (empty if none) and returns the new one; when it
+   * differs, it is stored with spiffe_sequence incremented.
+   */
+  updateBundle(
+    trustDomain: TrustDomain,
+    change: (current: SpiffeBundle) => SpiffeBundle,
+  ): Promise<SpiffeBundle>;
   close(): Promise<void>;
 }
