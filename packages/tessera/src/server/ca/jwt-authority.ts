@@ -60,7 +60,7 @@ export class JwtAuthority {
         : generateKeyPairSync('ec', { namedCurve: opts.keyType === 'ec-p384' ? 'P-384' : 'P-256' });
     return new JwtAuthority({
       trustDomain: opts.trustDomain,
-      kid: randomBytes(24).toString('base64url'),
+      kid: newKid(),
       ...pair,
       notAfter: opts.notAfter,
       ...(opts.issuer === undefined ? {} : { issuer: opts.issuer }),
@@ -105,4 +105,9 @@ function algorithmFor(key: KeyObject): 'ES256' | 'ES384' | 'RS256' {
   throw new TypeError(
     `jwt: a JWT authority key must be EC P-256, P-384 or RSA; got ${type} ${curve ?? ''}`.trim(),
   );
+}
+
+/** A random 32-character key ID. */
+export function newKid(): string {
+  return randomBytes(24).toString('base64url');
 }

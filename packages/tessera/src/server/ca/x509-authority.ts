@@ -1,4 +1,4 @@
-import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {
@@ -95,10 +95,18 @@ export class X509Authority {
     ttlMs: number;
     subject: DistinguishedName;
     now: Date;
+    /** The CA key (from the key manager); generated when omitted. */
+    privateKey?: KeyObject;
   }): X509Authority {
-    const key = generateCaKey(opts.keyType);
+    const key =
+      opts.privateKey === undefined
+        ? generateCaKey(opts.keyType)
+        : { privateKey: opts.privateKey, publicKey: createPublicKey(opts.privateKey) };
     const spki = spkiOf(key.publicKey);
-    const name = toName({ ...opts.subject, serialNumber: opts.subject.serialNumber ?? String(Date.now()) });
+    const name = toName({
+      ...opts.subject,
+      serialNumber: opts.subject.serialNumber ?? String(opts.now.getTime()),
+    });
     const cert = signCertificate(
       {
         subject: name,

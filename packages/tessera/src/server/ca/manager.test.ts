@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createCsr, FakeClock, generateKey, makeTempDir, type TempDir } from '@tessera/testkit';
+import { parseAndValidateJwtSvid, parseTrustDomain, verifyX509Svid } from 'spiffe';
+import { openSqliteDatastore } from '../datastore/sqlite.js';
+import type { Datastore } from '../datastore/types.js';
+import { DiskKeyManager } from '../keymanager/disk.js';
+import { AuthorityManager } from './manager.js';
+
+const td = parseTrustDomain('example.org');
+const HOUR = 3600_000;
+
+describe('AuthorityManager rotation', () => {
+  let tmp: TempDir;
+  let ds: Datastore;
+  before(async () => {
+    tmp = await makeTempDir('mgr-');
+    ds = await openSqliteDatastore(join(tmp.path, 'ds.db'));
+  });
+  after(async () => {
+    await ds.close();
+    await tmp.cleanup();
+  });
+
+  it('prepares and publishes the next keys before activating them; an SVID from the new CA verifies against a bundle fetched before activation', async () => {
+    const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+    const opts = {
+      trustDomain: td,
+      keyManager: new DiskKeyManager(join(tmp.path, 'keys')),
+      datastore: ds,
+      journalPath: join(tmp.path, 'journal.json'),
+      caKeyType: 'ec-p256' as const,
+      jwtKeyType: 'ec-p256' as const,
+      caTtlMs: 24 * HOUR,
+      subject: { country: 'US', organization: 'SPIFFE' },
+      now: () => clock.now(),
+    };
+    const m = new AuthorityManager(opts);
+    await m.init();
+    assert.equal(statSync(opts.journalPath).mode & 0o777, 0o600);
+    const b0 = await ds.getBundle(td);
+    assert.equal(b0?.x509Authorities.length, 1);
+    assert.equal(b0?.jwtAuthorities.size, 1);
+    const firstCa = m.x509.certificate.fingerprint256;
+    const firstKid = m.jwt.kid;
+
+    clock.advance(11 * HOUR);
+    assert.deepEqual(await m.rotate(), { x509: 'none', jwt: 'none' });
+    clock.advance(2 * HOUR); // 13 h: past half-life
+    assert.deepEqual(await m.rotate(), { x509: 'prepare', jwt: 'prepare' });
+    assert.equal(m.x509.certificate.fingerprint256, firstCa, 'still signing with the first CA');
+    const bundleBeforeActivation = await ds.getBundle(td);
+    assert.equal(bundleBeforeActivation?.x509Authorities.length, 2);
+    assert.equal(bundleBeforeActivation?.jwtAuthorities.size, 2);
+
+    clock.advance(8 * HOUR); // 21 h: past 5/6 of the lifetime
+    assert.deepEqual(await m.rotate(), { x509: 'activate', jwt: 'activate' });
+    assert.notEqual(m.x509.certificate.fingerprint256, firstCa);
+    assert.notEqual(m.jwt.kid, firstKid);
+
+    // Signed after activation, verified with the bundle an agent fetched at 13 h.
+    const key = generateKey();
+    const { chain } = m.x509.issueX509Svid({
+      csr: createCsr(key.publicKey, key.privateKey),
+      spiffeId: 'spiffe://example.org/w',
+      ttlMs: HOUR,
+      now: clock.now(),
+    });
+    assert.ok(bundleBeforeActivation !== undefined);
+    assert.equal(
+      verifyX509Svid(
+        chain.map((c) => c.raw),
+        bundleBeforeActivation,
+        { now: clock.now() },
+      ).id.path,
+      '/w',
+    );
+    const { token } = await m.jwt.mint({
+      spiffeId: 'spiffe://example.org/w',
+      audience: ['a'],
+      ttlMs: 60_000,
+      now: clock.now(),
+    });
+    assert.equal(
+      parseAndValidateJwtSvid(token, bundleBeforeActivation, ['a'], { now: clock.now() }).id.path,
+      '/w',
+    );
+
+    // A restart picks up the same keys from the journal and key files.
+    const restarted = new AuthorityManager(opts);
+    await restarted.init();
+    assert.equal(restarted.x509.certificate.fingerprint256, m.x509.certificate.fingerprint256);
+    assert.equal(restarted.jwt.kid, m.jwt.kid);
+
+    // The first CA and JWT key stay in the bundle until they expire, then prune removes them.
+    const kept = await restarted.prune();
+    assert.equal(kept.x509Authorities.length, 2);
+    assert.ok(kept.jwtAuthorities.has(firstKid));
+    clock.advance(4 * HOUR); // 25 h: the first CA has expired
+    const pruned = await restarted.prune();
+    assert.equal(pruned.x509Authorities.length, 1);
+    assert.ok(!pruned.x509Authorities.some((c) => c.fingerprint256 === firstCa));
+    assert.ok(!pruned.jwtAuthorities.has(firstKid), 'the retired JWT key is pruned after its expiry');
+    assert.ok(pruned.jwtAuthorities.has(restarted.jwt.kid));
+  });
+});
