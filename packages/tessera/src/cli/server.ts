@@ -1,11 +1,14 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/config-schema.js';
 import { formatDuration } from '../common/duration.js';
+import { isTesseraError } from '../common/errors.js';
 import { loadServerConfig } from '../server/config.js';
+import { type RunningServer, startServer } from '../server/run.js';
 import type { Io } from './main.js';
 
-const USAGE = `usage: tessera server validate --config <server.yaml>
+const USAGE = `usage: tessera server run|validate --config <server.yaml>
 
+  run        start the identity authority
   validate   check a configuration file without starting the server`;
 
 /** `tessera server …` */
@@ -35,6 +38,44 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       }
       throw err;
     }
+  }
+  if (sub === 'run') {
+    const { values } = parseArgs({
+      args: rest,
+      options: { config: { type: 'string', short: 'c' } },
+      strict: true,
+    });
+    if (values.config === undefined) {
+      io.err('tessera server run: --config <file> is required');
+      return 2;
+    }
+    let config: ReturnType<typeof loadServerConfig>;
+    try {
+      config = loadServerConfig(values.config);
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        io.err(err.message);
+        return 1;
+      }
+      throw err;
+    }
+    let server: RunningServer;
+    try {
+      server = await startServer(config);
+    } catch (err) {
+      if (isTesseraError(err)) {
+        io.err(`tessera server: ${err.message}`);
+        return 1;
+      }
+      throw err;
+    }
+    await new Promise<void>((resolve) => {
+      const done = () => resolve();
+      process.once('SIGTERM', done);
+      process.once('SIGINT', done);
+    });
+    await server.stop();
+    return 0;
   }
   io.err(sub === undefined ? USAGE : `tessera server: unknown command "${sub}"\n\n${USAGE}`);
   return 2;

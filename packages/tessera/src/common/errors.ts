@@ -20,6 +20,8 @@ export const TesseraErrorCode = {
   CA_ISSUE: 'ERR_CA_ISSUE',
   /** A key file is unreadable, corrupt, or readable by others. */
   KEY_FILE: 'ERR_KEY_FILE',
+  /** The daemon cannot start: data directory, lock, port, keys. */
+  STARTUP: 'ERR_STARTUP',
   /** The datastore cannot be opened or a query failed. */
   DATASTORE: 'ERR_DATASTORE',
 } as const;

@@ -1,0 +1,173 @@
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { parseTrustDomain } from 'spiffe';
+import { TesseraError, TesseraErrorCode } from '../common/errors.js';
+import { createLogger, type DaemonLogger } from '../common/log.js';
+import { AuthorityManager } from './ca/manager.js';
+import type { ServerConfig } from './config.js';
+import { openPostgresDatastore } from './datastore/postgres.js';
+import { openSqliteDatastore } from './datastore/sqlite.js';
+import type { Datastore } from './datastore/types.js';
+import { DiskKeyManager } from './keymanager/disk.js';
+import type { KeyManager } from './keymanager/key-manager.js';
+import { MemoryKeyManager } from './keymanager/memory.js';
+
+const ROTATE_INTERVAL_MS = 10_000;
+
+function startupError(message: string, cause?: unknown): TesseraError {
+  return new TesseraError(
+    TesseraErrorCode.STARTUP,
+    `server: ${message}`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** One server per data directory: a lock file holding the owner's pid; a stale lock is taken over. */
+function lockDataDir(dir: string): () => void {
+  const path = join(dir, 'server.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx', 0o600);
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      return () => rmSync(path, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST')
+        throw startupError(`cannot create ${path}: ${(err as Error).message}`, err);
+      const pid = Number(readFileSync(path, 'utf8').trim());
+      let alive = false;
+      try {
+        process.kill(pid, 0);
+        alive = Number.isInteger(pid) && pid > 0;
+      } catch (e) {
+        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+      }
+      if (alive)
+        throw startupError(
+          `another tessera server (pid ${pid}) is already using the data directory ${dir}; stop it first`,
+        );
+      rmSync(path, { force: true }); // stale: its process is gone
+    }
+  }
+  throw startupError(`cannot lock the data directory ${dir}`);
+}
+
+function listen(server: Server, port: number, host: string, what: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        startupError(
+          err.code === 'EADDRINUSE'
+            ? `${what} port ${host}:${port} is already in use; choose another in the configuration`
+            : `${what} cannot listen on ${host}:${port}: ${err.message}`,
+          err,
+        ),
+      ),
+    );
+    server.listen(port, host, () => {
+      const a = server.address();
+      resolve(typeof a === 'object' && a !== null ? a.port : port);
+    });
+  });
+}
+
+export interface RunningServer {
+  readonly healthPort: number;
+  readonly authority: AuthorityManager;
+  readonly datastore: Datastore;
+  /** Stops the loops, closes listeners and the datastore, releases the data directory. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the identity authority from a validated configuration. Every startup failure (data
+ * directory, lock, datastore, keys, port) is one TesseraError with a message an operator can act on.
+ */
+export async function startServer(
+  config: ServerConfig,
+  opts: { logger?: DaemonLogger; now?: () => Date } = {},
+): Promise<RunningServer> {
+  const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format });
+  const now = opts.now ?? (() => new Date());
+  try {
+    mkdirSync(config.data_dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw startupError(`cannot create the data directory ${config.data_dir}: ${(err as Error).message}`, err);
+  }
+  const unlock = lockDataDir(config.data_dir);
+  const cleanups: (() => Promise<void> | void)[] = [unlock];
+  const stop = async () => {
+    for (const c of cleanups.reverse()) await c();
+  };
+  try {
+    const datastore =
+      config.datastore.postgres !== undefined
+        ? await openPostgresDatastore(config.datastore.postgres.connection_string)
+        : await openSqliteDatastore(
+            config.datastore.sqlite?.path ?? join(config.data_dir, 'datastore.sqlite3'),
+          );
+    cleanups.push(() => datastore.close());
+    const keyManager: KeyManager =
+      config.key_manager === 'memory'
+        ? new MemoryKeyManager()
+        : new DiskKeyManager(join(config.data_dir, 'keys'));
+    const authority = new AuthorityManager({
+      trustDomain: parseTrustDomain(config.trust_domain),
+      keyManager,
+      datastore,
+      ...(config.key_manager === 'disk'
+        ? { journalPath: join(config.data_dir, 'authority-journal.json') }
+        : {}),
+      caKeyType: config.ca.key_type,
+      jwtKeyType: 'ec-p256',
+      caTtlMs: config.ca.ttl,
+      subject: {
+        country: config.ca.subject.country,
+        organization: config.ca.subject.organization,
+        commonName: config.ca.subject.common_name,
+      },
+      ...(config.jwt_issuer === '' ? {} : { jwtIssuer: config.jwt_issuer }),
+      now,
+      logger: logger.with({ subsystem: 'ca' }),
+    });
+    await authority.init();
+    let ready = true;
+    const timer = setInterval(() => {
+      authority
+        .rotate()
+        .then(() => authority.prune())
+        .then(() => {
+          ready = true;
+        })
+        .catch((err: unknown) => {
+          ready = false;
+          logger.error('ca: rotation step failed', { error: (err as Error).message });
+        });
+    }, ROTATE_INTERVAL_MS);
+    timer.unref();
+    cleanups.push(() => clearInterval(timer));
+    const health = createServer((req, res) => {
+      if (req.url === '/live') {
+        res.writeHead(200).end('ok\n');
+      } else if (req.url === '/ready') {
+        res.writeHead(ready ? 200 : 503).end(ready ? 'ready\n' : 'not ready\n');
+      } else {
+        res.writeHead(404).end('not found\n');
+      }
+    });
+    const healthPort = await listen(health, config.health.port, config.health.address, 'the health');
+    cleanups.push(() => new Promise<void>((r) => health.close(() => r())));
+    logger.info('server started', {
+      trust_domain: config.trust_domain,
+      data_dir: config.data_dir,
+      health: `${config.health.address}:${healthPort}`,
+      ca: authority.x509.certificate.fingerprint256,
+      jwt_kid: authority.jwt.kid,
+    });
+    return { healthPort, authority, datastore, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
