@@ -7,7 +7,7 @@ import { get } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { makeTempDir, type TempDir } from '@tessera/testkit';
+import { generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 
 const bin = fileURLToPath(new URL('../../../packages/tessera/bin/tessera.js', import.meta.url));
 
@@ -110,6 +110,30 @@ describe('tessera server run', () => {
     assert.equal(await broken.exit, 1);
     assert.match(broken.stderr(), /x509-CA-A\.pem is not a readable private key/);
     assert.doesNotMatch(broken.stderr(), /\n\s+at /);
+  });
+
+  it('runs under an upstream authority, and refuses a key that is not the upstream certificate’s', async () => {
+    const dir = join(tmp.path, 'up');
+    mkdirSync(dir, { recursive: true });
+    const org = TestCa.create({ trustDomain: 'example.org' });
+    writeFileSync(join(dir, 'up.crt'), org.rootPem());
+    writeFileSync(join(dir, 'up.key'), org.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
+      mode: 0o600,
+    });
+    writeFileSync(join(dir, 'other.key'), generateKey().privateKey.export({ type: 'pkcs8', format: 'pem' }), {
+      mode: 0o600,
+    });
+    const yaml = (key: string) =>
+      `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { port: 0 }\nupstream_authority:\n  disk: { cert_file: ${dir}/up.crt, key_file: ${dir}/${key} }\n`;
+    writeFileSync(join(dir, 'bad.yaml'), yaml('other.key'));
+    const bad = run('server', 'run', '--config', join(dir, 'bad.yaml'));
+    assert.equal(await bad.exit, 1);
+    assert.match(bad.stderr(), /upstream authority: .*other\.key is not the key of .*up\.crt/);
+    writeFileSync(join(dir, 'good.yaml'), yaml('up.key'));
+    const good = run('server', 'run', '--config', join(dir, 'good.yaml'));
+    await waitFor(good, /server started/);
+    good.child.kill('SIGTERM');
+    assert.equal(await good.exit, 0);
   });
 
   it('a data directory that cannot be created is one clear error', async () => {

@@ -1,3 +1,4 @@
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
@@ -72,6 +73,59 @@ function listen(server: Server, port: number, host: string, what: string): Promi
   });
 }
 
+/** Reads the upstream authority files; each problem names the file. */
+function loadUpstream(disk: { cert_file: string; key_file: string; bundle_file?: string }): {
+  certificate: X509Certificate;
+  privateKey: KeyObject;
+  chain: X509Certificate[];
+  roots: X509Certificate[];
+} {
+  const readCerts = (file: string): X509Certificate[] => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw startupError(
+        `upstream authority: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        err,
+      );
+    }
+    const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw startupError(`upstream authority: ${file} holds no PEM certificate`);
+    try {
+      return blocks.map((b) => new X509Certificate(b));
+    } catch (err) {
+      throw startupError(
+        `upstream authority: ${file} holds an unreadable certificate: ${(err as Error).message}`,
+        err,
+      );
+    }
+  };
+  const [certificate, ...chain] = readCerts(disk.cert_file);
+  if (certificate === undefined)
+    throw startupError(`upstream authority: ${disk.cert_file} holds no certificate`);
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(readFileSync(disk.key_file));
+  } catch (err) {
+    throw startupError(
+      `upstream authority: ${disk.key_file} is not a readable private key: ${(err as Error).message}`,
+      err,
+    );
+  }
+  if (!certificate.checkPrivateKey(privateKey))
+    throw startupError(`upstream authority: ${disk.key_file} is not the key of ${disk.cert_file}`);
+  if (!certificate.ca) throw startupError(`upstream authority: ${disk.cert_file} is not a CA certificate`);
+  const selfSigned = certificate.subject === certificate.issuer;
+  const roots =
+    disk.bundle_file !== undefined ? readCerts(disk.bundle_file) : selfSigned ? [certificate] : [];
+  if (roots.length === 0)
+    throw startupError(
+      `upstream authority: ${disk.cert_file} is not a root; set bundle_file to the upstream root(s)`,
+    );
+  return { certificate, privateKey, chain, roots };
+}
+
 export interface RunningServer {
   readonly healthPort: number;
   readonly authority: AuthorityManager;
@@ -112,7 +166,10 @@ export async function startServer(
       config.key_manager === 'memory'
         ? new MemoryKeyManager()
         : new DiskKeyManager(join(config.data_dir, 'keys'));
+    const upstream =
+      config.upstream_authority === undefined ? undefined : loadUpstream(config.upstream_authority.disk);
     const authority = new AuthorityManager({
+      ...(upstream === undefined ? {} : { upstream }),
       trustDomain: parseTrustDomain(config.trust_domain),
       keyManager,
       datastore,

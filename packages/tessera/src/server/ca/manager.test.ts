@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createCsr, FakeClock, generateKey, makeTempDir, type TempDir } from '@tessera/testkit';
+import { createCsr, FakeClock, generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { parseAndValidateJwtSvid, parseTrustDomain, verifyX509Svid } from 'spiffe';
 import { openSqliteDatastore } from '../datastore/sqlite.js';
 import type { Datastore } from '../datastore/types.js';
 import { DiskKeyManager } from '../keymanager/disk.js';
+import { MemoryKeyManager } from '../keymanager/memory.js';
 import { AuthorityManager } from './manager.js';
 
 const td = parseTrustDomain('example.org');
@@ -104,5 +105,53 @@ describe('AuthorityManager rotation', () => {
     assert.ok(!pruned.x509Authorities.some((c) => c.fingerprint256 === firstCa));
     assert.ok(!pruned.jwtAuthorities.has(firstKid), 'the retired JWT key is pruned after its expiry');
     assert.ok(pruned.jwtAuthorities.has(restarted.jwt.kid));
+  });
+});
+
+describe('AuthorityManager under an upstream authority', () => {
+  it('signs its CA with the upstream key; the bundle holds the upstream root; SVIDs chain through Tessera’s CA', async () => {
+    const tmp = await makeTempDir('up-');
+    const ds = await openSqliteDatastore(join(tmp.path, 'ds.db'));
+    try {
+      const org = TestCa.create({ trustDomain: 'example.org', keyType: 'ec-p384' });
+      const m = new AuthorityManager({
+        trustDomain: td,
+        keyManager: new MemoryKeyManager(),
+        datastore: ds,
+        caKeyType: 'ec-p256',
+        jwtKeyType: 'ec-p256',
+        caTtlMs: 12 * HOUR,
+        subject: { country: 'US', organization: 'SPIFFE' },
+        upstream: { certificate: org.certificate, privateKey: org.privateKey, roots: [org.root] },
+        now: () => new Date(),
+      });
+      await m.init();
+      const bundle = await ds.getBundle(td);
+      assert.deepEqual(
+        bundle?.x509Authorities.map((c) => c.fingerprint256),
+        [org.root.fingerprint256],
+      );
+      assert.ok(m.x509.certificate.verify(org.root.publicKey), 'Tessera’s CA is signed by the upstream key');
+      const key = generateKey();
+      const { chain } = m.x509.issueX509Svid({
+        publicKey: key.publicKey,
+        spiffeId: 'spiffe://example.org/w',
+        ttlMs: HOUR,
+        now: new Date(),
+      });
+      assert.equal(chain.length, 2);
+      assert.equal(chain[1]?.fingerprint256, m.x509.certificate.fingerprint256);
+      assert.ok(bundle !== undefined);
+      assert.equal(
+        verifyX509Svid(
+          chain.map((c) => c.raw),
+          bundle,
+        ).verifiedChain.length,
+        3,
+      );
+    } finally {
+      await ds.close();
+      await tmp.cleanup();
+    }
   });
 });

@@ -1,4 +1,4 @@
-import { createPublicKey, X509Certificate } from 'node:crypto';
+import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { open, readFile, rename } from 'node:fs/promises';
 import type { Logger, SpiffeBundle, TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
@@ -45,6 +45,16 @@ export interface AuthorityManagerOptions {
   caTtlMs: number;
   subject: DistinguishedName;
   jwtIssuer?: string;
+  /**
+   * The organisation's CA: Tessera's CA keys are signed by it and the bundle holds `roots`
+   * instead of Tessera's own certificates. `chain`: intermediates above `certificate`, if any.
+   */
+  upstream?: {
+    certificate: X509Certificate;
+    privateKey: KeyObject;
+    chain?: readonly X509Certificate[];
+    roots: readonly X509Certificate[];
+  };
   now: () => Date;
   logger?: Logger;
 }
@@ -93,7 +103,7 @@ export class AuthorityManager {
       const slot: X509Slot = {
         slot: e.slot,
         status: e.status,
-        authority: new X509Authority(this.#o.trustDomain, cert, key),
+        authority: new X509Authority(this.#o.trustDomain, cert, key, this.#upstreamIntermediates()),
         window: { issuedAt: new Date(e.issuedAt), notAfter: new Date(cert.validTo) },
       };
       if (e.status === 'active') this.#x509.current = slot;
@@ -185,20 +195,38 @@ export class AuthorityManager {
     );
   }
 
+  #upstreamIntermediates(): X509Certificate[] {
+    const up = this.#o.upstream;
+    if (up === undefined || up.certificate.subject === up.certificate.issuer) return [];
+    return [up.certificate, ...(up.chain ?? [])];
+  }
+
   async #prepareX509(slot: SlotId): Promise<void> {
     const now = this.#o.now();
     const key = await this.#o.keyManager.generateKey(x509KeyId(slot), this.#o.caKeyType);
-    const authority = X509Authority.createSelfSigned({
+    const base = {
       trustDomain: this.#o.trustDomain,
       keyType: this.#o.caKeyType,
       ttlMs: this.#o.caTtlMs,
       subject: this.#o.subject,
       now,
       privateKey: key,
-    });
+    };
+    const up = this.#o.upstream;
+    const authority =
+      up === undefined
+        ? X509Authority.createSelfSigned(base)
+        : X509Authority.createSigned({ ...base, upstream: up });
     // Published before it signs anything: every agent and workload gets it in its bundle first.
+    // Under an upstream authority the bundle holds the upstream roots, which already vouch for it.
+    const published = up === undefined ? [authority.certificate] : up.roots;
     await this.#o.datastore.updateBundle(this.#o.trustDomain, (cur) =>
-      cur.with({ x509Authorities: [...cur.x509Authorities, authority.certificate] }),
+      cur.with({
+        x509Authorities: [
+          ...cur.x509Authorities,
+          ...published.filter((c) => !cur.x509Bundle().hasAuthority(c)),
+        ],
+      }),
     );
     this.#x509.next = {
       slot,

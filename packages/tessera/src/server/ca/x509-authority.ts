@@ -121,6 +121,56 @@ export class X509Authority {
     return new X509Authority(opts.trustDomain, cert, key.privateKey);
   }
 
+  /**
+   * A CA signed by the organisation's CA (`upstream`): Tessera's CA becomes an intermediate, and
+   * the bundle holds the upstream root. Its lifetime is capped at the upstream certificate's.
+   */
+  static createSigned(opts: {
+    trustDomain: TrustDomain;
+    keyType: CaKeyType;
+    ttlMs: number;
+    subject: DistinguishedName;
+    now: Date;
+    privateKey?: KeyObject;
+    upstream: { certificate: X509Certificate; privateKey: KeyObject; chain?: readonly X509Certificate[] };
+  }): X509Authority {
+    const up = opts.upstream;
+    if (!up.certificate.ca) throw new TypeError('ca: the upstream certificate is not a CA certificate');
+    if (!up.certificate.checkPrivateKey(up.privateKey))
+      throw new TypeError('ca: the upstream key does not belong to the upstream certificate');
+    const key =
+      opts.privateKey === undefined
+        ? generateCaKey(opts.keyType)
+        : { privateKey: opts.privateKey, publicKey: createPublicKey(opts.privateKey) };
+    const spki = spkiOf(key.publicKey);
+    const upstreamNotAfter = new Date(up.certificate.validTo).getTime();
+    const cert = signCertificate(
+      {
+        subject: toName({
+          ...opts.subject,
+          serialNumber: opts.subject.serialNumber ?? String(opts.now.getTime()),
+        }),
+        subjectPublicKey: spki,
+        notBefore: new Date(opts.now.getTime() - BACKDATE_MS),
+        notAfter: new Date(Math.min(opts.now.getTime() + opts.ttlMs, upstreamNotAfter)),
+        isCa: true,
+        uris: [opts.trustDomain.idString()],
+      },
+      {
+        name: subjectName(up.certificate),
+        privateKey: up.privateKey,
+        keyId: keyIdentifier(spkiOf(up.certificate.publicKey)),
+      },
+    );
+    const selfSignedUpstream = up.certificate.subject === up.certificate.issuer;
+    return new X509Authority(
+      opts.trustDomain,
+      cert,
+      key.privateKey,
+      selfSignedUpstream ? [] : [up.certificate, ...(up.chain ?? [])],
+    );
+  }
+
   get notAfter(): Date {
     return new Date(this.#notAfter);
   }
