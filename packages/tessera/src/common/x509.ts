@@ -71,7 +71,7 @@ function toArrayBuffer(b: Buffer): ArrayBuffer {
 }
 
 /** The signature algorithm for a signing key: ECDSA with the curve's hash, RSA PKCS#1 v1.5 SHA-256, Ed25519. */
-function signatureAlgorithm(key: KeyObject): { alg: AlgorithmIdentifier; hash: string | null } {
+export function signatureAlgorithm(key: KeyObject): { alg: AlgorithmIdentifier; hash: string | null } {
   switch (key.asymmetricKeyType) {
     case 'ec': {
       const p384 = key.asymmetricKeyDetails?.namedCurve === 'secp384r1';

@@ -1,8 +1,25 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { AsnConvert } from '@peculiar/asn1-schema';
+import {
+  AuthorityKeyIdentifier,
+  BasicConstraints,
+  Certificate,
+  ExtendedKeyUsage,
+  id_ce_authorityKeyIdentifier,
+  id_ce_basicConstraints,
+  id_ce_extKeyUsage,
+  id_ce_keyUsage,
+  id_ce_subjectAltName,
+  id_ce_subjectKeyIdentifier,
+  KeyUsage,
+  SubjectAlternativeName,
+  SubjectKeyIdentifier,
+} from '@peculiar/asn1-x509';
 import { createCsr, generateKey, type KeyType, makeTempDir, type TempDir } from '@tessera/testkit';
 import { parseTrustDomain, parseX509SvidRaw, verifyX509Svid, X509Bundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
@@ -69,6 +86,60 @@ describe('X509Authority', () => {
       assert.ok(serial > 0n && leaf.serialNumber.length <= 40);
     });
   }
+
+  it('the template-built leaf has exactly the extensions of the spec, read back with @peculiar/asn1-x509', () => {
+    const now = new Date();
+    const ca = X509Authority.createSelfSigned({
+      trustDomain: td,
+      keyType: 'ec-p256',
+      ttlMs: HOUR,
+      subject,
+      now,
+    });
+    const key = generateKey();
+    const { chainDer } = ca.issueX509Svid({
+      publicKey: key.publicKey,
+      spiffeId: 'spiffe://example.org/a/b',
+      ttlMs: HOUR,
+      now,
+    });
+    const cert = AsnConvert.parse(chainDer[0]!, Certificate);
+    const byId = new Map((cert.tbsCertificate.extensions ?? []).map((e) => [e.extnID, e]));
+    const bc = byId.get(id_ce_basicConstraints)!;
+    assert.equal(bc.critical, true);
+    assert.equal(AsnConvert.parse(bc.extnValue.buffer, BasicConstraints).cA, false);
+    const ku = byId.get(id_ce_keyUsage)!;
+    assert.equal(ku.critical, true);
+    assert.equal(
+      AsnConvert.parse(ku.extnValue.buffer, KeyUsage).toNumber(),
+      1 | 4 | 16,
+      'digitalSignature | keyEncipherment | keyAgreement',
+    );
+    assert.deepEqual(
+      [...AsnConvert.parse(byId.get(id_ce_extKeyUsage)!.extnValue.buffer, ExtendedKeyUsage)].map(String),
+      ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2'],
+    );
+    const san = AsnConvert.parse(byId.get(id_ce_subjectAltName)!.extnValue.buffer, SubjectAlternativeName);
+    assert.deepEqual(
+      [...san].map((n) => n.uniformResourceIdentifier),
+      ['spiffe://example.org/a/b'],
+    );
+    const ski = Buffer.from(
+      AsnConvert.parse(byId.get(id_ce_subjectKeyIdentifier)!.extnValue.buffer, SubjectKeyIdentifier).buffer,
+    );
+    const aki = AsnConvert.parse(
+      byId.get(id_ce_authorityKeyIdentifier)!.extnValue.buffer,
+      AuthorityKeyIdentifier,
+    );
+    assert.equal(ski.length, 20);
+    const caExt = AsnConvert.parse(ca.certificate.raw, Certificate).tbsCertificate.extensions?.find(
+      (e) => e.extnID === id_ce_subjectKeyIdentifier,
+    );
+    const caSki = Buffer.from(AsnConvert.parse(caExt!.extnValue.buffer, SubjectKeyIdentifier).buffer);
+    assert.deepEqual(Buffer.from(aki.keyIdentifier!.buffer), caSki, 'AKI is the CA’s SKI');
+    assert.equal(cert.tbsCertificate.version, 2);
+    assert.ok(new X509Certificate(chainDer[0]!).verify(ca.certificate.publicKey));
+  });
 
   it('caps the TTL at the CA’s own expiry', () => {
     const now = new Date();

@@ -1,9 +1,20 @@
-import { createPublicKey, generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import {
+  createHash,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  sign,
+  X509Certificate,
+} from 'node:crypto';
+import { AsnConvert } from '@peculiar/asn1-schema';
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
+import * as der from '../../common/der.js';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {
   type DistinguishedName,
   keyIdentifier,
+  randomSerial,
+  signatureAlgorithm,
   signCertificate,
   spkiOf,
   subjectName,
@@ -44,9 +55,69 @@ export interface IssueX509SvidRequest {
 }
 
 export interface IssuedX509Svid {
-  /** Leaf first, then the intermediates up to (not including) the root in the bundle. */
-  chain: X509Certificate[];
-  expiresAt: Date;
+  /** DER, leaf first, then the intermediates up to (not including) the root in the bundle. */
+  readonly chainDer: readonly Buffer[];
+  /** The same as X509Certificate objects (built on first use: ~0.1 ms each in Node 20). */
+  readonly chain: X509Certificate[];
+  readonly expiresAt: Date;
+}
+
+class Issued implements IssuedX509Svid {
+  #chain: X509Certificate[] | undefined;
+  constructor(
+    readonly chainDer: readonly Buffer[],
+    readonly expiresAt: Date,
+  ) {}
+  get chain(): X509Certificate[] {
+    this.#chain ??= this.chainDer.map((d) => new X509Certificate(d));
+    return this.#chain;
+  }
+}
+
+const OID_SKI = '2.5.29.14';
+/** SPIRE's leaf subject: C=US, O=SPIFFE (plus CN = the first DNS name, when any). */
+const LEAF_SUBJECT: readonly (readonly [string, string, 'printable' | 'utf8'])[] = [
+  ['2.5.4.6', 'US', 'printable'],
+  ['2.5.4.10', 'SPIFFE', 'utf8'],
+];
+const OID_SAN = '2.5.29.17';
+
+interface LeafTemplate {
+  version: Buffer;
+  algorithm: Buffer;
+  hash: string | null;
+  issuer: Buffer;
+  subject: Buffer;
+  basicConstraints: Buffer;
+  keyUsage: Buffer;
+  extKeyUsage: Buffer;
+  authorityKeyId: Buffer;
+}
+
+/** The parts of every X509-SVID this CA signs that do not change between SVIDs, DER-encoded once. */
+function leafTemplate(ca: X509Certificate, privateKey: KeyObject): LeafTemplate {
+  const { alg, hash } = signatureAlgorithm(privateKey);
+  return {
+    version: der.explicit(0, der.unsignedInteger(Buffer.from([2]))),
+    algorithm: Buffer.from(AsnConvert.serialize(alg)),
+    hash,
+    issuer: Buffer.from(AsnConvert.serialize(subjectName(ca))),
+    subject: der.name(LEAF_SUBJECT),
+    // cA FALSE is the DEFAULT, so DER encodes an empty SEQUENCE.
+    basicConstraints: der.extension('2.5.29.19', true, der.sequence()),
+    // digitalSignature | keyEncipherment | keyAgreement = bits 0, 2, 4 → 0b10101000, 3 unused bits.
+    keyUsage: der.extension('2.5.29.15', true, Buffer.from([0x03, 0x02, 0x03, 0xa8])),
+    extKeyUsage: der.extension(
+      '2.5.29.37',
+      false,
+      der.sequence(der.objectIdentifier('1.3.6.1.5.5.7.3.1'), der.objectIdentifier('1.3.6.1.5.5.7.3.2')),
+    ),
+    authorityKeyId: der.extension(
+      '2.5.29.35',
+      false,
+      der.sequence(der.tlv(0x80, Buffer.from(keyIdentifier(spkiOf(ca.publicKey))))),
+    ),
+  };
 }
 
 /**
@@ -64,6 +135,7 @@ export class X509Authority {
   readonly #notAfter: number;
   /** What follows a leaf in the chain: nothing for a self-signed root; this CA and its upstream chain otherwise. */
   readonly #intermediates: X509Certificate[];
+  readonly #template: LeafTemplate;
 
   constructor(
     trustDomain: TrustDomain,
@@ -86,6 +158,7 @@ export class X509Authority {
     const selfSigned =
       certificate.subject === certificate.issuer && certificate.verify(certificate.publicKey);
     this.#intermediates = selfSigned ? [] : [certificate, ...upstreamChain];
+    this.#template = leafTemplate(certificate, privateKey);
   }
 
   /** A self-signed CA for the trust domain, valid from `now` (backdated) for `ttlMs`. */
@@ -194,31 +267,45 @@ export class X509Authority {
     const now = req.now.getTime();
     if (now >= this.#notAfter)
       throw refuse(`the CA expired at ${this.notAfter.toISOString()}; rotate the authority`);
-    const spki =
-      req.csr !== undefined
-        ? parseCsr(req.csr).spki
-        : req.publicKey !== undefined
-          ? spkiOf(req.publicKey)
-          : undefined;
-    if (spki === undefined) throw new TypeError('ca: issueX509Svid needs a csr or a publicKey');
+    let spkiDer: Buffer;
+    let publicKeyBits: Buffer;
+    if (req.csr !== undefined) {
+      ({ spkiDer, publicKeyBits } = parseCsr(req.csr));
+    } else if (req.publicKey !== undefined) {
+      spkiDer = req.publicKey.export({ type: 'spki', format: 'der' });
+      publicKeyBits = Buffer.from(spkiOf(req.publicKey).subjectPublicKey);
+    } else {
+      throw new TypeError('ca: issueX509Svid needs a csr or a publicKey');
+    }
     const notAfter = Math.min(now + req.ttlMs, this.#notAfter);
     const firstDns = req.dnsNames?.[0];
-    const leaf = signCertificate(
-      {
-        subject: toName({
-          country: 'US',
-          organization: 'SPIFFE',
-          ...(firstDns === undefined ? {} : { commonName: firstDns }),
-        }),
-        subjectPublicKey: spki,
-        notBefore: new Date(now - BACKDATE_MS),
-        notAfter: new Date(notAfter),
-        isCa: false,
-        uris: [id.toString()],
-        dnsNames: req.dnsNames ?? [],
-      },
-      this.#issuer,
+    const t = this.#template;
+    // The leaf from a precomputed template (issuer, algorithm and fixed extensions encoded once):
+    // building it through the ASN.1 schema layer costs ~0.5 ms, which would dominate issuance.
+    const tbs = der.sequence(
+      t.version,
+      der.unsignedInteger(Buffer.from(randomSerial())),
+      t.algorithm,
+      t.issuer,
+      der.sequence(der.time(new Date(now - BACKDATE_MS)), der.time(new Date(notAfter))),
+      firstDns === undefined ? t.subject : der.name([...LEAF_SUBJECT, ['2.5.4.3', firstDns, 'utf8']]),
+      spkiDer,
+      der.explicit(
+        3,
+        der.sequence(
+          t.basicConstraints,
+          t.keyUsage,
+          t.extKeyUsage,
+          der.extension(OID_SKI, false, der.octetString(createHash('sha1').update(publicKeyBits).digest())),
+          t.authorityKeyId,
+          der.extension(OID_SAN, false, der.generalNames([id.toString()], req.dnsNames ?? [])),
+        ),
+      ),
     );
-    return { chain: [leaf, ...this.#intermediates], expiresAt: new Date(Math.floor(notAfter / 1000) * 1000) };
+    const leaf = der.sequence(tbs, t.algorithm, der.bitString(sign(t.hash, tbs, this.privateKey)));
+    return new Issued(
+      [leaf, ...this.#intermediates.map((c) => c.raw)],
+      new Date(Math.floor(notAfter / 1000) * 1000),
+    );
   }
 }
