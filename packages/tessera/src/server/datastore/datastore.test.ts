@@ -109,6 +109,25 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       await ds.deleteEntry(other.id);
     });
 
+    it('batches are all or nothing, and name the entry at fault', async () => {
+      const before = await ds.countEntries();
+      const batch = [entry('/b/1'), entry('/b/2'), entry('/b/1')];
+      await rejectsWith(
+        ds.createEntries(batch),
+        TesseraErrorCode.ENTRY_DUPLICATE,
+        /"spiffe:\/\/example.org\/b\/1"/,
+      );
+      await rejectsWith(
+        ds.createEntries([entry('/b/3'), entry('/b/4', { selectors: [] })]),
+        TesseraErrorCode.ENTRY_INVALID,
+        /^entry 1: /,
+      );
+      assert.equal(await ds.countEntries(), before);
+      const made = await ds.createEntries([entry('/b/5'), entry('/b/6')]);
+      assert.deepEqual(await ds.getEntry(made[1]!.id), made[1]);
+      for (const e of made) await ds.deleteEntry(e.id);
+    });
+
     it('a write with a stale revision loses, and the stored entry keeps the winner’s change', async () => {
       const e = await ds.createEntry(entry('/race'));
       const results = await Promise.allSettled([

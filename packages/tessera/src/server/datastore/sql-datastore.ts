@@ -211,30 +211,58 @@ export class SqlDatastore implements Datastore {
   }
 
   async createEntry(input: EntryInput): Promise<RegistrationEntry> {
-    const e = normalizeEntry(input);
+    return (await this.createEntries([input]))[0] as RegistrationEntry;
+  }
+
+  /**
+   * Creates entries in one transaction: all of them or none. Each is validated first (the error
+   * names its index); a duplicate (of a stored entry or within the batch) fails the batch, naming it.
+   */
+  async createEntries(inputs: readonly EntryInput[]): Promise<RegistrationEntry[]> {
+    const normalized = inputs.map((input, i) => {
+      try {
+        return normalizeEntry(input);
+      } catch (err) {
+        if (inputs.length > 1 && isTesseraError(err))
+          throw new TesseraError(err.code, `entry ${i}: ${err.message}`, { cause: err });
+        throw err;
+      }
+    });
     const now = Date.now();
-    const id = randomUUID();
+    const created = normalized.map((e) => ({ id: randomUUID(), e }));
+    let current: (typeof created)[number] | undefined;
     try {
       await this.#db.transaction(async (tx) => {
-        await tx.execute(
-          `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
-             federates_with, admin, downstream, hint, expires_at, metadata, revision, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
-          [id, ...this.#columns(e), now, now],
-        );
-        await this.#insertSelectors(tx, id, e.selectors);
+        for (const c of created) {
+          current = c;
+          await tx.execute(
+            `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
+               federates_with, admin, downstream, hint, expires_at, metadata, revision, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+            [c.id, ...this.#columns(c.e), now, now],
+          );
+          await this.#insertSelectors(tx, c.id, c.e.selectors);
+        }
       });
     } catch (err) {
-      if (isUniqueViolation(err)) {
+      if (isUniqueViolation(err) && current !== undefined) {
         throw new TesseraError(
           TesseraErrorCode.ENTRY_DUPLICATE,
-          `entry: an entry for "${e.spiffeId}" with parent "${e.parentId}" and the same selectors already exists`,
+          `entry: an entry for "${current.e.spiffeId}" with parent "${current.e.parentId}" and the same selectors already exists`,
           { cause: err },
         );
       }
-      wrap('create entry', err);
+      wrap('create entries', err);
     }
-    return (await this.getEntry(id)) as RegistrationEntry;
+    const at = new Date(now);
+    return created.map(({ id, e }) => ({
+      ...e,
+      id,
+      expiresAt: e.expiresAt,
+      revision: 1,
+      createdAt: at,
+      updatedAt: at,
+    }));
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {

@@ -69,6 +69,8 @@ export interface ConsumedJoinToken {
 /** The registry's storage: SQLite by default, PostgreSQL for shared deployments. */
 export interface Datastore {
   createEntry(input: EntryInput): Promise<RegistrationEntry>;
+  /** All or none, in one transaction. */
+  createEntries(inputs: readonly EntryInput[]): Promise<RegistrationEntry[]>;
   getEntry(id: string): Promise<RegistrationEntry | undefined>;
   /** Replaces the entry's fields; `revision` must be the one read, else ERR_REVISION_CONFLICT. */
   updateEntry(id: string, revision: number, input: EntryInput): Promise<RegistrationEntry>;
