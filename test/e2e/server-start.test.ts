@@ -49,6 +49,18 @@ function httpGet(port: number, path: string): Promise<number> {
   );
 }
 
+function httpText(port: number, path: string): Promise<string> {
+  return new Promise((resolve, reject) =>
+    get({ host: '127.0.0.1', port, path }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => {
+        body += d;
+      });
+      res.on('end', () => resolve(body));
+    }).on('error', reject),
+  );
+}
+
 function config(dir: string, healthPort = 0): string {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'server.yaml');
@@ -74,6 +86,10 @@ describe('tessera server run', () => {
       const [, port] = await waitFor(server, /server started .*health=127\.0\.0\.1:(\d+)/);
       assert.equal(await httpGet(Number(port), '/live'), 200);
       assert.equal(await httpGet(Number(port), '/ready'), 200);
+      const metrics = await httpText(Number(port), '/metrics');
+      assert.match(metrics, /^tessera_entries 0$/m);
+      assert.match(metrics, /^tessera_ca_x509_expiry_timestamp_seconds \d{10}$/m);
+      assert.match(metrics, /^tessera_ca_jwt_expiry_timestamp_seconds \d{10}$/m);
 
       const second = run('server', 'run', '--config', file);
       assert.equal(await second.exit, 1);

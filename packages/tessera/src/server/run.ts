@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { parseTrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../common/errors.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
+import { Metrics } from '../common/metrics.js';
 import { AuthorityManager } from './ca/manager.js';
 import type { ServerConfig } from './config.js';
 import { openPostgresDatastore } from './datastore/postgres.js';
@@ -204,8 +205,29 @@ export async function startServer(
     }, ROTATE_INTERVAL_MS);
     timer.unref();
     cleanups.push(() => clearInterval(timer));
+    const metrics = new Metrics();
+    metrics.gaugeFn('tessera_entries', 'Registration entries in the datastore.', () =>
+      datastore.countEntries(),
+    );
+    metrics.gaugeFn(
+      'tessera_ca_x509_expiry_timestamp_seconds',
+      'NotAfter of the active X.509 CA, in Unix seconds.',
+      () => Math.floor(authority.x509.notAfter.getTime() / 1000),
+    );
+    metrics.gaugeFn(
+      'tessera_ca_jwt_expiry_timestamp_seconds',
+      'Expiry of the active JWT key, in Unix seconds.',
+      () => Math.floor(authority.jwt.notAfter.getTime() / 1000),
+    );
     const health = createServer((req, res) => {
-      if (req.url === '/live') {
+      if (req.url === '/metrics') {
+        metrics
+          .render()
+          .then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text))
+          .catch((err: unknown) =>
+            res.writeHead(500).end(`metrics unavailable: ${(err as Error).message}\n`),
+          );
+      } else if (req.url === '/live') {
         res.writeHead(200).end('ok\n');
       } else if (req.url === '/ready') {
         res.writeHead(ready ? 200 : 503).end(ready ? 'ready\n' : 'not ready\n');
