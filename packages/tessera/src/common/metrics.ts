@@ -21,7 +21,7 @@ function key(labels: Labels): string {
     .join(',');
 }
 
-function escape(v: string): string {
+function escapeLabel(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 }
 
@@ -64,7 +64,7 @@ export class Metrics {
       if (f.collect !== undefined) out.push(`${f.name} ${await f.collect()}`);
       for (const { labels, value } of f.values.values()) {
         const l = Object.entries(labels)
-          .map(([k, v]) => `${k}="${escape(v)}"`)
+          .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
           .join(',');
         out.push(`${f.name}${l === '' ? '' : `{${l}}`} ${value}`);
       }
