@@ -1,6 +1,6 @@
 /**
- * Building and signing X.509 certificates for the authority: the ASN.1 from @peculiar/asn1-x509,
- * the signature from node:crypto. Only the shapes the SPIFFE X509-SVID spec allows are built.
+ * Building and signing the authority's CA certificates: the ASN.1 from @peculiar/asn1-x509, the
+ * signature from node:crypto. (X509-SVIDs, on the hot path, come from a DER template in X509Authority.)
  */
 import { createHash, type KeyObject, randomBytes, sign, X509Certificate } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
@@ -11,18 +11,14 @@ import {
   AuthorityKeyIdentifier,
   BasicConstraints,
   Certificate,
-  ExtendedKeyUsage,
   Extension,
   Extensions,
   GeneralName,
   id_ce_authorityKeyIdentifier,
   id_ce_basicConstraints,
-  id_ce_extKeyUsage,
   id_ce_keyUsage,
   id_ce_subjectAltName,
   id_ce_subjectKeyIdentifier,
-  id_kp_clientAuth,
-  id_kp_serverAuth,
   KeyIdentifier,
   KeyUsage,
   KeyUsageFlags,
@@ -112,15 +108,14 @@ export function randomSerial(): ArrayBuffer {
   return toArrayBuffer(s);
 }
 
-export interface CertificateTemplate {
+/** A CA certificate (cA, keyCertSign + cRLSign). Leaves are built from a DER template in X509Authority. */
+export interface CaCertificateTemplate {
   subject: Name;
   subjectPublicKey: SubjectPublicKeyInfo;
   notBefore: Date;
   notAfter: Date;
-  isCa: boolean;
-  /** CA certificates: keyCertSign + cRLSign; leaves: digitalSignature + keyEncipherment + keyAgreement (as SPIRE). */
+  /** The trust domain ID, `spiffe://<td>` (spec §2.3: a signing certificate SHOULD carry it). */
   uris: readonly string[];
-  dnsNames?: readonly string[];
 }
 
 export interface Issuer {
@@ -130,28 +125,14 @@ export interface Issuer {
   keyId: ArrayBuffer;
 }
 
-/** Builds and signs a certificate. `issuer` undefined = self-signed with `selfKey`. */
-export function signCertificate(t: CertificateTemplate, issuer: Issuer): X509Certificate {
+/** Builds and signs a CA certificate; for a self-signed one, `issuer` holds the CA's own name and key. */
+export function signCaCertificate(t: CaCertificateTemplate, issuer: Issuer): X509Certificate {
   const { alg, hash } = signatureAlgorithm(issuer.privateKey);
   const subjectKeyId = keyIdentifier(t.subjectPublicKey);
-  const names = [
-    ...t.uris.map((u) => new GeneralName({ uniformResourceIdentifier: u })),
-    ...(t.dnsNames ?? []).map((d) => new GeneralName({ dNSName: d })),
-  ];
+  const names = t.uris.map((u) => new GeneralName({ uniformResourceIdentifier: u }));
   const extensions = [
-    ext(id_ce_basicConstraints, true, new BasicConstraints({ cA: t.isCa })),
-    ext(
-      id_ce_keyUsage,
-      true,
-      new KeyUsage(
-        t.isCa
-          ? KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign
-          : KeyUsageFlags.digitalSignature | KeyUsageFlags.keyEncipherment | KeyUsageFlags.keyAgreement,
-      ),
-    ),
-    ...(t.isCa
-      ? []
-      : [ext(id_ce_extKeyUsage, false, new ExtendedKeyUsage([id_kp_serverAuth, id_kp_clientAuth]))]),
+    ext(id_ce_basicConstraints, true, new BasicConstraints({ cA: true })),
+    ext(id_ce_keyUsage, true, new KeyUsage(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign)),
     ext(id_ce_subjectKeyIdentifier, false, new SubjectKeyIdentifier(subjectKeyId)),
     ext(
       id_ce_authorityKeyIdentifier,

@@ -1,9 +1,11 @@
-import { generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
+import { type KeyObject, randomBytes } from 'node:crypto';
 import { SignJWT } from 'jose';
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import { generateKeyPairOfType } from '../keymanager/generate.js';
+import type { KeyType } from '../keymanager/key-manager.js';
 
-export type JwtKeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048';
+export type JwtKeyType = KeyType;
 
 function refuse(message: string): TesseraError {
   return new TesseraError(TesseraErrorCode.CA_ISSUE, `jwt: ${message}`);
@@ -54,10 +56,7 @@ export class JwtAuthority {
     notAfter: Date;
     issuer?: string;
   }): JwtAuthority {
-    const pair =
-      opts.keyType === 'rsa-2048'
-        ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-        : generateKeyPairSync('ec', { namedCurve: opts.keyType === 'ec-p384' ? 'P-384' : 'P-256' });
+    const pair = generateKeyPairOfType(opts.keyType);
     return new JwtAuthority({
       trustDomain: opts.trustDomain,
       kid: newKid(),

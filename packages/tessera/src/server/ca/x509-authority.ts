@@ -1,43 +1,36 @@
-import {
-  createHash,
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-  sign,
-  X509Certificate,
-} from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject, sign, X509Certificate } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
 import * as der from '../../common/der.js';
+import { isDnsName } from '../../common/dns-name.js';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {
   type DistinguishedName,
   keyIdentifier,
   randomSerial,
   signatureAlgorithm,
-  signCertificate,
+  signCaCertificate,
   spkiOf,
   subjectName,
   toName,
 } from '../../common/x509.js';
+import { generateKeyPairOfType } from '../keymanager/generate.js';
+import type { KeyType } from '../keymanager/key-manager.js';
 import { parseCsr } from './csr.js';
 
-export type CaKeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048';
+export type CaKeyType = KeyType;
 
 /** SPIRE backdates NotBefore by 10 s so that small clock skew does not reject a fresh SVID. */
 export const BACKDATE_MS = 10_000;
-const DNS_NAME =
-  /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 
-export function generateCaKey(type: CaKeyType): { privateKey: KeyObject; publicKey: KeyObject } {
-  switch (type) {
-    case 'ec-p256':
-      return generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    case 'ec-p384':
-      return generateKeyPairSync('ec', { namedCurve: 'P-384' });
-    case 'rsa-2048':
-      return generateKeyPairSync('rsa', { modulusLength: 2048 });
-  }
+/** The CA key pair: the given private key (from the key manager), or a fresh one. */
+function caKeyPair(
+  keyType: CaKeyType,
+  privateKey: KeyObject | undefined,
+): { privateKey: KeyObject; publicKey: KeyObject } {
+  return privateKey === undefined
+    ? generateKeyPairOfType(keyType)
+    : { privateKey, publicKey: createPublicKey(privateKey) };
 }
 
 function refuse(message: string): TesseraError {
@@ -171,22 +164,18 @@ export class X509Authority {
     /** The CA key (from the key manager); generated when omitted. */
     privateKey?: KeyObject;
   }): X509Authority {
-    const key =
-      opts.privateKey === undefined
-        ? generateCaKey(opts.keyType)
-        : { privateKey: opts.privateKey, publicKey: createPublicKey(opts.privateKey) };
+    const key = caKeyPair(opts.keyType, opts.privateKey);
     const spki = spkiOf(key.publicKey);
     const name = toName({
       ...opts.subject,
       serialNumber: opts.subject.serialNumber ?? String(opts.now.getTime()),
     });
-    const cert = signCertificate(
+    const cert = signCaCertificate(
       {
         subject: name,
         subjectPublicKey: spki,
         notBefore: new Date(opts.now.getTime() - BACKDATE_MS),
         notAfter: new Date(opts.now.getTime() + opts.ttlMs),
-        isCa: true,
         uris: [opts.trustDomain.idString()],
       },
       { name, privateKey: key.privateKey, keyId: keyIdentifier(spki) },
@@ -211,13 +200,10 @@ export class X509Authority {
     if (!up.certificate.ca) throw new TypeError('ca: the upstream certificate is not a CA certificate');
     if (!up.certificate.checkPrivateKey(up.privateKey))
       throw new TypeError('ca: the upstream key does not belong to the upstream certificate');
-    const key =
-      opts.privateKey === undefined
-        ? generateCaKey(opts.keyType)
-        : { privateKey: opts.privateKey, publicKey: createPublicKey(opts.privateKey) };
+    const key = caKeyPair(opts.keyType, opts.privateKey);
     const spki = spkiOf(key.publicKey);
     const upstreamNotAfter = new Date(up.certificate.validTo).getTime();
-    const cert = signCertificate(
+    const cert = signCaCertificate(
       {
         subject: toName({
           ...opts.subject,
@@ -226,7 +212,6 @@ export class X509Authority {
         subjectPublicKey: spki,
         notBefore: new Date(opts.now.getTime() - BACKDATE_MS),
         notAfter: new Date(Math.min(opts.now.getTime() + opts.ttlMs, upstreamNotAfter)),
-        isCa: true,
         uris: [opts.trustDomain.idString()],
       },
       {
@@ -263,7 +248,7 @@ export class X509Authority {
     if (!Number.isSafeInteger(req.ttlMs) || req.ttlMs <= 0)
       throw refuse(`TTL must be a positive number of milliseconds; got ${req.ttlMs}`);
     for (const d of req.dnsNames ?? [])
-      if (!DNS_NAME.test(d)) throw refuse(`DNS name ${JSON.stringify(d)} is not a valid host name`);
+      if (!isDnsName(d)) throw refuse(`DNS name ${JSON.stringify(d)} is not a valid host name`);
     const now = req.now.getTime();
     if (now >= this.#notAfter)
       throw refuse(`the CA expired at ${this.notAfter.toISOString()}; rotate the authority`);

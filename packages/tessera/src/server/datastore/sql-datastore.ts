@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, SpiffeBundle, type TrustDomain } from 'spiffe';
+import { isDnsName } from '../../common/dns-name.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type {
   ConsumedJoinToken,
@@ -116,8 +117,6 @@ function invalid(message: string, cause?: unknown): TesseraError {
 }
 
 const SELECTOR_PART = /^[A-Za-z0-9_.-]+$/;
-const DNS_NAME =
-  /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 
 /** Checks an entry and returns it with defaults and selectors sorted and de-duplicated. */
 export function normalizeEntry(
@@ -151,7 +150,7 @@ export function normalizeEntry(
     return n;
   };
   for (const d of input.dnsNames ?? [])
-    if (!DNS_NAME.test(d)) throw invalid(`DNS name ${JSON.stringify(d)} is not a valid host name`);
+    if (!isDnsName(d)) throw invalid(`DNS name ${JSON.stringify(d)} is not a valid host name`);
   const federatesWith = (input.federatesWith ?? []).map((t) => {
     try {
       return parseTrustDomain(t).name;

@@ -1,16 +1,34 @@
-import { generateKeyPair, type KeyObject } from 'node:crypto';
+import { generateKeyPair, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { KeyType } from './key-manager.js';
 
 const gen = promisify(generateKeyPair);
 
-export async function generatePrivateKey(type: KeyType): Promise<KeyObject> {
+function params(type: KeyType): ['ec', { namedCurve: string }] | ['rsa', { modulusLength: number }] {
   switch (type) {
     case 'ec-p256':
-      return (await gen('ec', { namedCurve: 'P-256' })).privateKey;
+      return ['ec', { namedCurve: 'P-256' }];
     case 'ec-p384':
-      return (await gen('ec', { namedCurve: 'P-384' })).privateKey;
+      return ['ec', { namedCurve: 'P-384' }];
     case 'rsa-2048':
-      return (await gen('rsa', { modulusLength: 2048 })).privateKey;
+      return ['rsa', { modulusLength: 2048 }];
   }
+}
+
+/** A key pair of the configured type, synchronously (tests and ephemeral keys). */
+export function generateKeyPairOfType(type: KeyType): { privateKey: KeyObject; publicKey: KeyObject } {
+  const [alg, opts] = params(type);
+  return alg === 'ec'
+    ? generateKeyPairSync('ec', opts as { namedCurve: string })
+    : generateKeyPairSync('rsa', opts as { modulusLength: number });
+}
+
+/** A private key of the configured type, off the main thread (RSA generation takes tens of ms). */
+export async function generatePrivateKey(type: KeyType): Promise<KeyObject> {
+  const [alg, opts] = params(type);
+  const pair =
+    alg === 'ec'
+      ? await gen('ec', opts as { namedCurve: string })
+      : await gen('rsa', opts as { modulusLength: number });
+  return pair.privateKey;
 }
