@@ -6,13 +6,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import {
-  findPostgresBin,
-  makeTempDir,
-  type PostgresCluster,
-  startPostgres,
-  type TempDir,
-} from '@tessera/testkit';
+import { makeTempDir, type PostgresCluster, postgresAvailable, startPostgres, type TempDir } from '@tessera/testkit';
 import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import { openSqliteDatastore } from 'tessera/dist/server/datastore/sqlite.js';
 import type { Datastore } from 'tessera/dist/server/datastore/types.js';
@@ -69,7 +63,7 @@ describe('datastore survives kill -9', () => {
     }
   });
 
-  if (findPostgresBin() !== undefined) {
+  if (postgresAvailable('kill -9 test')) {
     it('PostgreSQL: keeps every acknowledged write', async () => {
       const cluster: PostgresCluster = await startPostgres();
       try {

@@ -8,6 +8,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
+import { it } from 'node:test';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -83,4 +84,26 @@ export async function startPostgres(): Promise<PostgresCluster> {
       }
     },
   };
+}
+
+/**
+ * Whether a PostgreSQL suite can run. When the server binaries are missing it registers, in the
+ * current suite, a failing test if TESSERA_REQUIRE_POSTGRES=1 (as CI sets) or else a skipped test
+ * plus a loud warning — so a missing PostgreSQL is never silently green. Returns true when available.
+ */
+export function postgresAvailable(suite: string): boolean {
+  if (findPostgresBin() !== undefined) return true;
+  const why =
+    'PostgreSQL server binaries (initdb, pg_ctl) not found; install them (apt-get install -y postgresql)';
+  if (process.env.TESSERA_REQUIRE_POSTGRES === '1') {
+    it(`${suite}: PostgreSQL server binaries are installed`, () => {
+      throw new Error(`${why}. TESSERA_REQUIRE_POSTGRES=1 makes this a failure`);
+    });
+  } else {
+    console.warn(
+      `*** ${suite.toUpperCase()} ON POSTGRESQL SKIPPED: ${why}; set TESSERA_REQUIRE_POSTGRES=1 to make this a failure. ***`,
+    );
+    it(`${suite} on PostgreSQL`, { skip: why }, () => {});
+  }
+  return false;
 }

@@ -6,9 +6,9 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  findPostgresBin,
   makeTempDir,
   type PostgresCluster,
+  postgresAvailable,
   startPostgres,
   type TempDir,
   TestCa,
@@ -301,20 +301,7 @@ describe('SQLite file', () => {
   });
 });
 
-if (findPostgresBin() === undefined) {
-  if (process.env.TESSERA_REQUIRE_POSTGRES === '1') {
-    it('PostgreSQL server binaries are installed', () => {
-      assert.fail(
-        'initdb/pg_ctl not found; install them (apt-get install -y postgresql). TESSERA_REQUIRE_POSTGRES=1 makes this a failure',
-      );
-    });
-  } else {
-    console.warn(
-      '*** POSTGRESQL DATASTORE SUITE SKIPPED: initdb/pg_ctl not found; set TESSERA_REQUIRE_POSTGRES=1 to make this a failure. ***',
-    );
-    it('PostgreSQL datastore suite', { skip: 'PostgreSQL server binaries not installed' }, () => {});
-  }
-} else {
+if (postgresAvailable('datastore suite')) {
   let cluster: PostgresCluster;
   before(async () => {
     cluster = await startPostgres();
