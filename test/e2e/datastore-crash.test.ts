@@ -6,7 +6,13 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { makeTempDir, type PostgresCluster, postgresAvailable, startPostgres, type TempDir } from '@tessera/testkit';
+import {
+  makeTempDir,
+  type PostgresCluster,
+  postgresAvailable,
+  startPostgres,
+  type TempDir,
+} from '@tessera/testkit';
 import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import { openSqliteDatastore } from 'tessera/dist/server/datastore/sqlite.js';
 import type { Datastore } from 'tessera/dist/server/datastore/types.js';
