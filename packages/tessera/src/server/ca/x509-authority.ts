@@ -23,6 +23,17 @@ export type CaKeyType = KeyType;
 /** SPIRE backdates NotBefore by 10 s so that small clock skew does not reject a fresh SVID. */
 export const BACKDATE_MS = 10_000;
 
+/** What a new CA certificate is made from. */
+export interface CaOptions {
+  trustDomain: TrustDomain;
+  keyType: CaKeyType;
+  ttlMs: number;
+  subject: DistinguishedName;
+  now: Date;
+  /** The CA key (from the key manager); generated when omitted. */
+  privateKey?: KeyObject;
+}
+
 /** The CA key pair: the given private key (from the key manager), or a fresh one. */
 function caKeyPair(
   keyType: CaKeyType,
@@ -155,15 +166,7 @@ export class X509Authority {
   }
 
   /** A self-signed CA for the trust domain, valid from `now` (backdated) for `ttlMs`. */
-  static createSelfSigned(opts: {
-    trustDomain: TrustDomain;
-    keyType: CaKeyType;
-    ttlMs: number;
-    subject: DistinguishedName;
-    now: Date;
-    /** The CA key (from the key manager); generated when omitted. */
-    privateKey?: KeyObject;
-  }): X509Authority {
+  static createSelfSigned(opts: CaOptions): X509Authority {
     const key = caKeyPair(opts.keyType, opts.privateKey);
     const spki = spkiOf(key.publicKey);
     const name = toName({
@@ -187,15 +190,11 @@ export class X509Authority {
    * A CA signed by the organisation's CA (`upstream`): Tessera's CA becomes an intermediate, and
    * the bundle holds the upstream root. Its lifetime is capped at the upstream certificate's.
    */
-  static createSigned(opts: {
-    trustDomain: TrustDomain;
-    keyType: CaKeyType;
-    ttlMs: number;
-    subject: DistinguishedName;
-    now: Date;
-    privateKey?: KeyObject;
-    upstream: { certificate: X509Certificate; privateKey: KeyObject; chain?: readonly X509Certificate[] };
-  }): X509Authority {
+  static createSigned(
+    opts: CaOptions & {
+      upstream: { certificate: X509Certificate; privateKey: KeyObject; chain?: readonly X509Certificate[] };
+    },
+  ): X509Authority {
     const up = opts.upstream;
     if (!up.certificate.ca) throw new TypeError('ca: the upstream certificate is not a CA certificate');
     if (!up.certificate.checkPrivateKey(up.privateKey))
