@@ -20,6 +20,16 @@ export const TesseraErrorCode = {
   CA_ISSUE: 'ERR_CA_ISSUE',
   /** A key file is unreadable, corrupt, or readable by others. */
   KEY_FILE: 'ERR_KEY_FILE',
+  /** No attested agent has that SPIFFE ID. */
+  AGENT_NOT_FOUND: 'ERR_AGENT_NOT_FOUND',
+  /** The agent is banned: it must be evicted before it can attest again. */
+  AGENT_BANNED: 'ERR_AGENT_BANNED',
+  /** Node attestation failed: unknown attestor, bad evidence, failed challenge. */
+  ATTESTATION_FAILED: 'ERR_ATTESTATION_FAILED',
+  /** The caller is not entitled to what it asked for. */
+  PERMISSION_DENIED: 'ERR_PERMISSION_DENIED',
+  /** A request is malformed (missing field, bad value). */
+  INVALID_ARGUMENT: 'ERR_INVALID_ARGUMENT',
   /** The daemon cannot start: data directory, lock, port, keys. */
   STARTUP: 'ERR_STARTUP',
   /** The datastore cannot be opened or a query failed. */

@@ -265,6 +265,101 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       ]);
       assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
     });
+
+    it('records attested agents: re-attestation, renewal by serial, ban, evict, list by selector', async () => {
+      const id = 'spiffe://example.org/tessera/agent/x509pop/aa';
+      const expiresAt = new Date(Date.now() + 3_600_000);
+      const sel = [{ type: 'x509pop', value: 'subject:cn:web-1' }];
+      const a = await ds.attestAgent({
+        spiffeId: id,
+        attestor: 'x509pop',
+        selectors: sel,
+        serial: '01',
+        expiresAt,
+      });
+      assert.deepEqual(a.selectors, sel);
+      assert.equal(a.serial, '01');
+      assert.equal(a.banned, false);
+      await ds.attestAgent({
+        spiffeId: 'spiffe://example.org/tessera/agent/join_token/zz',
+        attestor: 'join_token',
+        selectors: [],
+        serial: '09',
+        expiresAt,
+      });
+      await rejectsWith(ds.renewAgent(id, '7f', '02', expiresAt), TesseraErrorCode.PERMISSION_DENIED, /7f/);
+      const renewed = await ds.renewAgent(id, '01', '02', expiresAt);
+      assert.equal(renewed.serial, '02');
+      assert.equal(renewed.previousSerial, '01');
+      const bySel = await ds.listAgents({ bySelector: sel[0] });
+      assert.deepEqual(
+        bySel.agents.map((x) => x.spiffeId),
+        [id],
+      );
+      assert.equal(await ds.countAgents(), 2);
+      const page1 = await ds.listAgents({ pageSize: 1 });
+      assert.equal(page1.agents.length, 1);
+      assert.ok(page1.nextPageToken);
+      const page2 = await ds.listAgents({ pageSize: 1, pageToken: page1.nextPageToken as string });
+      assert.equal(page2.agents.length, 1);
+      assert.equal(page2.nextPageToken, undefined);
+      await ds.banAgent(id);
+      const b = await ds.getAgent(id);
+      assert.equal(b?.banned, true);
+      assert.equal(b?.serial, '');
+      await rejectsWith(ds.renewAgent(id, '02', '03', expiresAt), TesseraErrorCode.AGENT_BANNED);
+      await rejectsWith(
+        ds.attestAgent({ spiffeId: id, attestor: 'x509pop', selectors: sel, serial: '04', expiresAt }),
+        TesseraErrorCode.AGENT_BANNED,
+        /evict/,
+      );
+      assert.deepEqual(
+        (await ds.listAgents({ banned: true })).agents.map((x) => x.spiffeId),
+        [id],
+      );
+      await ds.deleteAgent(id);
+      await rejectsWith(ds.deleteAgent(id), TesseraErrorCode.AGENT_NOT_FOUND);
+      const again = await ds.attestAgent({
+        spiffeId: id,
+        attestor: 'x509pop',
+        selectors: sel,
+        serial: '05',
+        expiresAt,
+      });
+      assert.equal(again.banned, false);
+    });
+
+    it('tells change listeners about committed writes only, in order', async () => {
+      const seen: string[] = [];
+      const off = ds.onChange((c) => {
+        seen.push(c.kind === 'entry' ? `${c.op}:${c.entry.spiffeId}:${c.entry.revision}` : `${c.kind}`);
+      });
+      const e = await ds.createEntry(entry('/feed'));
+      await ds.updateEntry(e.id, e.revision, entry('/feed', { hint: 'x' }));
+      await assert.rejects(ds.createEntries([entry('/feed-2'), entry('/feed-2')]));
+      await assert.rejects(ds.updateEntry(e.id, e.revision, entry('/feed')));
+      await ds.deleteEntry(e.id);
+      const td = parseTrustDomain('feed.example');
+      const ca = TestCa.create({ trustDomain: 'feed.example' });
+      await ds.updateBundle(td, (cur) => cur.with({ x509Authorities: [ca.root] }));
+      await ds.updateBundle(td, (cur) => cur);
+      assert.equal(
+        (await ds.listBundles()).some((x) => x.trustDomain.equals(td)),
+        true,
+      );
+      assert.equal(await ds.deleteBundle(td), true);
+      assert.equal(await ds.deleteBundle(td), false);
+      off();
+      await ds.createEntry(entry('/after-off'));
+      const p = 'spiffe://example.org';
+      assert.deepEqual(seen, [
+        `upsert:${p}/feed:1`,
+        `upsert:${p}/feed:2`,
+        `delete:${p}/feed:2`,
+        'bundle',
+        'bundle',
+      ]);
+    });
   });
 }
 

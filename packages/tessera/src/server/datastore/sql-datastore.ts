@@ -3,11 +3,16 @@ import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, SpiffeBundle, type 
 import { isDnsName } from '../../common/dns-name.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type {
+  AgentAttestationInput,
+  AgentPage,
+  AttestedAgent,
   ConsumedJoinToken,
   Datastore,
+  DatastoreChange,
   EntryInput,
   EntryPage,
   JoinTokenInput,
+  ListAgentsOptions,
   ListEntriesOptions,
   RegistrationEntry,
   Selector,
@@ -75,6 +80,23 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
         trust_domain TEXT PRIMARY KEY,
         document TEXT NOT NULL,
         sequence TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+      )`,
+    ],
+  },
+  {
+    version: 3,
+    statements: [
+      // Attested agents. Selectors are newline-joined `type:value` (values cannot hold a newline).
+      `CREATE TABLE agents (
+        spiffe_id TEXT PRIMARY KEY,
+        attestor TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        previous_serial TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        banned INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
       )`,
     ],
@@ -204,9 +226,27 @@ function wrap(op: string, err: unknown): never {
 /** The registry on any SqlDriver: the same SQL and behaviour on SQLite and PostgreSQL. */
 export class SqlDatastore implements Datastore {
   readonly #db: SqlDriver;
+  readonly #listeners = new Set<(change: DatastoreChange) => void>();
 
   constructor(driver: SqlDriver) {
     this.#db = driver;
+  }
+
+  onChange(listener: (change: DatastoreChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Tells listeners about committed changes; a throwing listener does not stop the others. */
+  #emit(...changes: DatastoreChange[]): void {
+    for (const change of changes)
+      for (const l of this.#listeners) {
+        try {
+          l(change);
+        } catch {
+          // A listener's bug must not undo or hide a committed write.
+        }
+      }
   }
 
   async createEntry(input: EntryInput): Promise<RegistrationEntry> {
@@ -254,7 +294,7 @@ export class SqlDatastore implements Datastore {
       wrap('create entries', err);
     }
     const at = new Date(now);
-    return created.map(({ id, e }) => ({
+    const entries = created.map(({ id, e }) => ({
       ...e,
       id,
       expiresAt: e.expiresAt,
@@ -262,6 +302,8 @@ export class SqlDatastore implements Datastore {
       createdAt: at,
       updatedAt: at,
     }));
+    this.#emit(...entries.map((entry) => ({ kind: 'entry', op: 'upsert', entry }) as const));
+    return entries;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
@@ -313,20 +355,29 @@ export class SqlDatastore implements Datastore {
       }
       wrap('update entry', err);
     }
-    return (await this.getEntry(id)) as RegistrationEntry;
+    const entry = (await this.getEntry(id)) as RegistrationEntry;
+    this.#emit({ kind: 'entry', op: 'upsert', entry });
+    return entry;
   }
 
   async deleteEntry(id: string): Promise<void> {
-    let changed: number;
+    let entry: RegistrationEntry | undefined;
     try {
-      changed = await this.#db.transaction(async (tx) => {
+      entry = await this.#db.transaction(async (tx) => {
+        const rows = await tx.query('SELECT * FROM registration_entries WHERE id = ?', [id]);
+        if (rows[0] === undefined) return undefined;
+        const sel = await tx.query('SELECT entry_id, type, value FROM entry_selectors WHERE entry_id = ?', [
+          id,
+        ]);
         await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
-        return tx.execute('DELETE FROM registration_entries WHERE id = ?', [id]);
+        await tx.execute('DELETE FROM registration_entries WHERE id = ?', [id]);
+        return toEntry(rows[0], sel);
       });
     } catch (err) {
       wrap('delete entry', err);
     }
-    if (changed === 0) throw notFound(id);
+    if (entry === undefined) throw notFound(id);
+    this.#emit({ kind: 'entry', op: 'delete', entry });
   }
 
   async listEntries(options: ListEntriesOptions = {}): Promise<EntryPage> {
@@ -396,8 +447,9 @@ export class SqlDatastore implements Datastore {
     trustDomain: TrustDomain,
     change: (current: SpiffeBundle) => SpiffeBundle,
   ): Promise<SpiffeBundle> {
+    let changed = false;
     try {
-      return await this.#db.transaction(async (tx) => {
+      const result = await this.#db.transaction(async (tx) => {
         if (tx.dialect === 'postgres')
           await tx.execute('SELECT pg_advisory_xact_lock(hashtext(?))', [`bundle:${trustDomain.name}`]);
         const rows = await tx.query('SELECT document FROM bundles WHERE trust_domain = ?', [
@@ -426,11 +478,172 @@ export class SqlDatastore implements Datastore {
             params,
           );
         }
+        changed = true;
         return next;
       });
+      if (changed) this.#emit({ kind: 'bundle', trustDomain: trustDomain.name });
+      return result;
     } catch (err) {
       wrap('update bundle', err);
     }
+  }
+
+  async listBundles(): Promise<SpiffeBundle[]> {
+    try {
+      const rows = await this.#db.query('SELECT trust_domain, document FROM bundles ORDER BY trust_domain');
+      return rows.map((r) => parseSpiffeBundle(parseTrustDomain(String(r.trust_domain)), String(r.document)));
+    } catch (err) {
+      wrap('list bundles', err);
+    }
+  }
+
+  async deleteBundle(trustDomain: TrustDomain): Promise<boolean> {
+    let n: number;
+    try {
+      n = await this.#db.execute('DELETE FROM bundles WHERE trust_domain = ?', [trustDomain.name]);
+    } catch (err) {
+      wrap('delete bundle', err);
+    }
+    if (n > 0) this.#emit({ kind: 'bundle', trustDomain: trustDomain.name });
+    return n > 0;
+  }
+
+  async attestAgent(input: AgentAttestationInput): Promise<AttestedAgent> {
+    const now = Date.now();
+    const selectors = selectorsKey(input.selectors);
+    try {
+      await this.#db.transaction(async (tx) => {
+        const rows = await tx.query('SELECT banned FROM agents WHERE spiffe_id = ?', [input.spiffeId]);
+        if (rows[0] === undefined) {
+          await tx.execute(
+            `INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, banned, created_at, updated_at)
+             VALUES (?, ?, ?, ?, '', ?, 0, ?, ?)`,
+            [input.spiffeId, input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, now],
+          );
+          return;
+        }
+        if (Number(rows[0].banned) === 1) throw banned(input.spiffeId);
+        await tx.execute(
+          `UPDATE agents SET attestor = ?, selectors = ?, serial = ?, previous_serial = '', expires_at = ?, updated_at = ?
+           WHERE spiffe_id = ?`,
+          [input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, input.spiffeId],
+        );
+      });
+    } catch (err) {
+      wrap('record attested agent', err);
+    }
+    this.#emit({ kind: 'agent', op: 'upsert', spiffeId: input.spiffeId });
+    return (await this.getAgent(input.spiffeId)) as AttestedAgent;
+  }
+
+  async renewAgent(
+    spiffeId: string,
+    presentedSerial: string,
+    newSerial: string,
+    expiresAt: Date,
+  ): Promise<AttestedAgent> {
+    try {
+      await this.#db.transaction(async (tx) => {
+        const rows = await tx.query(
+          'SELECT serial, previous_serial, banned FROM agents WHERE spiffe_id = ?',
+          [spiffeId],
+        );
+        const row = rows[0];
+        if (row === undefined) throw agentNotFound(spiffeId);
+        if (Number(row.banned) === 1) throw banned(spiffeId);
+        if (
+          presentedSerial === '' ||
+          (row.serial !== presentedSerial && row.previous_serial !== presentedSerial)
+        )
+          throw new TesseraError(
+            TesseraErrorCode.PERMISSION_DENIED,
+            `agent: "${spiffeId}" presented SVID serial ${presentedSerial}, which is not its current one; re-attest the agent`,
+          );
+        await tx.execute(
+          'UPDATE agents SET serial = ?, previous_serial = ?, expires_at = ?, updated_at = ? WHERE spiffe_id = ?',
+          [newSerial, presentedSerial, expiresAt.getTime(), Date.now(), spiffeId],
+        );
+      });
+    } catch (err) {
+      wrap('renew agent', err);
+    }
+    this.#emit({ kind: 'agent', op: 'upsert', spiffeId });
+    return (await this.getAgent(spiffeId)) as AttestedAgent;
+  }
+
+  async getAgent(spiffeId: string): Promise<AttestedAgent | undefined> {
+    try {
+      const rows = await this.#db.query('SELECT * FROM agents WHERE spiffe_id = ?', [spiffeId]);
+      return rows[0] === undefined ? undefined : toAgent(rows[0]);
+    } catch (err) {
+      wrap('get agent', err);
+    }
+  }
+
+  async listAgents(options: ListAgentsOptions = {}): Promise<AgentPage> {
+    const pageSize = Math.min(1000, Math.max(1, options.pageSize ?? 100));
+    const bannedFilter = options.banned === undefined ? '' : `AND banned = ${options.banned ? 1 : 0}`;
+    const want =
+      options.bySelector === undefined ? undefined : `${options.bySelector.type}:${options.bySelector.value}`;
+    try {
+      const agents: AttestedAgent[] = [];
+      let after = options.pageToken ?? '';
+      // Selectors are one column, so a selector filter is applied here: read until the page is full.
+      for (;;) {
+        const rows = await this.#db.query(
+          `SELECT * FROM agents WHERE spiffe_id > ? ${bannedFilter} ORDER BY spiffe_id LIMIT ?`,
+          [after, pageSize + 1],
+        );
+        for (const r of rows) {
+          const a = toAgent(r);
+          if (want === undefined || a.selectors.some((x) => `${x.type}:${x.value}` === want)) agents.push(a);
+          if (agents.length > pageSize) break;
+        }
+        if (agents.length > pageSize || rows.length <= pageSize) break;
+        after = String(rows.at(-1)?.spiffe_id);
+      }
+      const page = agents.slice(0, pageSize);
+      const last = page.at(-1)?.spiffeId;
+      return agents.length > pageSize && last !== undefined
+        ? { agents: page, nextPageToken: last }
+        : { agents: page };
+    } catch (err) {
+      wrap('list agents', err);
+    }
+  }
+
+  async countAgents(): Promise<number> {
+    try {
+      const rows = await this.#db.query('SELECT COUNT(*) AS n FROM agents');
+      return Number(rows[0]?.n ?? 0);
+    } catch (err) {
+      wrap('count agents', err);
+    }
+  }
+
+  async banAgent(spiffeId: string): Promise<void> {
+    let n: number;
+    try {
+      n = await this.#db.execute(
+        "UPDATE agents SET banned = 1, serial = '', previous_serial = '', updated_at = ? WHERE spiffe_id = ?",
+        [Date.now(), spiffeId],
+      );
+    } catch (err) {
+      wrap('ban agent', err);
+    }
+    if (n === 0) throw agentNotFound(spiffeId);
+    this.#emit({ kind: 'agent', op: 'ban', spiffeId });
+  }
+
+  async deleteAgent(spiffeId: string): Promise<void> {
+    let n: number;
+    try {
+      n = await this.#db.execute('DELETE FROM agents WHERE spiffe_id = ?', [spiffeId]);
+    } catch (err) {
+      wrap('evict agent', err);
+    }
+    if (n === 0) throw agentNotFound(spiffeId);
+    this.#emit({ kind: 'agent', op: 'delete', spiffeId });
   }
 
   async countEntries(): Promise<number> {
@@ -523,6 +736,38 @@ export class SqlDatastore implements Datastore {
 
 function notFound(id: string): TesseraError {
   return new TesseraError(TesseraErrorCode.ENTRY_NOT_FOUND, `entry: no entry with ID ${JSON.stringify(id)}`);
+}
+
+function agentNotFound(spiffeId: string): TesseraError {
+  return new TesseraError(TesseraErrorCode.AGENT_NOT_FOUND, `agent: no attested agent "${spiffeId}"`);
+}
+
+function banned(spiffeId: string): TesseraError {
+  return new TesseraError(
+    TesseraErrorCode.AGENT_BANNED,
+    `agent: "${spiffeId}" is banned; evict it (tessera agent evict) before it can attest again`,
+  );
+}
+
+function toAgent(row: Row): AttestedAgent {
+  const sel = String(row.selectors);
+  return {
+    spiffeId: String(row.spiffe_id),
+    attestor: String(row.attestor),
+    selectors:
+      sel === ''
+        ? []
+        : sel.split('\n').map((s) => {
+            const i = s.indexOf(':');
+            return { type: s.slice(0, i), value: s.slice(i + 1) };
+          }),
+    serial: String(row.serial),
+    previousSerial: String(row.previous_serial),
+    expiresAt: new Date(Number(row.expires_at)),
+    banned: Number(row.banned) === 1,
+    createdAt: new Date(Number(row.created_at)),
+    updatedAt: new Date(Number(row.updated_at)),
+  };
 }
 
 function toEntry(row: Row, selectors: readonly Row[]): RegistrationEntry {

@@ -66,8 +66,60 @@ export interface ConsumedJoinToken {
   agentName: string | undefined;
 }
 
+/** A node that attested: its SPIFFE ID, how it proved itself, and the serial of its current SVID. */
+export interface AttestedAgent {
+  readonly spiffeId: string;
+  /** The node attestor that vouched for it (`join_token`, `x509pop`). */
+  readonly attestor: string;
+  /** Node selectors from attestation (`x509pop:subject:cn:web-1`), matched by node-alias entries. */
+  readonly selectors: readonly Selector[];
+  /** Serial (hex) of the agent SVID in use; calls with any other certificate are refused. */
+  readonly serial: string;
+  /** Serial of the SVID before the last renewal, accepted until the agent switches. */
+  readonly previousSerial: string;
+  /** When the current agent SVID expires. */
+  readonly expiresAt: Date;
+  /** A banned agent cannot call the agent API or attest again until evicted. */
+  readonly banned: boolean;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
+export interface AgentAttestationInput {
+  spiffeId: string;
+  attestor: string;
+  selectors: readonly Selector[];
+  serial: string;
+  expiresAt: Date;
+}
+
+export interface ListAgentsOptions {
+  bySelector?: Selector;
+  banned?: boolean;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface AgentPage {
+  agents: AttestedAgent[];
+  nextPageToken?: string;
+}
+
+/** What changed, told to change-feed listeners after the change is committed. */
+export type DatastoreChange =
+  | { readonly kind: 'entry'; readonly op: 'upsert'; readonly entry: RegistrationEntry }
+  | { readonly kind: 'entry'; readonly op: 'delete'; readonly entry: RegistrationEntry }
+  | { readonly kind: 'agent'; readonly op: 'upsert' | 'ban' | 'delete'; readonly spiffeId: string }
+  | { readonly kind: 'bundle'; readonly trustDomain: string };
+
 /** The registry's storage: SQLite by default, PostgreSQL for shared deployments. */
 export interface Datastore {
+  /**
+   * Subscribes to changes made through this datastore, each told once after its commit, in commit
+   * order. Returns the unsubscribe function. (Changes by other servers on a shared PostgreSQL are
+   * not seen here yet; see docs/server.md.)
+   */
+  onChange(listener: (change: DatastoreChange) => void): () => void;
   createEntry(input: EntryInput): Promise<RegistrationEntry>;
   /** All or none, in one transaction. */
   createEntries(inputs: readonly EntryInput[]): Promise<RegistrationEntry[]>;
@@ -91,5 +143,28 @@ export interface Datastore {
     trustDomain: TrustDomain,
     change: (current: SpiffeBundle) => SpiffeBundle,
   ): Promise<SpiffeBundle>;
+  /** Every stored bundle (own and federated), by trust domain name. */
+  listBundles(): Promise<SpiffeBundle[]>;
+  /** Removes a (federated) trust domain's bundle; false when there was none. */
+  deleteBundle(trustDomain: TrustDomain): Promise<boolean>;
+  /**
+   * Records a successful attestation: creates the agent or, when it attested before, replaces its
+   * selectors and SVID serial. Refused with ERR_AGENT_BANNED for a banned agent.
+   */
+  attestAgent(input: AgentAttestationInput): Promise<AttestedAgent>;
+  /** After renewal: the new SVID serial becomes current, `presentedSerial` the previous one. */
+  renewAgent(
+    spiffeId: string,
+    presentedSerial: string,
+    newSerial: string,
+    expiresAt: Date,
+  ): Promise<AttestedAgent>;
+  getAgent(spiffeId: string): Promise<AttestedAgent | undefined>;
+  listAgents(options?: ListAgentsOptions): Promise<AgentPage>;
+  countAgents(): Promise<number>;
+  /** Bans an agent: its SVIDs stop being accepted and it cannot attest again until evicted. */
+  banAgent(spiffeId: string): Promise<void>;
+  /** Evicts (deletes) an agent: it must attest again; a banned agent becomes able to. */
+  deleteAgent(spiffeId: string): Promise<void>;
   close(): Promise<void>;
 }
