@@ -5,8 +5,19 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const r = spawnSync('npx', ['buf', 'generate'], { cwd: root, stdio: 'inherit' });
-if (r.status !== 0) {
-  console.error('gen-proto: buf generate failed');
-  process.exit(r.status ?? 1);
+// The spiffe package gets the Workload API only (it depends on nothing else in the repo); the
+// tessera package gets its own agent and admin APIs.
+const runs = [
+  ['buf.gen.yaml', 'proto/workload'],
+  ['buf.gen.tessera.yaml', 'proto/tessera'],
+];
+for (const [template, path] of runs) {
+  const r = spawnSync('npx', ['buf', 'generate', '--template', template, '--path', path], {
+    cwd: root,
+    stdio: 'inherit',
+  });
+  if (r.status !== 0) {
+    console.error(`gen-proto: buf generate (${template}, ${path}) failed`);
+    process.exit(r.status ?? 1);
+  }
 }
