@@ -66,7 +66,7 @@ function config(dir: string, healthPort = 0): string {
   const file = join(dir, 'server.yaml');
   writeFileSync(
     file,
-    `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { address: 127.0.0.1, port: ${healthPort} }\nlog: { level: info }\n`,
+    `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { address: 127.0.0.1, port: ${healthPort} }\nagent_api: { address: 127.0.0.1, port: 0 }\nadmin_socket: ${dir}/admin.sock\nlog: { level: info }\n`,
   );
   return file;
 }
@@ -140,7 +140,7 @@ describe('tessera server run', () => {
       mode: 0o600,
     });
     const yaml = (key: string) =>
-      `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { port: 0 }\nupstream_authority:\n  disk: { cert_file: ${dir}/up.crt, key_file: ${dir}/${key} }\n`;
+      `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { port: 0 }\nagent_api: { address: 127.0.0.1, port: 0 }\nadmin_socket: ${dir}/admin.sock\nupstream_authority:\n  disk: { cert_file: ${dir}/up.crt, key_file: ${dir}/${key} }\n`;
     writeFileSync(join(dir, 'bad.yaml'), yaml('other.key'));
     const bad = run('server', 'run', '--config', join(dir, 'bad.yaml'));
     assert.equal(await bad.exit, 1);
@@ -156,7 +156,7 @@ describe('tessera server run', () => {
     const blocker = join(tmp.path, 'a-file');
     writeFileSync(blocker, 'not a directory');
     const file = join(tmp.path, 'bad.yaml');
-    writeFileSync(file, `trust_domain: example.org\ndata_dir: ${blocker}/tessera\nhealth: { port: 0 }\n`);
+    writeFileSync(file, `trust_domain: example.org\ndata_dir: ${blocker}/tessera\nhealth: { port: 0 }\nagent_api: { port: 0 }\n`);
     const r = run('server', 'run', '--config', file);
     assert.equal(await r.exit, 1);
     assert.match(r.stderr(), /cannot create the data directory .*a-file\/tessera: ENOTDIR/);

@@ -63,7 +63,7 @@ export {
 export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source.js';
 export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
 export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
-export { verifyX509Svid } from './svid/x509-verify.js';
+export { verifyCertificateChain, verifyX509Svid } from './svid/x509-verify.js';
 // TLS
 export type { Authorizer } from './tls/authorizer.js';
 export {
@@ -73,7 +73,7 @@ export {
   authorizeMemberOf,
   authorizeOneOf,
 } from './tls/authorizer.js';
-export { grpcChannelCredentials, grpcServerCredentials } from './tls/grpc.js';
+export { grpcChannelCredentials, grpcServerCredentials, peerSpiffeIdOfCall } from './tls/grpc.js';
 export type { SpiffeServer, SpiffeTlsConfig, TlsBundleSource } from './tls/node-tls.js';
 export {
   createSpiffeHttp2Server,

@@ -113,6 +113,54 @@ export function verifyX509Svid(
   return { id, verifiedChain: path };
 }
 
+/**
+ * Verifies any certificate chain (not only an X509-SVID) against a set of trusted roots with the
+ * same path building as verifyX509Svid: used where a peer proves a non-SPIFFE identity, such as a
+ * node certificate issued by an organisation's CA (x509pop attestation). Returns the path, leaf
+ * first, ending with the root. Throws ERR_X509SVID_VERIFY saying why no path exists.
+ */
+export function verifyCertificateChain(
+  chain: readonly (X509Certificate | Uint8Array)[],
+  roots: readonly X509Certificate[],
+  options: { now?: Date } = {},
+): X509Certificate[] {
+  const now = options.now === undefined ? Date.now() : options.now.getTime();
+  if (chain.length === 0) throw x509SvidInvalid('empty certificates chain');
+  if (roots.length === 0) throw refused('no trusted roots were given');
+  const certs = chain.map((c, i) => toCertificate(c, i, chain.length));
+  const infos = certs.map((c, i) => {
+    try {
+      return certInfo(c);
+    } catch (err) {
+      throw x509SvidInvalid(
+        `certificate ${i + 1} of ${certs.length} cannot be decoded: ${(err as Error).message}`,
+        err,
+      );
+    }
+  });
+  const leaf = certs[0] as X509Certificate;
+  const leafInfo = infos[0] as CertInfo;
+  const problem = certProblem(leafInfo, now);
+  if (problem !== undefined) throw refused(`certificate "${oneLineName(leafInfo.subject)}" ${problem}`);
+  const ctx: PathContext = {
+    roots,
+    intermediates: certs.slice(1),
+    now,
+    candidates: 0,
+    signatures: new Map(),
+    reason: undefined,
+  };
+  const path = extendPath(leaf, leafInfo, 0, [], ctx);
+  if (path === undefined)
+    throw refused(
+      `certificate "${oneLineName(leafInfo.subject)}" does not chain to a trusted root: ${
+        ctx.reason ??
+        `its issuer "${oneLineName(leafInfo.issuer)}" is neither a presented intermediate nor a trusted root`
+      }`,
+    );
+  return path;
+}
+
 function toCertificate(c: X509Certificate | Uint8Array, i: number, n: number): X509Certificate {
   if (c instanceof X509Certificate) return c;
   if (!(c instanceof Uint8Array)) {

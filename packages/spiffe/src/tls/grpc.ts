@@ -1,3 +1,5 @@
+import { X509Certificate } from 'node:crypto';
+import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type {
   CaCertificateUpdateListener,
@@ -6,6 +8,8 @@ import type {
 } from '@grpc/grpc-js/build/src/certificate-provider.js';
 import type { SpiffeError } from '../errors.js';
 import { silentLogger } from '../logger.js';
+import type { SpiffeId } from '../spiffeid/spiffe-id.js';
+import { idFromCertificate } from '../svid/x509-svid.js';
 import type { Authorizer } from './authorizer.js';
 import { type SpiffeTlsConfig, secureContextOptions } from './node-tls.js';
 import { peerChain, verifyPeer } from './peer.js';
@@ -107,29 +111,53 @@ export function grpcChannelCredentials(config: SpiffeTlsConfig): grpc.ChannelCre
  * OpenSSL against the trusted roots (a bad chain gets a TLS alert), then verify every call's peer as
  * an X509-SVID and authorize it — a refused call ends with PERMISSION_DENIED before the handler
  * runs, and the log line says who and why. Rotation is followed.
+ *
+ * `clientCertificate: 'optional'` is for a server some of whose calls come before the client has an
+ * SVID (a SPIFFE server's node attestation): a client without a certificate reaches the handlers,
+ * which must then decide (peerSpiffeIdOfCall tells them); one that presents a certificate is still
+ * verified and authorized on every call.
  */
-export function grpcServerCredentials(config: SpiffeTlsConfig): grpc.ServerCredentials {
+export function grpcServerCredentials(
+  config: SpiffeTlsConfig,
+  options: { clientCertificate?: 'require' | 'optional' } = {},
+): grpc.ServerCredentials {
   if (config.svid === undefined)
     throw new TypeError('tlsconfig: a gRPC server needs an SVID source (config.svid)');
+  const optional = options.clientCertificate === 'optional';
   const provider = new SourceCertificateProvider(config);
-  const creds = grpc.experimental.createCertificateProviderServerCredentials(provider, provider, true);
-  return grpc.experimental.createServerCredentialsWithInterceptors(creds, [spiffeServerInterceptor(config)]);
+  const creds = grpc.experimental.createCertificateProviderServerCredentials(provider, provider, !optional);
+  return grpc.experimental.createServerCredentialsWithInterceptors(creds, [
+    spiffeServerInterceptor(config, optional),
+  ]);
 }
 
-function spiffeServerInterceptor(config: SpiffeTlsConfig): grpc.ServerInterceptor {
+/**
+ * The SPIFFE ID of a call's peer, verified by grpcServerCredentials' interceptor, with its leaf
+ * certificate (DER); undefined when the peer presented no certificate (optional mode).
+ */
+export function peerSpiffeIdOfCall(call: {
+  getAuthContext(): { sslPeerCertificate?: unknown };
+}): { id: SpiffeId; leaf: X509Certificate } | undefined {
+  const chain = peerChain(call.getAuthContext().sslPeerCertificate as PeerCertificate | undefined);
+  if (chain.length === 0) return undefined;
+  const leaf = new X509Certificate(chain[0] as Buffer);
+  return { id: idFromCertificate(leaf), leaf };
+}
+
+function spiffeServerInterceptor(config: SpiffeTlsConfig, optional: boolean): grpc.ServerInterceptor {
   const logger = config.logger ?? silentLogger;
   return (_method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start: (next) => {
         next({
           onReceiveMetadata: (metadata, mdNext) => {
+            const chain = peerChain(call.getAuthContext().sslPeerCertificate);
+            if (optional && chain.length === 0) {
+              mdNext(metadata);
+              return;
+            }
             try {
-              verifyPeer(
-                peerChain(call.getAuthContext().sslPeerCertificate),
-                config.bundles,
-                config.authorizer,
-                config.now?.(),
-              );
+              verifyPeer(chain, config.bundles, config.authorizer, config.now?.());
             } catch (err) {
               logger.warn?.((err as Error).message, {
                 side: 'grpc-server',

@@ -56,6 +56,17 @@ export const SERVER_CONFIG_SCHEMA = {
     x509_svid_ttl: { kind: 'duration', default: '1h', min: '1s' },
     jwt_svid_ttl: { kind: 'duration', default: '5m', min: '1s' },
     jwt_issuer: { kind: 'string', default: '' },
+    agent_svid_ttl: { kind: 'duration', default: '1h', min: '1s' },
+    // JSON-lines audit log (0600); default <data_dir>/audit.log.
+    audit_log: { kind: 'string', check: absolutePath },
+    node_attestors: {
+      kind: 'object',
+      fields: {
+        join_token: { kind: 'object', fields: { enabled: { kind: 'bool', default: true } } },
+        // Enabled when ca_bundle_path names the PEM file of the CAs that issue node certificates.
+        x509pop: { kind: 'object', fields: { ca_bundle_path: { kind: 'string', check: absolutePath } } },
+      },
+    },
     key_manager: { kind: 'enum', values: ['disk', 'memory'], default: 'disk' },
     upstream_authority: {
       kind: 'choice',
@@ -111,6 +122,13 @@ export interface ServerConfig {
   /** Milliseconds. */
   readonly jwt_svid_ttl: number;
   readonly jwt_issuer: string;
+  /** Milliseconds. */
+  readonly agent_svid_ttl: number;
+  readonly audit_log?: string;
+  readonly node_attestors: {
+    readonly join_token: { readonly enabled: boolean };
+    readonly x509pop: { readonly ca_bundle_path?: string };
+  };
   readonly key_manager: 'disk' | 'memory';
   readonly upstream_authority?: {
     readonly disk: { readonly cert_file: string; readonly key_file: string; readonly bundle_file?: string };

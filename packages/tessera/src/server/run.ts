@@ -3,9 +3,15 @@ import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { parseTrustDomain } from 'spiffe';
+import { type AuditLog, createAuditLog } from '../common/audit.js';
 import { TesseraError, TesseraErrorCode } from '../common/errors.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
+import { AgentApi } from './api/agent-api.js';
+import { ServerIdentity, serverId } from './api/server-identity.js';
+import { JoinTokenAttestor } from './attestation/join-token.js';
+import type { NodeAttestor } from './attestation/types.js';
+import { X509PopAttestor } from './attestation/x509pop.js';
 import { AuthorityManager } from './ca/manager.js';
 import type { ServerConfig } from './config.js';
 import { openPostgresDatastore } from './datastore/postgres.js';
@@ -14,6 +20,7 @@ import type { Datastore } from './datastore/types.js';
 import { DiskKeyManager } from './keymanager/disk.js';
 import type { KeyManager } from './keymanager/key-manager.js';
 import { MemoryKeyManager } from './keymanager/memory.js';
+import { EntryIndex } from './registry/entry-index.js';
 
 const ROTATE_INTERVAL_MS = 10_000;
 
@@ -127,8 +134,44 @@ function loadUpstream(disk: { cert_file: string; key_file: string; bundle_file?:
   return { certificate, privateKey, chain, roots };
 }
 
+/** The node attestors the configuration enables; an unreadable x509pop CA file is a startup error. */
+function nodeAttestors(config: ServerConfig, datastore: Datastore): Map<string, NodeAttestor> {
+  const td = parseTrustDomain(config.trust_domain);
+  const out = new Map<string, NodeAttestor>();
+  if (config.node_attestors.join_token.enabled) out.set('join_token', new JoinTokenAttestor(td, datastore));
+  const caFile = config.node_attestors.x509pop.ca_bundle_path;
+  if (caFile !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(caFile, 'utf8');
+    } catch (err) {
+      throw startupError(
+        `node_attestors.x509pop: cannot read ${caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        err,
+      );
+    }
+    const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw startupError(`node_attestors.x509pop: ${caFile} holds no PEM certificate`);
+    let roots: X509Certificate[];
+    try {
+      roots = blocks.map((b) => new X509Certificate(b));
+    } catch (err) {
+      throw startupError(
+        `node_attestors.x509pop: ${caFile} holds an unreadable certificate: ${(err as Error).message}`,
+        err,
+      );
+    }
+    out.set('x509pop', new X509PopAttestor(td, roots));
+  }
+  return out;
+}
+
 export interface RunningServer {
   readonly healthPort: number;
+  readonly agentApiPort: number;
+  readonly agentApi: AgentApi;
+  readonly audit: AuditLog;
+  readonly metrics: Metrics;
   readonly authority: AuthorityManager;
   readonly datastore: Datastore;
   /** Stops the loops, closes listeners and the datastore, releases the data directory. */
@@ -190,11 +233,44 @@ export async function startServer(
       logger: logger.with({ subsystem: 'ca' }),
     });
     await authority.init();
+    const trustDomain = parseTrustDomain(config.trust_domain);
+    const attestors = nodeAttestors(config, datastore);
+    const audit = createAuditLog({ path: config.audit_log ?? join(config.data_dir, 'audit.log') });
+    const metrics = new Metrics();
+    const index = await EntryIndex.load(datastore, serverId(trustDomain));
+    cleanups.push(() => index.close());
+    const identity = await ServerIdentity.create({
+      trustDomain,
+      authority,
+      datastore,
+      ttlMs: config.x509_svid_ttl,
+      now,
+    });
+    const agentApi = new AgentApi({
+      trustDomain,
+      datastore,
+      authority,
+      index,
+      identity,
+      attestors,
+      x509SvidTtlMs: config.x509_svid_ttl,
+      jwtSvidTtlMs: config.jwt_svid_ttl,
+      agentSvidTtlMs: config.agent_svid_ttl,
+      audit,
+      logger: logger.with({ subsystem: 'agent-api' }),
+      metrics,
+      now,
+    });
+    cleanups.push(() => agentApi.close());
+    const agentApiPort = await agentApi.listen(config.agent_api.address, config.agent_api.port);
     let ready = true;
     const timer = setInterval(() => {
       authority
         .rotate()
         .then(() => authority.prune())
+        .then(() => {
+          identity.maybeRenew();
+        })
         .then(() => {
           ready = true;
         })
@@ -205,7 +281,12 @@ export async function startServer(
     }, ROTATE_INTERVAL_MS);
     timer.unref();
     cleanups.push(() => clearInterval(timer));
-    const metrics = new Metrics();
+    metrics.gaugeFn('tessera_agents', 'Attested agents in the datastore.', () => datastore.countAgents());
+    metrics.gaugeFn(
+      'tessera_agents_connected',
+      'Agents with an open sync stream to this server.',
+      () => agentApi.connectedAgents().length,
+    );
     metrics.gaugeFn('tessera_entries', 'Registration entries in the datastore.', () =>
       datastore.countEntries(),
     );
@@ -241,10 +322,12 @@ export async function startServer(
       trust_domain: config.trust_domain,
       data_dir: config.data_dir,
       health: `${config.health.address}:${healthPort}`,
+      agent_api: `${config.agent_api.address}:${agentApiPort}`,
+      node_attestors: [...attestors.keys()].join(','),
       ca: authority.x509.certificate.fingerprint256,
       jwt_kid: authority.jwt.kid,
     });
-    return { healthPort, authority, datastore, stop };
+    return { healthPort, agentApiPort, agentApi, audit, metrics, authority, datastore, stop };
   } catch (err) {
     await stop();
     throw err;

@@ -1,12 +1,7 @@
 // Registry records on the wire (tessera.common.v1): one conversion, used by the agent and admin APIs.
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import type { SpiffeBundle } from 'spiffe';
-import {
-  type Bundle,
-  BundleSchema,
-  type Entry,
-  EntrySchema,
-} from '../../gen/tessera/common/v1/types_pb.js';
+import { type Bundle, BundleSchema, type Entry, EntrySchema } from '../../gen/tessera/common/v1/types_pb.js';
 import type { EntryInput, RegistrationEntry } from '../datastore/types.js';
 
 const seconds = (d: Date | undefined) => (d === undefined ? 0n : BigInt(Math.floor(d.getTime() / 1000)));

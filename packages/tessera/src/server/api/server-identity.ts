@@ -1,0 +1,112 @@
+// The server's own identity on the agent API: an X509-SVID for spiffe://<td>/tessera/server signed
+// by the active authority, and the trust domain's bundle from the datastore. Both are sources in
+// the spiffe package's shape, so the gRPC credentials rotate with them ('update').
+
+import { generateKeyPairSync } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import {
+  parseSpiffeId,
+  type SpiffeBundle,
+  type TrustDomain,
+  X509Bundle,
+  X509Svid,
+  type X509SvidSource,
+} from 'spiffe';
+import type { AuthorityManager } from '../ca/manager.js';
+import type { Datastore } from '../datastore/types.js';
+
+export function serverId(trustDomain: TrustDomain): string {
+  return `${trustDomain.idString()}/tessera/server`;
+}
+
+export class ServerIdentity extends EventEmitter implements X509SvidSource {
+  readonly trustDomain: TrustDomain;
+  readonly #authority: AuthorityManager;
+  readonly #datastore: Datastore;
+  readonly #ttlMs: number;
+  readonly #now: () => Date;
+  #svid!: X509Svid;
+  #signer = '';
+  #renewAt = 0;
+  #bundle!: SpiffeBundle;
+
+  private constructor(o: {
+    trustDomain: TrustDomain;
+    authority: AuthorityManager;
+    datastore: Datastore;
+    ttlMs: number;
+    now: () => Date;
+  }) {
+    super();
+    this.trustDomain = o.trustDomain;
+    this.#authority = o.authority;
+    this.#datastore = o.datastore;
+    this.#ttlMs = o.ttlMs;
+    this.#now = o.now;
+  }
+
+  static async create(o: {
+    trustDomain: TrustDomain;
+    authority: AuthorityManager;
+    datastore: Datastore;
+    ttlMs: number;
+    now: () => Date;
+  }): Promise<ServerIdentity> {
+    const s = new ServerIdentity(o);
+    await s.refreshBundle();
+    s.#issue();
+    return s;
+  }
+
+  getX509Svid(): X509Svid {
+    return this.#svid;
+  }
+
+  /** The trust domain's bundle as last read from the datastore. */
+  get bundle(): SpiffeBundle {
+    return this.#bundle;
+  }
+
+  getX509BundleForTrustDomain(td: TrustDomain): X509Bundle {
+    if (!td.equals(this.trustDomain)) return new X509Bundle(td);
+    return this.#bundle.x509Bundle();
+  }
+
+  list(): X509Bundle[] {
+    return [this.#bundle.x509Bundle()];
+  }
+
+  /** Re-reads the bundle (after a bundle change); emits 'update' when it changed. */
+  async refreshBundle(): Promise<void> {
+    const b = await this.#datastore.getBundle(this.trustDomain);
+    if (b === undefined)
+      throw new Error(`server: the bundle of ${this.trustDomain} is missing from the datastore`);
+    const changed = this.#bundle === undefined || !b.equals(this.#bundle);
+    this.#bundle = b;
+    if (changed) this.emit('update');
+  }
+
+  /** Re-issues the server SVID at half-life, or at once when another authority became active. */
+  maybeRenew(): boolean {
+    const signer = this.#authority.x509.certificate.fingerprint256;
+    if (signer === this.#signer && this.#now().getTime() < this.#renewAt) return false;
+    this.#issue();
+    return true;
+  }
+
+  #issue(): void {
+    const now = this.#now();
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const authority = this.#authority.x509;
+    const issued = authority.issueX509Svid({
+      publicKey,
+      spiffeId: serverId(this.trustDomain),
+      ttlMs: this.#ttlMs,
+      now,
+    });
+    this.#svid = new X509Svid(parseSpiffeId(serverId(this.trustDomain)), issued.chain, privateKey);
+    this.#signer = authority.certificate.fingerprint256;
+    this.#renewAt = now.getTime() + (issued.expiresAt.getTime() - now.getTime()) / 2;
+    this.emit('update');
+  }
+}
