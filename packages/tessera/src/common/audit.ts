@@ -17,7 +17,10 @@ export type AuditEvent =
   | 'authority.prepared'
   | 'authority.activated'
   | 'authority.tainted'
-  | 'authority.revoked';
+  | 'authority.revoked'
+  | 'bundle.set'
+  | 'bundle.deleted'
+  | 'admin.denied';
 
 // Field names that must never reach the audit log: secrets are identified, not recorded.
 const FORBIDDEN = /^(token|join_token|secret|password|private_key|key|svid|jwt)$/i;

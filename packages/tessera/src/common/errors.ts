@@ -22,6 +22,8 @@ export const TesseraErrorCode = {
   KEY_FILE: 'ERR_KEY_FILE',
   /** No attested agent has that SPIFFE ID. */
   AGENT_NOT_FOUND: 'ERR_AGENT_NOT_FOUND',
+  /** No bundle is stored for that trust domain. */
+  BUNDLE_NOT_FOUND: 'ERR_BUNDLE_NOT_FOUND',
   /** The agent is banned: it must be evicted before it can attest again. */
   AGENT_BANNED: 'ERR_AGENT_BANNED',
   /** Node attestation failed: unknown attestor, bad evidence, failed challenge. */

@@ -76,6 +76,7 @@ export function toGrpcStatus(err: unknown): { code: grpc.status; details: string
     {
       [C.ENTRY_NOT_FOUND]: grpc.status.NOT_FOUND,
       [C.AGENT_NOT_FOUND]: grpc.status.NOT_FOUND,
+      [C.BUNDLE_NOT_FOUND]: grpc.status.NOT_FOUND,
       [C.ENTRY_DUPLICATE]: grpc.status.ALREADY_EXISTS,
       [C.ENTRY_INVALID]: grpc.status.INVALID_ARGUMENT,
       [C.CSR_INVALID]: grpc.status.INVALID_ARGUMENT,
