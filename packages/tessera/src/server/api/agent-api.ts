@@ -99,7 +99,12 @@ export class AgentApi {
   constructor(options: AgentApiOptions) {
     this.#o = options;
     options.index.on('change', this.#onIndexChange);
-    this.#unsubscribe = options.datastore.onChange((c) => this.#datastoreChanged(c));
+    const offChange = options.datastore.onChange((c) => this.#datastoreChanged(c));
+    const offTaint = options.authority.onTaint(() => this.#broadcastTainted());
+    this.#unsubscribe = () => {
+      offChange();
+      offTaint();
+    };
   }
 
   /** Agents with an open sync stream to this server. */
@@ -477,7 +482,13 @@ export class AgentApi {
       call.write(
         create(SyncResponseSchema, {
           upserted: page.map(entryToProto),
-          ...(i === 0 ? { bundle: bundleToProto(o.identity.bundle), federatedBundles: federated } : {}),
+          ...(i === 0
+            ? {
+                bundle: bundleToProto(o.identity.bundle),
+                federatedBundles: federated,
+                taintedAuthorities: o.authority.tainted(),
+              }
+            : {}),
           synced: last,
         }),
       );
@@ -596,11 +607,11 @@ export class AgentApi {
       }
   }
 
-  /** Pushes the subject key IDs of tainted X.509 authorities to every agent. */
-  broadcastTainted(keyIds: readonly string[]): void {
+  /** Pushes the tainted authorities to every agent. */
+  #broadcastTainted(): void {
+    const taintedAuthorities = this.#o.authority.tainted();
     for (const set of this.#streams.values())
-      for (const s of set)
-        s.call.write(create(SyncResponseSchema, { taintedAuthorities: [...keyIds], synced: true }));
+      for (const s of set) s.call.write(create(SyncResponseSchema, { taintedAuthorities, synced: true }));
   }
 
   async #federatedBundles(trustDomains: Iterable<string>): Promise<Bundle[]> {

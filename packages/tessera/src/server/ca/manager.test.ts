@@ -155,3 +155,69 @@ describe('AuthorityManager under an upstream authority', () => {
     }
   });
 });
+
+describe('AuthorityManager operator commands (compromised key)', () => {
+  let tmp: TempDir;
+  let ds: Datastore;
+  before(async () => {
+    tmp = await makeTempDir('mgr-ops-');
+    ds = await openSqliteDatastore(join(tmp.path, 'ds.db'));
+  });
+  after(async () => {
+    await ds.close();
+    await tmp.cleanup();
+  });
+
+  it('prepare, activate, taint (told to listeners, kept across restarts), then revoke removes the key from the bundle', async () => {
+    const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+    const opts = {
+      trustDomain: td,
+      keyManager: new DiskKeyManager(join(tmp.path, 'keys')),
+      datastore: ds,
+      journalPath: join(tmp.path, 'journal.json'),
+      caKeyType: 'ec-p256' as const,
+      jwtKeyType: 'ec-p256' as const,
+      caTtlMs: 24 * HOUR,
+      subject: { country: 'US', organization: 'SPIFFE' },
+      now: () => clock.now(),
+    };
+    const m = new AuthorityManager(opts);
+    await m.init();
+    const [active] = (await m.list()).filter((a) => a.kind === 'x509');
+    assert.equal(active?.status, 'active');
+    const oldId = active?.id as string;
+    await assert.rejects(m.taint('x509', oldId), /is the active one; prepare and activate a new one/);
+    await assert.rejects(m.activate('x509'), /no x509 authority is prepared/);
+    const prepared = await m.prepare('x509');
+    assert.equal(prepared.status, 'prepared');
+    await assert.rejects(m.prepare('x509'), /already prepared/);
+    await assert.rejects(m.revoke('x509', oldId), /not tainted; taint it first/);
+    const activated = await m.activate('x509');
+    assert.equal(activated.id, prepared.id);
+    const told: string[] = [];
+    m.onTaint((kind, id) => told.push(`${kind}:${id}`));
+    const tainted = await m.taint('x509', oldId);
+    assert.equal(tainted.tainted, true);
+    assert.deepEqual(told, [`x509:${oldId}`]);
+    assert.deepEqual(m.tainted(), [`x509:${oldId}`]);
+
+    const restarted = new AuthorityManager(opts);
+    await restarted.init();
+    assert.deepEqual(restarted.tainted(), [`x509:${oldId}`], 'the taint survives a restart');
+    assert.equal((await ds.getBundle(td))?.x509Authorities.length, 2);
+    await restarted.revoke('x509', oldId);
+    const after = await ds.getBundle(td);
+    assert.equal(after?.x509Authorities.length, 1);
+    assert.equal(after?.x509Authorities[0]?.fingerprint256, restarted.x509.certificate.fingerprint256);
+    assert.deepEqual(restarted.tainted(), []);
+
+    // JWT: the same flow on kids.
+    const oldKid = restarted.jwt.kid;
+    await restarted.prepare('jwt');
+    await restarted.activate('jwt');
+    await restarted.taint('jwt', oldKid);
+    await restarted.revoke('jwt', oldKid);
+    assert.equal((await ds.getBundle(td))?.jwtAuthorities.has(oldKid), false);
+    await assert.rejects(restarted.taint('jwt', 'nope'), /no jwt authority "nope"/);
+  });
+});

@@ -2,7 +2,7 @@ import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { open, readFile, rename } from 'node:fs/promises';
 import type { Logger, SpiffeBundle, TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
-import type { DistinguishedName } from '../../common/x509.js';
+import { type DistinguishedName, keyIdentifier, spkiOf } from '../../common/x509.js';
 import type { Datastore } from '../datastore/types.js';
 import type { KeyManager, KeyType } from '../keymanager/key-manager.js';
 import { JwtAuthority, newKid } from './jwt-authority.js';
@@ -32,6 +32,31 @@ interface JwtJournalEntry {
 interface Journal {
   x509: X509JournalEntry[];
   jwt: JwtJournalEntry[];
+  /** IDs ("x509:<ski hex>", "jwt:<kid>") an operator tainted. */
+  tainted?: string[];
+}
+
+export type AuthorityKind = 'x509' | 'jwt';
+
+/** One signing key as `tessera authority show` lists it. */
+export interface AuthorityInfo {
+  kind: AuthorityKind;
+  /** X.509: subject key ID (hex); JWT: kid. */
+  id: string;
+  status: Status;
+  tainted: boolean;
+  notAfter: Date;
+  /** X.509: the CA certificate. */
+  certificate?: X509Certificate;
+}
+
+/** The subject key ID (hex) an X.509 authority is known by. */
+export function authorityKeyId(cert: X509Certificate): string {
+  return Buffer.from(keyIdentifier(spkiOf(cert.publicKey))).toString('hex');
+}
+
+function opError(message: string): TesseraError {
+  return new TesseraError(TesseraErrorCode.INVALID_ARGUMENT, `authority: ${message}`);
 }
 
 export interface AuthorityManagerOptions {
@@ -88,6 +113,9 @@ export class AuthorityManager {
   #jwt: { current?: JwtSlot; next?: JwtSlot } = {};
   /** Retired JWT keys still in the bundle: kid → expiry (JWKs carry no expiry of their own). */
   #retiredJwt = new Map<string, Date>();
+  /** "x509:<ski>" / "jwt:<kid>" of tainted authorities. */
+  #tainted = new Set<string>();
+  readonly #taintListeners = new Set<(kind: AuthorityKind, id: string) => void>();
 
   constructor(options: AuthorityManagerOptions) {
     this.#o = options;
@@ -96,6 +124,7 @@ export class AuthorityManager {
   /** Loads the journal and keys; creates and activates the first keys when there are none. */
   async init(): Promise<void> {
     const journal = await this.#readJournal();
+    this.#tainted = new Set(journal.tainted ?? []);
     for (const e of journal.x509) {
       const key = await this.#o.keyManager.getKey(x509KeyId(e.slot));
       const cert = new X509Certificate(e.certificate);
@@ -179,6 +208,142 @@ export class AuthorityManager {
     if (jStep === 'activate') this.#activateJwt();
     if (xStep !== 'none' || jStep !== 'none') await this.#writeJournal();
     return { x509: xStep, jwt: jStep };
+  }
+
+  /** Every authority this server knows: its own slots, retired JWT keys, and other X.509 roots in the bundle. */
+  async list(): Promise<AuthorityInfo[]> {
+    const out: AuthorityInfo[] = [];
+    const seen = new Set<string>();
+    for (const s of [this.#x509.current, this.#x509.next]) {
+      if (s === undefined) continue;
+      const id = authorityKeyId(s.authority.certificate);
+      seen.add(id);
+      out.push({
+        kind: 'x509',
+        id,
+        status: s.status,
+        tainted: this.#tainted.has(`x509:${id}`),
+        notAfter: s.authority.notAfter,
+        certificate: s.authority.certificate,
+      });
+    }
+    const bundle = await this.#o.datastore.getBundle(this.#o.trustDomain);
+    if (this.#o.upstream === undefined)
+      for (const c of bundle?.x509Authorities ?? []) {
+        const id = authorityKeyId(c);
+        if (seen.has(id)) continue;
+        out.push({
+          kind: 'x509',
+          id,
+          status: 'old',
+          tainted: this.#tainted.has(`x509:${id}`),
+          notAfter: new Date(c.validTo),
+          certificate: c,
+        });
+      }
+    for (const s of [this.#jwt.current, this.#jwt.next]) {
+      if (s === undefined) continue;
+      const id = s.authority.kid;
+      out.push({
+        kind: 'jwt',
+        id,
+        status: s.status,
+        tainted: this.#tainted.has(`jwt:${id}`),
+        notAfter: s.window.notAfter,
+      });
+    }
+    for (const [kid, notAfter] of this.#retiredJwt)
+      if (bundle?.jwtAuthorities.has(kid) ?? false)
+        out.push({ kind: 'jwt', id: kid, status: 'old', tainted: this.#tainted.has(`jwt:${kid}`), notAfter });
+    return out;
+  }
+
+  /** Prepares a new key now (published in the bundle, not yet signing). Refused when one is prepared. */
+  async prepare(kind: AuthorityKind): Promise<AuthorityInfo> {
+    const slots = kind === 'x509' ? this.#x509 : this.#jwt;
+    if (slots.next !== undefined)
+      throw opError(
+        `a ${kind} authority is already prepared; activate it (tessera authority activate --kind ${kind})`,
+      );
+    const current = slots.current;
+    if (current === undefined) throw opError('the authority is not initialised');
+    if (kind === 'x509') await this.#prepareX509(other(current.slot));
+    else await this.#prepareJwt(other(current.slot));
+    await this.#writeJournal();
+    return this.#info(kind, 'prepared');
+  }
+
+  /** Makes the prepared key the signing one; the previous one stays in the bundle until it expires. */
+  async activate(kind: AuthorityKind): Promise<AuthorityInfo> {
+    const slots = kind === 'x509' ? this.#x509 : this.#jwt;
+    if (slots.next === undefined)
+      throw opError(
+        `no ${kind} authority is prepared; prepare one first (tessera authority prepare --kind ${kind})`,
+      );
+    if (kind === 'x509') this.#activateX509();
+    else this.#activateJwt();
+    await this.#writeJournal();
+    return this.#info(kind, 'active');
+  }
+
+  /**
+   * Marks an old (no longer signing) key as compromised: agents re-issue every SVID it signed at once.
+   * The active key cannot be tainted: prepare and activate a new one first.
+   */
+  async taint(kind: AuthorityKind, id: string): Promise<AuthorityInfo> {
+    const a = (await this.list()).find((x) => x.kind === kind && x.id === id);
+    if (a === undefined)
+      throw opError(`no ${kind} authority ${JSON.stringify(id)}; see tessera authority show`);
+    if (a.status === 'active')
+      throw opError(
+        `${kind} authority ${id} is the active one; prepare and activate a new one before tainting it`,
+      );
+    if (a.status === 'prepared')
+      throw opError(
+        `${kind} authority ${id} is only prepared and has signed nothing; there is nothing to taint`,
+      );
+    if (a.tainted) throw opError(`${kind} authority ${id} is already tainted`);
+    this.#tainted.add(`${kind}:${id}`);
+    await this.#writeJournal();
+    for (const l of this.#taintListeners) l(kind, id);
+    this.#o.logger?.warn?.('ca: authority tainted', { kind, id });
+    return { ...a, tainted: true };
+  }
+
+  /** Removes a tainted key from the bundle: whatever it signed stops verifying everywhere. */
+  async revoke(kind: AuthorityKind, id: string): Promise<AuthorityInfo> {
+    const a = (await this.list()).find((x) => x.kind === kind && x.id === id);
+    if (a === undefined)
+      throw opError(`no ${kind} authority ${JSON.stringify(id)}; see tessera authority show`);
+    if (!a.tainted)
+      throw opError(`${kind} authority ${id} is not tainted; taint it first so agents move away from it`);
+    await this.#o.datastore.updateBundle(this.#o.trustDomain, (cur) =>
+      kind === 'x509'
+        ? cur.with({ x509Authorities: cur.x509Authorities.filter((c) => authorityKeyId(c) !== id) })
+        : cur.with({ jwtAuthorities: [...cur.jwtAuthorities].filter(([kid]) => kid !== id) }),
+    );
+    if (kind === 'jwt') this.#retiredJwt.delete(id);
+    this.#tainted.delete(`${kind}:${id}`);
+    await this.#writeJournal();
+    this.#o.logger?.warn?.('ca: authority revoked', { kind, id });
+    return a;
+  }
+
+  /** Tainted authorities as "x509:<subject key ID hex>" and "jwt:<kid>". */
+  tainted(): string[] {
+    return [...this.#tainted];
+  }
+
+  /** Called after each taint (to push it to agents). */
+  onTaint(listener: (kind: AuthorityKind, id: string) => void): () => void {
+    this.#taintListeners.add(listener);
+    return () => this.#taintListeners.delete(listener);
+  }
+
+  async #info(kind: AuthorityKind, status: Status): Promise<AuthorityInfo> {
+    const a = (await this.list()).find((x) => x.kind === kind && x.status === status);
+    if (a === undefined) throw opError(`no ${status} ${kind} authority`);
+    return a;
   }
 
   /** Drops expired authorities from the bundle (nothing they signed can still be valid). */
@@ -329,6 +494,7 @@ export class AuthorityManager {
           notAfter: notAfter.toISOString(),
         })),
       ],
+      tainted: [...this.#tainted],
     };
     const tmp = `${path}.tmp-${process.pid}`;
     const fh = await open(tmp, 'w', 0o600);

@@ -433,7 +433,8 @@ export type SyncResponse = Message<"tessera.agent.v1.SyncResponse"> & {
   synced: boolean;
 
   /**
-   * Subject key IDs (hex) of tainted X.509 authorities: re-issue every SVID signed by one now.
+   * Every tainted authority, "x509:<subject key ID hex>" or "jwt:<kid>" (in the first message and
+   * whenever one is tainted): re-issue at once every SVID one of them signed.
    *
    * @generated from field: repeated string tainted_authorities = 6;
    */
