@@ -23,7 +23,7 @@ import {
   type AuthoritySchema,
   type StatusSchema,
 } from '../../gen/tessera/admin/v1/admin_pb.js';
-import type { Bundle, BundleSchema, Entry, EntrySchema } from '../../gen/tessera/common/v1/types_pb.js';
+import type { Bundle, Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import { joinTokenAgentId } from '../attestation/join-token-id.js';
 import type { MintJwtSvidRequest } from '../ca/jwt-authority.js';
 import type { IssuedX509Svid, IssueX509SvidRequest } from '../ca/x509-authority.js';
@@ -34,6 +34,7 @@ import type {
   RegistrationEntry,
   Selector,
 } from '../datastore/types.js';
+import { bundleToProto, entryInputFromProto, entryToProto } from '../registry/entry-proto.js';
 import { adminCallerOf, callerFields } from './admin-caller.js';
 
 /** Join tokens live 600 s unless the request says otherwise (SPIRE's default). */
@@ -111,49 +112,7 @@ const seconds = (d: Date | undefined): bigint =>
 
 function entryInput(e: Entry): EntryInput {
   if (e.expiresAt < 0n) throw invalid(`expires_at ${e.expiresAt} must be Unix seconds (0 = never)`);
-  return {
-    spiffeId: e.spiffeId,
-    parentId: e.parentId,
-    selectors: e.selectors.map((s) => ({ type: s.type, value: s.value })),
-    x509SvidTtl: e.x509SvidTtl,
-    jwtSvidTtl: e.jwtSvidTtl,
-    dnsNames: e.dnsNames,
-    federatesWith: e.federatesWith,
-    admin: e.admin,
-    downstream: e.downstream,
-    hint: e.hint,
-    metadata: { ...e.metadata },
-    ...(e.expiresAt === 0n ? {} : { expiresAt: new Date(Number(e.expiresAt) * 1000) }),
-  };
-}
-
-function entryOut(e: RegistrationEntry): MessageInitShape<typeof EntrySchema> {
-  return {
-    id: e.id,
-    spiffeId: e.spiffeId,
-    parentId: e.parentId,
-    selectors: e.selectors.map((s) => ({ type: s.type, value: s.value })),
-    x509SvidTtl: e.x509SvidTtl,
-    jwtSvidTtl: e.jwtSvidTtl,
-    dnsNames: [...e.dnsNames],
-    federatesWith: [...e.federatesWith],
-    admin: e.admin,
-    downstream: e.downstream,
-    hint: e.hint,
-    expiresAt: seconds(e.expiresAt),
-    metadata: { ...e.metadata },
-    revision: BigInt(e.revision),
-    createdAt: seconds(e.createdAt),
-    updatedAt: seconds(e.updatedAt),
-  };
-}
-
-function bundleOut(b: SpiffeBundle): MessageInitShape<typeof BundleSchema> {
-  return {
-    trustDomain: b.trustDomain.name,
-    spiffeBundle: Buffer.from(b.marshal()),
-    sequence: b.sequenceNumber ?? 0n,
-  };
+  return entryInputFromProto(e);
 }
 
 function statusOf(err: unknown): MessageInitShape<typeof StatusSchema> {
@@ -393,7 +352,7 @@ export function createAdminService(deps: AdminServiceDeps): {
               selectors: selectorText(e.selectors),
               ...callerFields(caller),
             });
-            return { status: { code: 0, message: '', errorCode: '' }, entry: entryOut(e) };
+            return { status: { code: 0, message: '', errorCode: '' }, entry: entryToProto(e) };
           }),
         };
       },
@@ -416,7 +375,7 @@ export function createAdminService(deps: AdminServiceDeps): {
           revision: updated.revision,
           ...callerFields(caller),
         });
-        return entryOut(updated);
+        return entryToProto(updated);
       },
 
       async deleteEntries(req, call) {
@@ -449,7 +408,7 @@ export function createAdminService(deps: AdminServiceDeps): {
         const e = await ds.getEntry(req.id);
         if (e === undefined)
           throw new TesseraError(TesseraErrorCode.ENTRY_NOT_FOUND, `entry: no entry has ID "${req.id}"`);
-        return entryOut(e);
+        return entryToProto(e);
       },
 
       async listEntries(req) {
@@ -466,7 +425,7 @@ export function createAdminService(deps: AdminServiceDeps): {
           ...(size === undefined ? {} : { pageSize: size }),
           ...(req.pageToken === '' ? {} : { pageToken: req.pageToken }),
         });
-        return { entries: page.entries.map(entryOut), nextPageToken: page.nextPageToken ?? '' };
+        return { entries: page.entries.map(entryToProto), nextPageToken: page.nextPageToken ?? '' };
       },
 
       async countEntries() {
@@ -568,11 +527,11 @@ export function createAdminService(deps: AdminServiceDeps): {
         const b = await ds.getBundle(td);
         if (b === undefined)
           throw new TesseraError(TesseraErrorCode.BUNDLE_NOT_FOUND, `bundle: no bundle for "${td.name}" yet`);
-        return bundleOut(b);
+        return bundleToProto(b);
       },
 
       async listBundles() {
-        return { bundles: (await ds.listBundles()).map(bundleOut) };
+        return { bundles: (await ds.listBundles()).map(bundleToProto) };
       },
 
       async setBundle(req: Bundle, call) {
@@ -597,7 +556,7 @@ export function createAdminService(deps: AdminServiceDeps): {
           jwt_authorities: stored.jwtAuthorities.size,
           ...callerFields(caller),
         });
-        return bundleOut(stored);
+        return bundleToProto(stored);
       },
 
       async deleteBundle(req, call) {
