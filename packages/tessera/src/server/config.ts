@@ -42,7 +42,7 @@ export const SERVER_CONFIG_SCHEMA = {
       kind: 'object',
       fields: {
         key_type: { kind: 'enum', values: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
-        ttl: { kind: 'duration', default: '24h', min: '1m' },
+        ttl: { kind: 'duration', default: '24h', min: '10s' },
         subject: {
           kind: 'object',
           fields: {

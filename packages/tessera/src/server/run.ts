@@ -7,6 +7,9 @@ import { type AuditLog, createAuditLog } from '../common/audit.js';
 import { TesseraError, TesseraErrorCode } from '../common/errors.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
+import { tesseraVersion } from '../common/version.js';
+import { createAdminService } from './api/admin-api.js';
+import { startAdminSocket } from './api/admin-socket.js';
 import { AgentApi } from './api/agent-api.js';
 import { ServerIdentity, serverId } from './api/server-identity.js';
 import { JoinTokenAttestor } from './attestation/join-token.js';
@@ -22,7 +25,10 @@ import type { KeyManager } from './keymanager/key-manager.js';
 import { MemoryKeyManager } from './keymanager/memory.js';
 import { EntryIndex } from './registry/entry-index.js';
 
-const ROTATE_INTERVAL_MS = 10_000;
+/** How often the rotation schedule is checked: every 10 s, more often for a short-lived test CA. */
+function rotateIntervalMs(caTtlMs: number): number {
+  return Math.max(100, Math.min(10_000, Math.floor(caTtlMs / 60)));
+}
 
 function startupError(message: string, cause?: unknown): TesseraError {
   return new TesseraError(
@@ -212,6 +218,7 @@ export async function startServer(
         : new DiskKeyManager(join(config.data_dir, 'keys'));
     const upstream =
       config.upstream_authority === undefined ? undefined : loadUpstream(config.upstream_authority.disk);
+    const audit = createAuditLog({ path: config.audit_log ?? join(config.data_dir, 'audit.log') });
     const authority = new AuthorityManager({
       ...(upstream === undefined ? {} : { upstream }),
       trustDomain: parseTrustDomain(config.trust_domain),
@@ -232,10 +239,15 @@ export async function startServer(
       now,
       logger: logger.with({ subsystem: 'ca' }),
     });
+    authority.onRotation((kind, step, id) =>
+      audit.record(step === 'prepared' ? 'authority.prepared' : 'authority.activated', {
+        kind,
+        authority_id: id,
+      }),
+    );
     await authority.init();
     const trustDomain = parseTrustDomain(config.trust_domain);
     const attestors = nodeAttestors(config, datastore);
-    const audit = createAuditLog({ path: config.audit_log ?? join(config.data_dir, 'audit.log') });
     const metrics = new Metrics();
     const index = await EntryIndex.load(datastore, serverId(trustDomain));
     cleanups.push(() => index.close());
@@ -278,7 +290,7 @@ export async function startServer(
           ready = false;
           logger.error('ca: rotation step failed', { error: (err as Error).message });
         });
-    }, ROTATE_INTERVAL_MS);
+    }, rotateIntervalMs(config.ca.ttl));
     timer.unref();
     cleanups.push(() => clearInterval(timer));
     metrics.gaugeFn('tessera_agents', 'Attested agents in the datastore.', () => datastore.countAgents());
@@ -318,6 +330,27 @@ export async function startServer(
     });
     const healthPort = await listen(health, config.health.port, config.health.address, 'the health');
     cleanups.push(() => new Promise<void>((r) => health.close(() => r())));
+    // The admin API (the tessera CLI) on its Unix socket; closed first on stop.
+    const adminLogger = logger.with({ subsystem: 'admin' });
+    const admin = await startAdminSocket(
+      config.admin_socket,
+      createAdminService({
+        trustDomain,
+        datastore,
+        authority,
+        x509SvidTtlMs: config.x509_svid_ttl,
+        jwtSvidTtlMs: config.jwt_svid_ttl,
+        audit,
+        logger: adminLogger,
+        now,
+        ready: () => ready,
+        version: tesseraVersion(),
+        connectedAgents: () => agentApi.connectedAgents(),
+      }),
+      adminLogger,
+      audit,
+    );
+    cleanups.push(() => admin.close());
     logger.info('server started', {
       trust_domain: config.trust_domain,
       data_dir: config.data_dir,

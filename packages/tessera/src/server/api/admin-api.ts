@@ -97,8 +97,8 @@ export interface AdminServiceDeps {
   ready?: () => boolean;
   /** Reported by Health. */
   version?: string;
-  /** Whether an agent has an open sync stream to this server (the agent API knows); default no. */
-  isAgentConnected?: (spiffeId: string) => boolean;
+  /** SPIFFE IDs of the agents with an open sync stream to this server (the agent API knows). */
+  connectedAgents?: () => Iterable<string>;
   /** Randomness for join tokens; default crypto.randomBytes. */
   randomBytes?: (n: number) => Buffer;
 }
@@ -208,7 +208,8 @@ export function createAdminService(deps: AdminServiceDeps): {
       );
   };
 
-  const agentOut = (a: AttestedAgent): MessageInitShape<typeof AgentSchema> => ({
+  const connected = () => new Set(deps.connectedAgents?.() ?? []);
+  const agentOut = (a: AttestedAgent, online: ReadonlySet<string>): MessageInitShape<typeof AgentSchema> => ({
     spiffeId: a.spiffeId,
     attestor: a.attestor,
     selectors: a.selectors.map((s) => ({ type: s.type, value: s.value })),
@@ -217,7 +218,7 @@ export function createAdminService(deps: AdminServiceDeps): {
     banned: a.banned,
     createdAt: seconds(a.createdAt),
     updatedAt: seconds(a.updatedAt),
-    connected: deps.isAgentConnected?.(a.spiffeId) ?? false,
+    connected: online.has(a.spiffeId),
   });
 
   const authorities = async (): Promise<readonly AuthorityInfo[]> => {
@@ -490,7 +491,11 @@ export function createAdminService(deps: AdminServiceDeps): {
           ...(size === undefined ? {} : { pageSize: size }),
           ...(req.pageToken === '' ? {} : { pageToken: req.pageToken }),
         });
-        return { agents: page.agents.map(agentOut), nextPageToken: page.nextPageToken ?? '' };
+        const online = connected();
+        return {
+          agents: page.agents.map((a) => agentOut(a, online)),
+          nextPageToken: page.nextPageToken ?? '',
+        };
       },
 
       async getAgent(req) {
@@ -498,7 +503,7 @@ export function createAdminService(deps: AdminServiceDeps): {
         const a = await ds.getAgent(id);
         if (a === undefined)
           throw new TesseraError(TesseraErrorCode.AGENT_NOT_FOUND, `agent: no attested agent "${id}"`);
-        return agentOut(a);
+        return agentOut(a, connected());
       },
 
       async banAgent(req, call) {

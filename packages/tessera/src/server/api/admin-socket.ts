@@ -20,6 +20,8 @@ import { tagUnixConnection, type UnixPeer, unixPeerOf } from './admin-caller.js'
 
 /** How long close() lets calls in flight finish before ending their connections. */
 const DRAIN_MS = 2000;
+/** sizeof(sockaddr_un.sun_path) on Linux, less the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
 
 function startupError(path: string, message: string, cause?: unknown): TesseraError {
   return new TesseraError(
@@ -45,6 +47,11 @@ function inUse(path: string): Promise<boolean> {
 
 /** Makes the path usable: the parent directory (created 0700), and no stale socket file. */
 async function preparePath(path: string): Promise<void> {
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
+    throw startupError(
+      path,
+      `the path is ${Buffer.byteLength(path)} bytes long; Unix socket paths are limited to ${MAX_SOCKET_PATH} bytes`,
+    );
   try {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   } catch (err) {

@@ -116,6 +116,9 @@ export class AuthorityManager {
   /** "x509:<ski>" / "jwt:<kid>" of tainted authorities. */
   #tainted = new Set<string>();
   readonly #taintListeners = new Set<(kind: AuthorityKind, id: string) => void>();
+  readonly #rotationListeners = new Set<
+    (kind: AuthorityKind, step: 'prepared' | 'activated', id: string) => void
+  >();
 
   constructor(options: AuthorityManagerOptions) {
     this.#o = options;
@@ -340,6 +343,24 @@ export class AuthorityManager {
     return () => this.#taintListeners.delete(listener);
   }
 
+  /** Called after each key is prepared or activated (by the schedule or an operator). */
+  onRotation(
+    listener: (kind: AuthorityKind, step: 'prepared' | 'activated', id: string) => void,
+  ): () => void {
+    this.#rotationListeners.add(listener);
+    return () => this.#rotationListeners.delete(listener);
+  }
+
+  #rotated(kind: AuthorityKind, step: 'prepared' | 'activated', id: string): void {
+    for (const l of this.#rotationListeners) {
+      try {
+        l(kind, step, id);
+      } catch (err) {
+        this.#o.logger?.error?.('ca: a rotation listener failed', { error: (err as Error).message });
+      }
+    }
+  }
+
   async #info(kind: AuthorityKind, status: Status): Promise<AuthorityInfo> {
     const a = (await this.list()).find((x) => x.kind === kind && x.status === status);
     if (a === undefined) throw opError(`no ${status} ${kind} authority`);
@@ -399,6 +420,7 @@ export class AuthorityManager {
       authority,
       window: { issuedAt: now, notAfter: authority.notAfter },
     };
+    this.#rotated('x509', 'prepared', authorityKeyId(authority.certificate));
     this.#o.logger?.info?.('ca: prepared X.509 authority', {
       slot,
       notAfter: authority.notAfter.toISOString(),
@@ -409,6 +431,7 @@ export class AuthorityManager {
     const next = this.#x509.next;
     if (next === undefined) return;
     this.#x509 = { current: { ...next, status: 'active' } };
+    this.#rotated('x509', 'activated', authorityKeyId(next.authority.certificate));
     this.#o.logger?.info?.('ca: activated X.509 authority', { slot: next.slot });
   }
 
@@ -428,6 +451,7 @@ export class AuthorityManager {
       cur.with({ jwtAuthorities: [...cur.jwtAuthorities, [authority.kid, authority.publicKey] as const] }),
     );
     this.#jwt.next = { slot, status: 'prepared', authority, window: { issuedAt: now, notAfter } };
+    this.#rotated('jwt', 'prepared', authority.kid);
     this.#o.logger?.info?.('ca: prepared JWT authority', { slot, kid: authority.kid });
   }
 
@@ -437,6 +461,7 @@ export class AuthorityManager {
     const previous = this.#jwt.current;
     if (previous !== undefined) this.#retiredJwt.set(previous.authority.kid, previous.window.notAfter);
     this.#jwt = { current: { ...next, status: 'active' } };
+    this.#rotated('jwt', 'activated', next.authority.kid);
     this.#o.logger?.info?.('ca: activated JWT authority', { slot: next.slot, kid: next.authority.kid });
   }
 

@@ -1,0 +1,135 @@
+// CA rotation as an agent lives it, on second-scale TTLs: the next CA reaches the agent's push
+// stream before it signs anything, so an SVID signed after activation verifies against the bundle
+// the agent fetched before — checked by our verifier and by `openssl verify`.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createCsr, makeTempDir, type TempDir } from '@tessera/testkit';
+import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, verifyX509Svid, X509Svid } from 'spiffe';
+import { ServerClient } from '../../agent/server-client.js';
+import { createLogger } from '../../common/log.js';
+import type { SyncResponse } from '../../gen/tessera/agent/v1/agent_pb.js';
+import { parseServerConfig } from '../config.js';
+import { type RunningServer, startServer } from '../run.js';
+
+const td = parseTrustDomain('example.org');
+
+describe('CA rotation with second-scale TTLs', () => {
+  let tmp: TempDir;
+  let server: RunningServer;
+  const clients: ServerClient[] = [];
+
+  before(async () => {
+    tmp = await makeTempDir('rotation-');
+    const config = parseServerConfig(
+      [
+        'trust_domain: example.org',
+        `data_dir: ${tmp.path}/data`,
+        'agent_api: { address: 127.0.0.1, port: 0 }',
+        'health: { port: 0 }',
+        `admin_socket: ${tmp.path}/admin.sock`,
+        'ca: { ttl: 12s }',
+      ].join('\n'),
+    );
+    server = await startServer(config, { logger: createLogger({ level: 'error', write: () => undefined }) });
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  it('an SVID signed after activation verifies against the bundle fetched before it', async () => {
+    const activated = new Promise<void>((resolve) =>
+      server.authority.onRotation((kind, step) => {
+        if (kind === 'x509' && step === 'activated') resolve();
+      }),
+    );
+    const firstCa = server.authority.x509.certificate.fingerprint256;
+    const bootstrap = (await server.datastore.getBundle(td))?.x509Bundle();
+    assert.ok(bootstrap);
+    const token = 'rotation-token-0123456789';
+    await server.datastore.createJoinToken({
+      token,
+      expiresAt: new Date(Date.now() + 60_000),
+      agentName: 'rot',
+    });
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const address = `127.0.0.1:${server.agentApiPort}`;
+    const attestClient = new ServerClient({ address, trustDomain: td, bundle: bootstrap });
+    clients.push(attestClient);
+    const r = await attestClient.attest({
+      type: 'join_token',
+      payload: Buffer.from(token),
+      csr: createCsr(key.publicKey, key.privateKey),
+    });
+    const entry = await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/rotating',
+      parentId: r.spiffeId,
+      selectors: [{ type: 'unix', value: 'uid:1' }],
+    });
+    const agent = new ServerClient({
+      address,
+      trustDomain: td,
+      bundle: bootstrap,
+      svid: new X509Svid(
+        parseSpiffeId(r.spiffeId),
+        r.svidChain.map((d) => new X509Certificate(d)),
+        key.privateKey,
+      ),
+    });
+    clients.push(agent);
+
+    // The push stream delivers the bundle holding the prepared (not yet active) CA.
+    const stream = agent.sync();
+    const withNext = await new Promise<SyncResponse>((resolve, reject) => {
+      stream.on('data', (m: SyncResponse) => {
+        if (m.bundle === undefined) return;
+        const b = parseSpiffeBundle(td, Buffer.from(m.bundle.spiffeBundle).toString());
+        if (b.x509Authorities.length === 2) resolve(m);
+      });
+      stream.on('error', reject);
+    });
+    assert.equal(server.authority.x509.certificate.fingerprint256, firstCa, 'the new CA does not sign yet');
+    const fetchedBefore = parseSpiffeBundle(td, Buffer.from(withNext.bundle?.spiffeBundle ?? []).toString());
+
+    await activated;
+    assert.notEqual(server.authority.x509.certificate.fingerprint256, firstCa);
+    const w = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    // The agent SVID was signed by the first CA, which is still in the bundle: the call is accepted.
+    const res = await agent.batchNewX509Svid([
+      { entryId: entry.id, csr: createCsr(w.publicKey, w.privateKey) },
+    ]);
+    const result = res.results[0];
+    assert.equal(result?.code, 0, result?.message);
+    const chain = result?.certChain ?? [];
+    const leaf = new X509Certificate(chain[0] as Uint8Array);
+    assert.ok(leaf.checkIssued(server.authority.x509.certificate), 'signed by the newly active CA');
+    assert.equal(
+      verifyX509Svid(chain, fetchedBefore.x509Bundle()).id.toString(),
+      'spiffe://example.org/rotating',
+    );
+
+    writeFileSync(
+      join(tmp.path, 'bundle.pem'),
+      fetchedBefore.x509Authorities.map((c) => c.toString()).join(''),
+    );
+    writeFileSync(join(tmp.path, 'svid.pem'), leaf.toString());
+    const out = execFileSync(
+      'openssl',
+      ['verify', '-CAfile', join(tmp.path, 'bundle.pem'), join(tmp.path, 'svid.pem')],
+      {
+        encoding: 'utf8',
+      },
+    );
+    assert.match(out, /svid.pem: OK/);
+    stream.cancel();
+    const audit = readFileSync(join(tmp.path, 'data', 'audit.log'), 'utf8');
+    assert.match(audit, /"event":"authority.prepared","kind":"x509"/);
+    assert.match(audit, /"event":"authority.activated","kind":"x509"/);
+  });
+});
