@@ -1,7 +1,7 @@
 // The admin API (proto/tessera/admin/v1/admin.proto): what the `tessera` CLI calls. Transport and
 // authorisation are not here: the admin socket (admin-socket.ts) admits root and the server's own
 // uid only. Every change is written to the audit log with its caller (adminCallerOf).
-import { randomBytes, type X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type * as grpc from '@grpc/grpc-js';
 import {
@@ -16,7 +16,6 @@ import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { grpcImplementation, grpcServiceDefinition, toGrpcStatus } from '../../common/grpc.js';
 import type { DaemonLogger } from '../../common/log.js';
-import { keyIdentifier, spkiOf } from '../../common/x509.js';
 import {
   Admin,
   type AgentSchema,
@@ -25,8 +24,7 @@ import {
 } from '../../gen/tessera/admin/v1/admin_pb.js';
 import type { Bundle, Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import { joinTokenAgentId } from '../attestation/join-token-id.js';
-import type { MintJwtSvidRequest } from '../ca/jwt-authority.js';
-import type { IssuedX509Svid, IssueX509SvidRequest } from '../ca/x509-authority.js';
+import type { AuthorityInfo, AuthorityKind, AuthorityManager } from '../ca/manager.js';
 import type {
   AttestedAgent,
   Datastore,
@@ -42,46 +40,11 @@ export const DEFAULT_JOIN_TOKEN_TTL_SECONDS = 600;
 /** Bytes of randomness in a join token (base64url-encoded: 43 characters). */
 const JOIN_TOKEN_BYTES = 32;
 
-export type AuthorityKind = 'x509' | 'jwt';
-
-/** One signing key of the authority, as `tessera authority show` lists it. */
-export interface AuthorityInfo {
-  readonly kind: AuthorityKind;
-  /** X.509: the subject key ID (hex); JWT: the kid. */
-  readonly id: string;
-  /** `prepared`, `active` or `old`. */
-  readonly status: string;
-  readonly tainted: boolean;
-  readonly notAfter: Date;
-  /** X.509: the CA certificate. */
-  readonly certificate?: X509Certificate | Uint8Array;
-  /** X.509: the subject key ID of the upstream authority that signed it. */
-  readonly upstreamId?: string;
-}
-
-/**
- * What the admin API needs from the authority. The key operations (list … revoke) are optional
- * so that the API can be wired to an authority that does not have them yet: their RPCs then fail
- * with a clear error, and `tessera authority show` falls back to the active keys.
- */
-export interface AdminAuthority {
-  readonly x509: {
-    readonly certificate: X509Certificate;
-    readonly notAfter: Date;
-    issueX509Svid(req: IssueX509SvidRequest): IssuedX509Svid;
-  };
-  readonly jwt: {
-    readonly kid: string;
-    readonly notAfter: Date;
-    mint(req: MintJwtSvidRequest): Promise<{ token: string; expiresAt: Date }>;
-  };
-  readonly nextX509?: { readonly certificate: X509Certificate; readonly notAfter: Date } | undefined;
-  list?(): readonly AuthorityInfo[] | Promise<readonly AuthorityInfo[]>;
-  prepare?(kind: AuthorityKind): Promise<unknown>;
-  activate?(kind: AuthorityKind): Promise<unknown>;
-  taint?(kind: AuthorityKind, id: string): Promise<unknown>;
-  revoke?(kind: AuthorityKind, id: string): Promise<unknown>;
-}
+/** What the admin API needs from the authority: the signing keys and the operator's key commands. */
+export type AdminAuthority = Pick<
+  AuthorityManager,
+  'x509' | 'jwt' | 'list' | 'prepare' | 'activate' | 'taint' | 'revoke'
+>;
 
 export interface AdminServiceDeps {
   trustDomain: TrustDomain;
@@ -168,11 +131,6 @@ function ttlMs(field: string, secs: number, fallbackMs: number): number {
 // A SPIFFE ID path segment: what an agent name may be.
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 
-function certificateDer(c: X509Certificate | Uint8Array | undefined): Uint8Array {
-  if (c === undefined) return new Uint8Array();
-  return c instanceof Uint8Array ? c : c.raw;
-}
-
 function authorityOut(a: AuthorityInfo): MessageInitShape<typeof AuthoritySchema> {
   return {
     kind: a.kind,
@@ -180,12 +138,9 @@ function authorityOut(a: AuthorityInfo): MessageInitShape<typeof AuthoritySchema
     status: a.status,
     tainted: a.tainted,
     notAfter: seconds(a.notAfter),
-    certificate: certificateDer(a.certificate),
-    upstreamId: a.upstreamId ?? '',
+    certificate: a.certificate?.raw ?? new Uint8Array(),
   };
 }
-
-const subjectKeyId = (c: X509Certificate) => Buffer.from(keyIdentifier(spkiOf(c.publicKey))).toString('hex');
 
 /**
  * The Admin gRPC service: a ServiceDefinition and its implementation, to add to any grpc-js
@@ -221,41 +176,7 @@ export function createAdminService(deps: AdminServiceDeps): {
     connected: online.has(a.spiffeId),
   });
 
-  const authorities = async (): Promise<readonly AuthorityInfo[]> => {
-    if (authority.list !== undefined) return authority.list();
-    // Without the key-slot operations: the keys in use (and a prepared X.509 CA), as far as known.
-    const x = authority.x509;
-    const list: AuthorityInfo[] = [
-      {
-        kind: 'x509',
-        id: subjectKeyId(x.certificate),
-        status: 'active',
-        tainted: false,
-        notAfter: x.notAfter,
-        certificate: x.certificate,
-      },
-    ];
-    const next = authority.nextX509;
-    if (next !== undefined)
-      list.push({
-        kind: 'x509',
-        id: subjectKeyId(next.certificate),
-        status: 'prepared',
-        tainted: false,
-        notAfter: next.notAfter,
-        certificate: next.certificate,
-      });
-    list.push({
-      kind: 'jwt',
-      id: authority.jwt.kid,
-      status: 'active',
-      tainted: false,
-      notAfter: authority.jwt.notAfter,
-    });
-    return list;
-  };
-
-  /** Runs one key operation; the authority it acted on, as listed afterwards (or before, if gone). */
+  /** One key command of an operator; the authority it acted on. */
   const authorityOp = async (
     op: 'prepare' | 'activate' | 'taint' | 'revoke',
     req: { kind: string; id: string },
@@ -263,22 +184,13 @@ export function createAdminService(deps: AdminServiceDeps): {
   ): Promise<MessageInitShape<typeof AuthoritySchema>> => {
     const caller = adminCallerOf(call);
     const kind = parseKind(req.kind);
-    const needsId = op === 'taint' || op === 'revoke';
-    if (needsId && req.id === '')
-      throw invalid(`id is required to ${op} an authority (see tessera authority show)`);
-    const fn = authority[op];
-    if (fn === undefined)
-      throw new TesseraError(TesseraErrorCode.CA_ISSUE, `ca: this server cannot ${op} authorities yet`);
-    const before = await authorities();
-    if (needsId && !before.some((a) => a.kind === kind && a.id === req.id))
-      throw invalid(`no ${kind} authority has ID "${req.id}" (see tessera authority show)`);
-    await fn.call(authority, kind, req.id);
-    const after = await authorities();
-    const pick = (list: readonly AuthorityInfo[]) =>
-      needsId
-        ? list.find((a) => a.kind === kind && a.id === req.id)
-        : list.find((a) => a.kind === kind && a.status === (op === 'prepare' ? 'prepared' : 'active'));
-    const acted = pick(after) ?? pick(before);
+    let acted: AuthorityInfo;
+    if (op === 'prepare' || op === 'activate') {
+      acted = await authority[op](kind);
+    } else {
+      if (req.id === '') throw invalid(`id is required to ${op} an authority (see tessera authority show)`);
+      acted = await authority[op](kind, req.id);
+    }
     const event = (
       {
         prepare: 'authority.prepared',
@@ -287,16 +199,8 @@ export function createAdminService(deps: AdminServiceDeps): {
         revoke: 'authority.revoked',
       } as const
     )[op];
-    audit.record(event, { kind, authority_id: acted?.id ?? req.id, ...callerFields(caller) });
-    logger.info(`admin: ${op} ${kind} authority`, {
-      authority_id: acted?.id ?? req.id,
-      ...callerFields(caller),
-    });
-    if (acted === undefined)
-      throw new TesseraError(
-        TesseraErrorCode.CA_ISSUE,
-        `ca: ${op} ${kind}: the authority is not listed afterwards`,
-      );
+    audit.record(event, { kind, authority_id: acted.id, trigger: 'operator', ...callerFields(caller) });
+    logger.info(`admin: ${op} ${kind} authority`, { authority_id: acted.id, ...callerFields(caller) });
     return authorityOut(acted);
   };
 
@@ -628,7 +532,7 @@ export function createAdminService(deps: AdminServiceDeps): {
       },
 
       async getAuthorities() {
-        return { authorities: (await authorities()).map(authorityOut) };
+        return { authorities: (await authority.list()).map(authorityOut) };
       },
       prepareAuthority: (req, call) => authorityOp('prepare', req, call),
       activateAuthority: (req, call) => authorityOp('activate', req, call),

@@ -303,12 +303,38 @@ describe('admin socket', () => {
     assert.ok(!JSON.stringify(h.audit).includes(j.token));
   });
 
-  it('lists the authorities', async () => {
+  it('lists the authorities; prepare, activate, taint and revoke an X.509 CA, each audited with the caller', async () => {
     const r = await h.client.unary(Admin.method.getAuthorities, {});
     const kinds = r.authorities.map((a) => `${a.kind}:${a.status}`);
-    assert.ok(kinds.includes('x509:active') && kinds.includes('jwt:active'), kinds.join(' '));
+    assert.deepEqual(kinds.sort(), ['jwt:active', 'x509:active']);
+    const first = r.authorities.find((a) => a.kind === 'x509');
+    assert.ok(first !== undefined && first.certificate.length > 0 && first.id.length === 40);
     const bad = await h.client.unary(Admin.method.prepareAuthority, { kind: 'rsa' }).catch((e) => e);
     assert.equal(errorCodeOf(bad), 'ERR_INVALID_ARGUMENT');
+    assert.match(bad.details, /authority kind "rsa" is not one of x509, jwt/);
+    const prepared = await h.client.unary(Admin.method.prepareAuthority, { kind: 'x509' });
+    assert.equal(prepared.status, 'prepared');
+    const active = await h.client.unary(Admin.method.activateAuthority, { kind: 'x509' });
+    assert.deepEqual([active.id, active.status], [prepared.id, 'active']);
+    const noId = await h.client.unary(Admin.method.taintAuthority, { kind: 'x509' }).catch((e) => e);
+    assert.match(noId.details, /id is required to taint an authority/);
+    const tainted = await h.client.unary(Admin.method.taintAuthority, { kind: 'x509', id: first.id });
+    assert.equal(tainted.tainted, true);
+    const revoked = await h.client.unary(Admin.method.revokeAuthority, { kind: 'x509', id: first.id });
+    assert.equal(revoked.id, first.id);
+    const bundle = await h.ds.getBundle(td);
+    assert.equal(bundle?.x509Authorities.length, 1, 'the revoked CA left the bundle');
+    assert.deepEqual(
+      h.audit
+        .filter((a) => a.event.startsWith('authority.'))
+        .map((a) => [a.event, a.authority_id, a.trigger, a.caller_pid]),
+      [
+        ['authority.prepared', prepared.id, 'operator', process.pid],
+        ['authority.activated', prepared.id, 'operator', process.pid],
+        ['authority.tainted', first.id, 'operator', process.pid],
+        ['authority.revoked', first.id, 'operator', process.pid],
+      ],
+    );
   });
 });
 
