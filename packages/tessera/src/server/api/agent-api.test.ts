@@ -306,6 +306,34 @@ describe('agent API', () => {
     );
   });
 
+  it('pushes a taint to open streams at once, and counts issuance in /metrics', async () => {
+    const a = await attestWithToken('taint-agent');
+    const stream = a.client.sync();
+    const got: SyncResponse[] = [];
+    let wake: (() => void) | undefined;
+    stream.on('data', (m: SyncResponse) => {
+      got.push(m);
+      wake?.();
+    });
+    stream.on('error', () => undefined);
+    const waitFor = async (pred: (m: SyncResponse) => boolean) => {
+      while (!got.some(pred)) await new Promise<void>((r) => (wake = r));
+      return got.find(pred) as SyncResponse;
+    };
+    await waitFor((m) => m.synced);
+    const oldId = (await server.authority.list()).find((x) => x.kind === 'x509' && x.status === 'active')?.id;
+    await server.authority.prepare('x509');
+    await server.authority.activate('x509');
+    await server.authority.taint('x509', oldId as string);
+    const m = await waitFor((x) => x.taintedAuthorities.length > 0);
+    assert.deepEqual(m.taintedAuthorities, [`x509:${oldId}`]);
+    stream.cancel();
+    const text = await server.metrics.render();
+    assert.match(text, /tessera_svids_issued_total\{type="x509",kind="agent"\} [1-9]/);
+    assert.match(text, /tessera_attestation_failures_total\{attestor="join_token"\} [1-9]/);
+    assert.match(text, /tessera_agents [1-9]/);
+  });
+
   it('renews the agent SVID; the superseded-twice SVID is refused', async () => {
     const a = await attestWithToken('renew-agent');
     const k2 = ecKey();
