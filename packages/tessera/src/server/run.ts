@@ -274,8 +274,23 @@ export async function startServer(
       now,
     });
     cleanups.push(() => agentApi.close());
-    const agentApiPort = await agentApi.listen(config.agent_api.address, config.agent_api.port);
     let ready = true;
+    const adminLogger = logger.with({ subsystem: 'admin' });
+    const adminService = createAdminService({
+      trustDomain,
+      datastore,
+      authority,
+      x509SvidTtlMs: config.x509_svid_ttl,
+      jwtSvidTtlMs: config.jwt_svid_ttl,
+      audit,
+      logger: adminLogger,
+      now,
+      ready: () => ready,
+      version: tesseraVersion(),
+      connectedAgents: () => agentApi.connectedAgents(),
+    });
+    // The admin API is also served on the agent API port, to SVIDs of entries marked admin.
+    const agentApiPort = await agentApi.listen(config.agent_api.address, config.agent_api.port, adminService);
     const timer = setInterval(() => {
       authority
         .rotate()
@@ -331,25 +346,7 @@ export async function startServer(
     const healthPort = await listen(health, config.health.port, config.health.address, 'the health');
     cleanups.push(() => new Promise<void>((r) => health.close(() => r())));
     // The admin API (the tessera CLI) on its Unix socket; closed first on stop.
-    const adminLogger = logger.with({ subsystem: 'admin' });
-    const admin = await startAdminSocket(
-      config.admin_socket,
-      createAdminService({
-        trustDomain,
-        datastore,
-        authority,
-        x509SvidTtlMs: config.x509_svid_ttl,
-        jwtSvidTtlMs: config.jwt_svid_ttl,
-        audit,
-        logger: adminLogger,
-        now,
-        ready: () => ready,
-        version: tesseraVersion(),
-        connectedAgents: () => agentApi.connectedAgents(),
-      }),
-      adminLogger,
-      audit,
-    );
+    const admin = await startAdminSocket(config.admin_socket, adminService, adminLogger, audit);
     cleanups.push(() => admin.close());
     logger.info('server started', {
       trust_domain: config.trust_domain,

@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createCsr, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import {
   authorizeAny,
+  authorizeId,
   grpcChannelCredentials,
   parseSpiffeBundle,
   parseSpiffeId,
@@ -20,7 +21,9 @@ import {
   X509Svid,
 } from 'spiffe';
 import { ServerClient } from '../../agent/server-client.js';
+import { ServiceClient } from '../../common/grpc.js';
 import { createLogger } from '../../common/log.js';
+import { Admin } from '../../gen/tessera/admin/v1/admin_pb.js';
 import { type SyncResponse, X509PopPayloadSchema } from '../../gen/tessera/agent/v1/agent_pb.js';
 import { x509popChallengeResponse } from '../attestation/x509pop.js';
 import { parseServerConfig } from '../config.js';
@@ -332,6 +335,52 @@ describe('agent API', () => {
     assert.match(text, /tessera_svids_issued_total\{type="x509",kind="agent"\} [1-9]/);
     assert.match(text, /tessera_attestation_failures_total\{attestor="join_token"\} [1-9]/);
     assert.match(text, /tessera_agents [1-9]/);
+  });
+
+  it('serves the admin API on the agent port to SVIDs of admin entries only', async () => {
+    const a = await attestWithToken('admin-agent');
+    const ops = await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/ops',
+      parentId: a.id,
+      selectors: [{ type: 'unix', value: 'uid:0' }],
+      admin: true,
+    });
+    const plain = await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/not-ops',
+      parentId: a.id,
+      selectors: [{ type: 'unix', value: 'uid:5' }],
+    });
+    const k = ecKey();
+    const res = await a.client.batchNewX509Svid([
+      { entryId: ops.id, csr: csrFor(k) },
+      { entryId: plain.id, csr: csrFor(k) },
+    ]);
+    const adminClient = (i: number, id: string) => {
+      const svid = new X509Svid(
+        parseSpiffeId(id),
+        res.results[i]!.certChain.map((d) => new X509Certificate(d)),
+        k.privateKey,
+      );
+      const c = new ServiceClient(
+        Admin,
+        address,
+        grpcChannelCredentials({
+          svid,
+          bundles: new X509BundleSet([bundle]),
+          authorizer: authorizeId(SERVER_ID),
+        }),
+        { 'grpc.ssl_target_name_override': 'tessera-server' },
+      );
+      clients.push({ close: () => c.close() } as ServerClient);
+      return c;
+    };
+    const count = await adminClient(0, ops.spiffeId).unary(Admin.method.countEntries, {});
+    assert.ok(count.count >= 2n);
+    await assert.rejects(
+      adminClient(1, plain.spiffeId).unary(Admin.method.countEntries, {}),
+      (e: grpc.ServiceError) =>
+        e.code === grpc.status.PERMISSION_DENIED && /not an admin identity/.test(e.details),
+    );
   });
 
   it('renews the agent SVID; the superseded-twice SVID is refused', async () => {

@@ -112,8 +112,15 @@ export class AgentApi {
     return [...this.#streams.keys()];
   }
 
-  /** Serves the API on `address:port` (0 = any free port); resolves with the bound port. */
-  async listen(address: string, port: number): Promise<number> {
+  /**
+   * Serves the API on `address:port` (0 = any free port); resolves with the bound port. `admin`, when
+   * given, is served on the same port to callers whose SVID belongs to an entry marked admin.
+   */
+  async listen(
+    address: string,
+    port: number,
+    admin?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation },
+  ): Promise<number> {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -125,6 +132,7 @@ export class AgentApi {
       grpcServiceDefinition(Agent),
       grpcImplementation(Agent, this.#handlers(), (method, err) => this.#logError(method, err)),
     );
+    if (admin !== undefined) server.addService(admin.definition, this.#adminOnly(admin.implementation));
     const credentials = grpcServerCredentials(
       {
         svid: this.#o.identity,
@@ -169,6 +177,30 @@ export class AgentApi {
         resolve();
       });
     });
+  }
+
+  /** Wraps the admin API's unary handlers: only SVIDs of entries marked admin get through. */
+  #adminOnly(impl: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+    const out: grpc.UntypedServiceImplementation = {};
+    for (const [name, handler] of Object.entries(impl)) {
+      out[name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        const peer = peerSpiffeIdOfCall(call);
+        const id = peer?.id.toString();
+        if (id === undefined || !this.#o.index.isAdmin(id, this.#o.now())) {
+          const err = denied(
+            id === undefined
+              ? 'admin API: over TLS, the admin API needs an X509-SVID of an entry marked admin'
+              : `admin API: "${id}" is not an admin identity (no unexpired entry for it is marked admin)`,
+          );
+          this.#o.audit.record('admin.denied', { caller_id: id ?? '', peer: call.getPeer(), method: name });
+          const s = toGrpcStatus(err);
+          callback({ code: s.code, details: s.details, metadata: s.metadata });
+          return;
+        }
+        (handler as (c: unknown, cb: unknown) => void)(call, callback);
+      }) as grpc.UntypedHandleCall;
+    }
+    return out;
   }
 
   #logError(method: string, err: unknown): void {

@@ -59,6 +59,13 @@ export class EntryIndex extends EventEmitter<{ change: [EntryChange] }> {
     });
   }
 
+  /** Whether an unexpired entry for `spiffeId` is marked admin (its SVIDs may call the admin API). */
+  isAdmin(spiffeId: string, now: Date): boolean {
+    for (const e of this.#byId.values())
+      if (e.admin && e.spiffeId === spiffeId && (e.expiresAt === undefined || e.expiresAt > now)) return true;
+    return false;
+  }
+
   /** The SPIFFE IDs an agent acts for: its own and those of the node aliases its selectors match. */
   roots(agentId: string, nodeSelectors: readonly Selector[]): string[] {
     const have = new Set(nodeSelectors.map(key));
