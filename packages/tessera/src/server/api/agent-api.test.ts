@@ -422,7 +422,7 @@ describe('agent API', () => {
     const raw = new grpc.Client(
       address,
       grpcChannelCredentials({ bundles: new X509BundleSet([bundle]), authorizer: authorizeAny() }),
-      { 'grpc.ssl_target_name_override': 'x' },
+      { 'grpc.ssl_target_name_override': 'x', 'grpc.max_send_message_length': -1 },
     );
     clients.push({ close: () => raw.close() } as ServerClient);
     const garbage = await new Promise<grpc.ServiceError | null>((resolve) =>
@@ -440,6 +440,17 @@ describe('agent API', () => {
         garbage.code,
       ),
     );
+    // An oversized message (5 MiB) is refused by the server before any handler runs.
+    const oversized = await new Promise<grpc.ServiceError | null>((resolve) =>
+      raw.makeUnaryRequest(
+        '/tessera.agent.v1.Agent/BatchNewX509SVID',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.concat([Buffer.from([0x0a, 0x80, 0x80, 0x40]), Buffer.alloc(5 * 1024 * 1024, 1)]),
+        (err) => resolve(err),
+      ),
+    );
+    assert.equal(oversized?.code, grpc.status.RESOURCE_EXHAUSTED);
     const a = await attestWithToken();
     assert.ok((await a.client.getBundle()).bundle, 'the server still serves');
   });
