@@ -22,12 +22,11 @@ import {
 } from 'spiffe';
 import { ServerClient } from '../../agent/server-client.js';
 import { ServiceClient } from '../../common/grpc.js';
-import { createLogger } from '../../common/log.js';
 import { Admin } from '../../gen/tessera/admin/v1/admin_pb.js';
 import { type SyncResponse, X509PopPayloadSchema } from '../../gen/tessera/agent/v1/agent_pb.js';
 import { x509popChallengeResponse } from '../attestation/x509pop.js';
-import { parseServerConfig } from '../config.js';
-import { type RunningServer, startServer } from '../run.js';
+import type { RunningServer } from '../run.js';
+import { startTestServer } from './test-server.test.util.js';
 
 const td = parseTrustDomain('example.org');
 const SERVER_ID = 'spiffe://example.org/tessera/server';
@@ -82,17 +81,9 @@ describe('agent API', () => {
     tmp = await makeTempDir('agent-api-');
     nodeCa = TestCa.create({ trustDomain: 'nodes.example' });
     writeFileSync(join(tmp.path, 'node-ca.pem'), nodeCa.rootPem());
-    const config = parseServerConfig(
-      [
-        'trust_domain: example.org',
-        `data_dir: ${tmp.path}/data`,
-        'agent_api: { address: 127.0.0.1, port: 0 }',
-        'health: { port: 0 }',
-        `admin_socket: ${tmp.path}/admin.sock`,
-        `node_attestors: { x509pop: { ca_bundle_path: ${tmp.path}/node-ca.pem } }`,
-      ].join('\n'),
-    );
-    server = await startServer(config, { logger: createLogger({ level: 'error', write: () => undefined }) });
+    server = await startTestServer(tmp.path, [
+      `node_attestors: { x509pop: { ca_bundle_path: ${tmp.path}/node-ca.pem } }`,
+    ]);
     address = `127.0.0.1:${server.agentApiPort}`;
     const b = await server.datastore.getBundle(td);
     bundle = (b as NonNullable<typeof b>).x509Bundle();

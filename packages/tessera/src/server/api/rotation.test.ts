@@ -10,10 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import { createCsr, makeTempDir, type TempDir } from '@tessera/testkit';
 import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, verifyX509Svid, X509Svid } from 'spiffe';
 import { ServerClient } from '../../agent/server-client.js';
-import { createLogger } from '../../common/log.js';
 import type { SyncResponse } from '../../gen/tessera/agent/v1/agent_pb.js';
-import { parseServerConfig } from '../config.js';
-import { type RunningServer, startServer } from '../run.js';
+import type { RunningServer } from '../run.js';
+import { startTestServer } from './test-server.test.util.js';
 
 const td = parseTrustDomain('example.org');
 
@@ -24,17 +23,7 @@ describe('CA rotation with second-scale TTLs', () => {
 
   before(async () => {
     tmp = await makeTempDir('rotation-');
-    const config = parseServerConfig(
-      [
-        'trust_domain: example.org',
-        `data_dir: ${tmp.path}/data`,
-        'agent_api: { address: 127.0.0.1, port: 0 }',
-        'health: { port: 0 }',
-        `admin_socket: ${tmp.path}/admin.sock`,
-        'ca: { ttl: 12s }',
-      ].join('\n'),
-    );
-    server = await startServer(config, { logger: createLogger({ level: 'error', write: () => undefined }) });
+    server = await startTestServer(tmp.path, ['ca: { ttl: 12s }']);
   });
 
   after(async () => {

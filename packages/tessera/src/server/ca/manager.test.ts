@@ -13,6 +13,21 @@ import { AuthorityManager } from './manager.js';
 const td = parseTrustDomain('example.org');
 const HOUR = 3600_000;
 
+/** A manager with disk keys and a journal under `dir`, a 24 h P-256 CA, on a fake clock. */
+function diskOptions(dir: string, ds: Datastore, clock: FakeClock) {
+  return {
+    trustDomain: td,
+    keyManager: new DiskKeyManager(join(dir, 'keys')),
+    datastore: ds,
+    journalPath: join(dir, 'journal.json'),
+    caKeyType: 'ec-p256' as const,
+    jwtKeyType: 'ec-p256' as const,
+    caTtlMs: 24 * HOUR,
+    subject: { country: 'US', organization: 'SPIFFE' },
+    now: () => clock.now(),
+  };
+}
+
 describe('AuthorityManager rotation', () => {
   let tmp: TempDir;
   let ds: Datastore;
@@ -27,17 +42,7 @@ describe('AuthorityManager rotation', () => {
 
   it('prepares and publishes the next keys before activating them; an SVID from the new CA verifies against a bundle fetched before activation', async () => {
     const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
-    const opts = {
-      trustDomain: td,
-      keyManager: new DiskKeyManager(join(tmp.path, 'keys')),
-      datastore: ds,
-      journalPath: join(tmp.path, 'journal.json'),
-      caKeyType: 'ec-p256' as const,
-      jwtKeyType: 'ec-p256' as const,
-      caTtlMs: 24 * HOUR,
-      subject: { country: 'US', organization: 'SPIFFE' },
-      now: () => clock.now(),
-    };
+    const opts = diskOptions(tmp.path, ds, clock);
     const m = new AuthorityManager(opts);
     await m.init();
     assert.equal(statSync(opts.journalPath).mode & 0o777, 0o600);
@@ -170,17 +175,7 @@ describe('AuthorityManager operator commands (compromised key)', () => {
 
   it('prepare, activate, taint (told to listeners, kept across restarts), then revoke removes the key from the bundle', async () => {
     const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
-    const opts = {
-      trustDomain: td,
-      keyManager: new DiskKeyManager(join(tmp.path, 'keys')),
-      datastore: ds,
-      journalPath: join(tmp.path, 'journal.json'),
-      caKeyType: 'ec-p256' as const,
-      jwtKeyType: 'ec-p256' as const,
-      caTtlMs: 24 * HOUR,
-      subject: { country: 'US', organization: 'SPIFFE' },
-      now: () => clock.now(),
-    };
+    const opts = diskOptions(tmp.path, ds, clock);
     const m = new AuthorityManager(opts);
     await m.init();
     const [active] = (await m.list()).filter((a) => a.kind === 'x509');

@@ -1,0 +1,19 @@
+// A server started in-process exactly as `tessera server run` starts it, for tests: every port
+// chosen by the kernel, every path in `dir`, logs discarded. `extra` lines are appended to the YAML.
+import { createLogger } from '../../common/log.js';
+import { parseServerConfig } from '../config.js';
+import { type RunningServer, startServer } from '../run.js';
+
+export function startTestServer(dir: string, extra: readonly string[] = []): Promise<RunningServer> {
+  const config = parseServerConfig(
+    [
+      'trust_domain: example.org',
+      `data_dir: ${dir}/data`,
+      'agent_api: { address: 127.0.0.1, port: 0 }',
+      'health: { port: 0 }',
+      `admin_socket: ${dir}/admin.sock`,
+      ...extra,
+    ].join('\n'),
+  );
+  return startServer(config, { logger: createLogger({ level: 'error', write: () => undefined }) });
+}
