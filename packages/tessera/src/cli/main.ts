@@ -1,4 +1,13 @@
+import { CliError } from './admin-client.js';
+import { agentCommand } from './agent.js';
+import { authorityCommand } from './authority.js';
+import { bundleCommand } from './bundle.js';
+import { entryCommand } from './entry.js';
+import { healthcheckCommand } from './healthcheck.js';
+import { jwtCommand } from './jwt.js';
 import { serverCommand } from './server.js';
+import { tokenCommand } from './token.js';
+import { x509Command } from './x509.js';
 
 /** Where a command writes; tests capture it. */
 export interface Io {
@@ -14,15 +23,39 @@ const stdio: Io = {
 const USAGE = `usage: tessera <command> [arguments]
 
 commands:
-  server   run or check the identity authority (tessera server validate --config server.yaml)`;
+  server       run or check the identity authority (tessera server validate --config server.yaml)
+  entry        registration entries: create, show, update, delete, count
+  token        join tokens for node attestation: generate
+  agent        attested agents: list, show, ban, evict, count
+  bundle       trust bundles, own and federated: show, list, set, delete
+  x509         mint an X509-SVID (tessera x509 mint --spiffe-id … --write dir)
+  jwt          mint a JWT-SVID (tessera jwt mint --spiffe-id … --audience …)
+  authority    the signing keys: show, prepare, activate, taint, revoke
+  healthcheck  exit 0 when the server is ready
+
+Every command but server talks to the server's admin socket (--socket, default
+/run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
+
+const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
+  server: serverCommand,
+  entry: entryCommand,
+  token: tokenCommand,
+  agent: agentCommand,
+  bundle: bundleCommand,
+  x509: x509Command,
+  jwt: jwtCommand,
+  authority: authorityCommand,
+  healthcheck: healthcheckCommand,
+};
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
 export async function main(argv: string[], io: Io = stdio): Promise<number> {
   const [group, ...rest] = argv;
+  const command = group === undefined ? undefined : GROUPS[group];
+  const name = ['tessera', group, rest[0]].filter((x) => x !== undefined && !x.startsWith('-')).join(' ');
   try {
+    if (command !== undefined) return await command(rest, io);
     switch (group) {
-      case 'server':
-        return await serverCommand(rest, io);
       case undefined:
       case 'help':
       case '--help':
@@ -34,7 +67,9 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         return 2;
     }
   } catch (err) {
-    io.err(`tessera: ${(err as Error).message}`);
-    return (err as { code?: unknown }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? 2 : 1;
+    io.err(`${name}: ${(err as Error).message}`);
+    if (err instanceof CliError) return err.exitCode;
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_') ? 2 : 1;
   }
 }
