@@ -2,12 +2,9 @@
 import { createCsr, generateKey } from '@tessera/testkit';
 import { parseTrustDomain } from 'spiffe';
 import { X509Authority } from 'tessera/dist/server/ca/x509-authority.js';
-import { bench, opensslSpeed, printTable } from './harness.js';
+import { bench, opensslSpeed, pairRate, printTable } from './harness.js';
 
 const p256 = opensslSpeed('ecdsap256');
-// One issuance = one CSR signature check + one certificate signature: the openssl reference is the
-// rate of such pairs, 1 / (1/sign + 1/verify).
-const pairRate = 1 / (1 / p256.sign + 1 / p256.verify);
 const now = new Date();
 const ca = X509Authority.createSelfSigned({
   trustDomain: parseTrustDomain('example.org'),
@@ -29,6 +26,12 @@ const sign = await bench('CA: CSR verify + X509-SVID build + sign (P-256, one co
 );
 const ok = printTable(
   `Authority signing (openssl speed -seconds 2 -mr ecdsap256: sign ${p256.sign.toFixed(0)}/s, verify ${p256.verify.toFixed(0)}/s)`,
-  [{ result: sign, reference: { name: 'openssl P-256 sign+verify pair', opsPerSec: pairRate }, goal: 0.5 }],
+  [
+    {
+      result: sign,
+      reference: { name: 'openssl P-256 sign+verify pair', opsPerSec: pairRate(p256) },
+      goal: 0.5,
+    },
+  ],
 );
 if (!ok) process.exitCode = 1;

@@ -21,7 +21,8 @@ export interface BenchResult {
   p99Us: number;
 }
 
-function percentile(sorted: number[], p: number): number {
+/** The p-th percentile (nearest rank) of an ascending array; NaN when empty. */
+export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   const i = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
   return sorted[Math.max(0, i)] as number;
@@ -86,6 +87,14 @@ export function opensslSpeed(algorithm: 'ecdsap256' | 'ecdsap384' | 'rsa2048', s
   if (parts === undefined || parts.length < 5)
     throw new Error(`bench: cannot parse openssl speed -mr output for ${algorithm}:\n${out}`);
   return { sign: Number(parts[3]), verify: Number(parts[4]) };
+}
+
+/**
+ * The rate of sign+verify pairs `rate` allows on one core, 1 / (1/sign + 1/verify): one issuance is
+ * one CSR signature check plus one certificate signature, so this is the reference for CA signing.
+ */
+export function pairRate(rate: OpensslRate): number {
+  return 1 / (1 / rate.sign + 1 / rate.verify);
 }
 
 export interface Row {
