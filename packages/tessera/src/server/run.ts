@@ -219,6 +219,7 @@ export async function startServer(
     const upstream =
       config.upstream_authority === undefined ? undefined : loadUpstream(config.upstream_authority.disk);
     const audit = createAuditLog({ path: config.audit_log ?? join(config.data_dir, 'audit.log') });
+    cleanups.push(() => audit.close());
     const authority = new AuthorityManager({
       ...(upstream === undefined ? {} : { upstream }),
       trustDomain: parseTrustDomain(config.trust_domain),

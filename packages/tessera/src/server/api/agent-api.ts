@@ -238,7 +238,7 @@ export class AgentApi {
           ttlMs: o.agentSvidTtlMs,
           now: o.now(),
         });
-        const serial = serialOf(issued.chain[0] as X509Certificate);
+        const serial = issued.serial;
         await o.datastore.renewAgent(agent.spiffeId, presented, serial, issued.expiresAt);
         o.audit.record('svid.issued', {
           spiffe_id: agent.spiffeId,
@@ -283,7 +283,7 @@ export class AgentApi {
               ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : o.x509SvidTtlMs,
               now,
             });
-            const serial = issued.chain[0]?.serialNumber ?? '';
+            const serial = issued.serial;
             o.audit.record('svid.issued', {
               spiffe_id: entry.spiffeId,
               serial,
@@ -436,7 +436,7 @@ export class AgentApi {
             ttlMs: o.agentSvidTtlMs,
             now,
           });
-          const serial = serialOf(issued.chain[0] as X509Certificate);
+          const serial = issued.serial;
           await o.datastore.attestAgent({
             spiffeId: result.spiffeId,
             attestor: params.type,

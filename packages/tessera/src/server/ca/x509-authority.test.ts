@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -53,7 +53,11 @@ describe('X509Authority', () => {
       assert.equal(ca.certificate.ca, true);
       assert.equal(ca.certificate.subjectAltName, 'URI:spiffe://example.org');
       const key = generateKey();
-      const { chain, expiresAt } = ca.issueX509Svid({
+      const {
+        chain,
+        expiresAt,
+        serial: reported,
+      } = ca.issueX509Svid({
         csr: createCsr(key.publicKey, key.privateKey),
         spiffeId: 'spiffe://example.org/web',
         dnsNames: ['web.example.org'],
@@ -84,8 +88,28 @@ describe('X509Authority', () => {
       );
       const serial = BigInt(`0x${leaf.serialNumber}`);
       assert.ok(serial > 0n && leaf.serialNumber.length <= 40);
+      assert.equal(reported, leaf.serialNumber, 'the serial reported without parsing the leaf is the leaf’s');
     });
   }
+
+  it('reports each serial exactly as node:crypto prints it, whatever its leading digits', () => {
+    const now = new Date();
+    const ca = X509Authority.createSelfSigned({
+      trustDomain: td,
+      keyType: 'ec-p256',
+      ttlMs: HOUR,
+      subject: { country: 'US', organization: 'SPIFFE' },
+      now,
+    });
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const leading = new Set<string>();
+    for (let i = 0; i < 400; i++) {
+      const issued = ca.issueX509Svid({ publicKey, spiffeId: 'spiffe://example.org/s', ttlMs: HOUR, now });
+      assert.equal(issued.serial, issued.chain[0]?.serialNumber);
+      leading.add(issued.serial[0] as string);
+    }
+    assert.ok(leading.has('0'), 'serials starting with a 0 nibble were covered');
+  });
 
   it('the template-built leaf has exactly the extensions of the spec, read back with @peculiar/asn1-x509', () => {
     const now = new Date();
