@@ -493,11 +493,10 @@ export function createAdminService(deps: AdminServiceDeps): {
           now: now(),
         });
         const bundle = await ds.getBundle(td);
-        const leaf = issued.chain[0];
         audit.record('svid.issued', {
           type: 'x509',
           spiffe_id: id.toString(),
-          serial: leaf?.serialNumber,
+          serial: issued.serial,
           expires_at: issued.expiresAt.toISOString(),
           via: 'admin',
           ...callerFields(caller),
