@@ -340,14 +340,12 @@ describe('tessera admin commands against a running server', () => {
       stream.on('error', resolve);
       stream.on('end', () => resolve(undefined));
     });
+    // The server registers the stream before it sends the snapshot: once that arrives, it is connected.
+    await new Promise<void>((resolve) => stream.once('data', () => resolve()));
     stream.on('data', () => undefined);
     try {
-      // The sync stream is open once the server reports the agent connected.
-      let shown: { connected: boolean; attestor: string; banned: boolean; selectors: string[] } | undefined;
-      for (let i = 0; i < 50 && shown?.connected !== true; i++) {
-        shown = await json('agent', 'show', '--spiffe-id', id);
-        if (!shown?.connected) await new Promise((res) => setTimeout(res, 100));
-      }
+      const shown: { connected: boolean; attestor: string; banned: boolean; selectors: string[] } =
+        await json('agent', 'show', '--spiffe-id', id);
       assert.deepEqual(
         [shown?.attestor, shown?.connected, shown?.banned, shown?.selectors],
         ['join_token', true, false, ['join_token:name:web-9']],
@@ -377,6 +375,92 @@ describe('tessera admin commands against a running server', () => {
     } finally {
       stream.cancel();
       agent.close();
+    }
+  });
+
+  it('end to end: CLI token, attestation, SVIDs that openssl verifies against the served bundle; replay and a foreign entry refused', async () => {
+    const token = (await json('token', 'generate', '--agent-name', 'e2e-vm')).token as string;
+    const port = server.stderr().match(/agent_api=127\.0\.0\.1:(\d+)/)?.[1];
+    const td = parseTrustDomain('example.org');
+    const bundlePem = (await cli('bundle', 'show')).stdout;
+    const bundle = parseX509BundlePem(td, bundlePem);
+    const address = `127.0.0.1:${port}`;
+    const key = generateKey('ec-p256');
+    const attestClient = new ServerClient({ address, trustDomain: td, bundle });
+    const attestation = { type: 'join_token', payload: Buffer.from(token), csr: createCsr(key.privateKey) };
+    const r = await attestClient.attest(attestation);
+    await assert.rejects(
+      attestClient.attest(attestation),
+      (e: { code?: number; details?: string }) =>
+        e.code === grpcStatus.PERMISSION_DENIED && /already used/.test(e.details ?? ''),
+    );
+    attestClient.close();
+    const mine = await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/e2e/web',
+      '--parent-id',
+      r.spiffeId,
+      '--selector',
+      'unix:uid:1000',
+      '--dns',
+      'web.e2e.example',
+    );
+    const theirs = await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/e2e/payroll',
+      '--parent-id',
+      'spiffe://example.org/tessera/agent/join_token/someone-else',
+      '--selector',
+      'unix:uid:1000',
+    );
+    const mineId = mine.results[0].entry.id as string;
+    const theirsId = theirs.results[0].entry.id as string;
+    const agent = new ServerClient({
+      address,
+      trustDomain: td,
+      bundle,
+      svid: new X509Svid(
+        parseSpiffeId(r.spiffeId),
+        r.svidChain.map((d) => new X509Certificate(d)),
+        key.privateKey,
+      ),
+    });
+    try {
+      const w = generateKey('ec-p256');
+      const res = await agent.batchNewX509Svid([
+        { entryId: mineId, csr: createCsr(w.privateKey) },
+        { entryId: theirsId, csr: createCsr(w.privateKey) },
+      ]);
+      assert.equal(res.results[0]?.code, grpcStatus.OK, res.results[0]?.message);
+      assert.equal(res.results[1]?.code, grpcStatus.PERMISSION_DENIED);
+      const dir = join(tmp.path, 'e2e');
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'bundle.pem'), bundlePem);
+      writeFileSync(
+        join(dir, 'svid.pem'),
+        new X509Certificate(res.results[0]?.certChain[0] as Uint8Array).toString(),
+      );
+      const v = await exec('openssl', ['verify', '-CAfile', join(dir, 'bundle.pem'), join(dir, 'svid.pem')]);
+      assert.equal(v.code, 0, v.stderr);
+      assert.match(v.stdout, /svid.pem: OK/);
+      const audit = readFileSync(join(dataDir, 'audit.log'), 'utf8');
+      assert.match(
+        audit,
+        /"event":"attestation.success","attestor":"join_token","agent":"spiffe:\/\/example.org\/tessera\/agent\/join_token\/e2e-vm"/,
+      );
+      assert.match(
+        audit,
+        new RegExp(`"event":"svid.denied","agent":"${r.spiffeId}","entry_id":"${theirsId}"`),
+      );
+      assert.ok(!audit.includes(token), 'the token is not in the audit log');
+    } finally {
+      agent.close();
+      await cli('entry', 'delete', '--entry-id', mineId);
+      await cli('entry', 'delete', '--entry-id', theirsId);
     }
   });
 
