@@ -240,12 +240,15 @@ export async function startServer(
       now,
       logger: logger.with({ subsystem: 'ca' }),
     });
-    authority.onRotation((kind, step, id) =>
-      audit.record(step === 'prepared' ? 'authority.prepared' : 'authority.activated', {
-        kind,
-        authority_id: id,
-      }),
-    );
+    // Operator commands are audited by the admin API, with the caller; the schedule's steps here.
+    authority.onRotation((kind, step, id, trigger) => {
+      if (trigger === 'schedule')
+        audit.record(step === 'prepared' ? 'authority.prepared' : 'authority.activated', {
+          kind,
+          authority_id: id,
+          trigger,
+        });
+    });
     await authority.init();
     const trustDomain = parseTrustDomain(config.trust_domain);
     const attestors = nodeAttestors(config, datastore);

@@ -118,7 +118,13 @@ describe('CA rotation with second-scale TTLs', () => {
     assert.match(out, /svid.pem: OK/);
     stream.cancel();
     const audit = readFileSync(join(tmp.path, 'data', 'audit.log'), 'utf8');
-    assert.match(audit, /"event":"authority.prepared","kind":"x509"/);
-    assert.match(audit, /"event":"authority.activated","kind":"x509"/);
+    assert.match(
+      audit,
+      /"event":"authority.prepared","kind":"x509","authority_id":"[0-9a-f]{40}","trigger":"schedule"/,
+    );
+    assert.match(
+      audit,
+      /"event":"authority.activated","kind":"x509","authority_id":"[0-9a-f]{40}","trigger":"schedule"/,
+    );
   });
 });

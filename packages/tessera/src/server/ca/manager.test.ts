@@ -183,12 +183,15 @@ describe('AuthorityManager operator commands (compromised key)', () => {
     const oldId = active?.id as string;
     await assert.rejects(m.taint('x509', oldId), /is the active one; prepare and activate a new one/);
     await assert.rejects(m.activate('x509'), /no x509 authority is prepared/);
+    const steps: string[] = [];
+    m.onRotation((kind, step, _id, trigger) => steps.push(`${kind} ${step} ${trigger}`));
     const prepared = await m.prepare('x509');
     assert.equal(prepared.status, 'prepared');
     await assert.rejects(m.prepare('x509'), /already prepared/);
     await assert.rejects(m.revoke('x509', oldId), /not tainted; taint it first/);
     const activated = await m.activate('x509');
     assert.equal(activated.id, prepared.id);
+    assert.deepEqual(steps, ['x509 prepared operator', 'x509 activated operator']);
     const told: string[] = [];
     m.onTaint((kind, id) => told.push(`${kind}:${id}`));
     const tainted = await m.taint('x509', oldId);

@@ -38,6 +38,14 @@ interface Journal {
 
 export type AuthorityKind = 'x509' | 'jwt';
 
+/** Told after a key is prepared or activated, by the rotation schedule or by an operator command. */
+export type RotationListener = (
+  kind: AuthorityKind,
+  step: 'prepared' | 'activated',
+  id: string,
+  trigger: 'schedule' | 'operator',
+) => void;
+
 /** One signing key as `tessera authority show` lists it. */
 export interface AuthorityInfo {
   kind: AuthorityKind;
@@ -116,9 +124,9 @@ export class AuthorityManager {
   /** "x509:<ski>" / "jwt:<kid>" of tainted authorities. */
   #tainted = new Set<string>();
   readonly #taintListeners = new Set<(kind: AuthorityKind, id: string) => void>();
-  readonly #rotationListeners = new Set<
-    (kind: AuthorityKind, step: 'prepared' | 'activated', id: string) => void
-  >();
+  readonly #rotationListeners = new Set<RotationListener>();
+  /** Set while an operator command runs, so listeners can tell it from the schedule. */
+  #byOperator = false;
 
   constructor(options: AuthorityManagerOptions) {
     this.#o = options;
@@ -270,8 +278,13 @@ export class AuthorityManager {
       );
     const current = slots.current;
     if (current === undefined) throw opError('the authority is not initialised');
-    if (kind === 'x509') await this.#prepareX509(other(current.slot));
-    else await this.#prepareJwt(other(current.slot));
+    this.#byOperator = true;
+    try {
+      if (kind === 'x509') await this.#prepareX509(other(current.slot));
+      else await this.#prepareJwt(other(current.slot));
+    } finally {
+      this.#byOperator = false;
+    }
     await this.#writeJournal();
     return this.#info(kind, 'prepared');
   }
@@ -283,8 +296,13 @@ export class AuthorityManager {
       throw opError(
         `no ${kind} authority is prepared; prepare one first (tessera authority prepare --kind ${kind})`,
       );
-    if (kind === 'x509') this.#activateX509();
-    else this.#activateJwt();
+    this.#byOperator = true;
+    try {
+      if (kind === 'x509') this.#activateX509();
+      else this.#activateJwt();
+    } finally {
+      this.#byOperator = false;
+    }
     await this.#writeJournal();
     return this.#info(kind, 'active');
   }
@@ -344,17 +362,16 @@ export class AuthorityManager {
   }
 
   /** Called after each key is prepared or activated (by the schedule or an operator). */
-  onRotation(
-    listener: (kind: AuthorityKind, step: 'prepared' | 'activated', id: string) => void,
-  ): () => void {
+  onRotation(listener: RotationListener): () => void {
     this.#rotationListeners.add(listener);
     return () => this.#rotationListeners.delete(listener);
   }
 
   #rotated(kind: AuthorityKind, step: 'prepared' | 'activated', id: string): void {
+    const trigger = this.#byOperator ? 'operator' : 'schedule';
     for (const l of this.#rotationListeners) {
       try {
-        l(kind, step, id);
+        l(kind, step, id, trigger);
       } catch (err) {
         this.#o.logger?.error?.('ca: a rotation listener failed', { error: (err as Error).message });
       }
