@@ -156,7 +156,10 @@ describe('tessera server run', () => {
     const blocker = join(tmp.path, 'a-file');
     writeFileSync(blocker, 'not a directory');
     const file = join(tmp.path, 'bad.yaml');
-    writeFileSync(file, `trust_domain: example.org\ndata_dir: ${blocker}/tessera\nhealth: { port: 0 }\nagent_api: { port: 0 }\n`);
+    writeFileSync(
+      file,
+      `trust_domain: example.org\ndata_dir: ${blocker}/tessera\nhealth: { port: 0 }\nagent_api: { port: 0 }\n`,
+    );
     const r = run('server', 'run', '--config', file);
     assert.equal(await r.exit, 1);
     assert.match(r.stderr(), /cannot create the data directory .*a-file\/tessera: ENOTDIR/);
