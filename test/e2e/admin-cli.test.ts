@@ -1,20 +1,18 @@
 // The admin CLI as operators use it: a real `tessera server run`, and every command group driven
 // through the `tessera` binary on the server's admin socket, as root and as another uid.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { once } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { parseSpiffeId, parseTrustDomain, parseX509BundlePem, X509Svid } from 'spiffe';
 import { ServerClient } from 'tessera/dist/agent/server-client.js';
 import { createCsr } from 'tessera/dist/common/csr.js';
+import { TESSERA_BIN as bin, spawnTessera, type TesseraProcess, waitForLog } from './tessera-process.js';
 
-const bin = fileURLToPath(new URL('../../../packages/tessera/bin/tessera.js', import.meta.url));
 const NOBODY = 65534;
 const NO_STACK = /\n\s+at /;
 
@@ -45,39 +43,6 @@ function exec(command: string, args: string[], opts: { input?: string; uid?: num
   });
 }
 
-interface Server {
-  child: ChildProcess;
-  stderr: () => string;
-  exit: Promise<number>;
-}
-
-function startServer(config: string): Server {
-  const child = spawn(process.execPath, [bin, 'server', 'run', '--config', config], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
-    err += d;
-  });
-  const exit = once(child, 'exit').then(([code]) => Number(code));
-  return { child, stderr: () => err, exit };
-}
-
-/** Resolves when the server logs `re`; rejects if it exits first. */
-function waitFor(s: Server, re: RegExp): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      if (re.test(s.stderr())) {
-        s.child.stderr?.off('data', check);
-        resolve();
-      }
-    };
-    s.child.stderr?.on('data', check);
-    s.exit.then((code) => reject(new Error(`server exited ${code} before ${re}: ${s.stderr()}`)));
-    check();
-  });
-}
-
 function writeConfig(dir: string, socket: string): string {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'server.yaml');
@@ -91,7 +56,7 @@ function writeConfig(dir: string, socket: string): string {
 
 describe('tessera admin commands against a running server', () => {
   let tmp: TempDir;
-  let server: Server;
+  let server: TesseraProcess;
   let socket: string;
   let dataDir: string;
   const cli = (...args: string[]) => exec(process.execPath, [bin, ...args, '--socket', socket]);
@@ -116,8 +81,8 @@ describe('tessera admin commands against a running server', () => {
     chmodSync(tmp.path, 0o755); // so that the uid-65534 client can reach the socket directory
     socket = join(tmp.path, 'run', 'admin.sock');
     dataDir = join(tmp.path, 'srv', 'data');
-    server = startServer(writeConfig(join(tmp.path, 'srv'), socket));
-    await waitFor(server, /server started/);
+    server = spawnTessera('server', 'run', '--config', writeConfig(join(tmp.path, 'srv'), socket));
+    await waitForLog(server, /server started/);
   });
 
   after(async () => {
@@ -673,7 +638,12 @@ describe('tessera server run and its admin socket', () => {
     try {
       const blocker = join(tmp.path, 'a-file');
       writeFileSync(blocker, '');
-      const bad = startServer(writeConfig(join(tmp.path, 'a'), join(blocker, 'admin.sock')));
+      const bad = spawnTessera(
+        'server',
+        'run',
+        '--config',
+        writeConfig(join(tmp.path, 'a'), join(blocker, 'admin.sock')),
+      );
       assert.equal(await bad.exit, 1);
       assert.match(
         bad.stderr(),
@@ -684,10 +654,10 @@ describe('tessera server run and its admin socket', () => {
       assert.doesNotMatch(bad.stderr(), NO_STACK);
 
       const socket = join(tmp.path, 'shared.sock');
-      const first = startServer(writeConfig(join(tmp.path, 'b'), socket));
-      await waitFor(first, /server started/);
+      const first = spawnTessera('server', 'run', '--config', writeConfig(join(tmp.path, 'b'), socket));
+      await waitForLog(first, /server started/);
       try {
-        const second = startServer(writeConfig(join(tmp.path, 'c'), socket));
+        const second = spawnTessera('server', 'run', '--config', writeConfig(join(tmp.path, 'c'), socket));
         assert.equal(await second.exit, 1);
         assert.match(
           second.stderr(),

@@ -1,47 +1,11 @@
 // The server as operators run it: a real process, real signals, real files and ports.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-
-const bin = fileURLToPath(new URL('../../../packages/tessera/bin/tessera.js', import.meta.url));
-
-interface Proc {
-  child: ChildProcess;
-  stderr: () => string;
-  exit: Promise<number>;
-}
-
-function run(...args: string[]): Proc {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
-    err += d;
-  });
-  const exit = once(child, 'exit').then(([code]) => Number(code));
-  return { child, stderr: () => err, exit };
-}
-
-/** Resolves with the first stderr match of `re`, or rejects if the process exits first. */
-function waitFor(p: Proc, re: RegExp): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      const m = p.stderr().match(re);
-      if (m !== null) {
-        p.child.stderr?.off('data', check);
-        resolve(m);
-      }
-    };
-    p.child.stderr?.on('data', check);
-    p.exit.then((code) => reject(new Error(`exited ${code} before ${re}: ${p.stderr()}`)));
-    check();
-  });
-}
+import { spawnTessera, waitForLog } from './tessera-process.js';
 
 function httpGet(port: number, path: string): Promise<number> {
   return new Promise((resolve, reject) =>
@@ -81,9 +45,9 @@ describe('tessera server run', () => {
   it('starts, answers /live and /ready, refuses a second server on its data dir and a taken port, stops on SIGTERM', async () => {
     const dir = join(tmp.path, 'a');
     const file = config(dir);
-    const server = run('server', 'run', '--config', file);
+    const server = spawnTessera('server', 'run', '--config', file);
     try {
-      const [, port] = await waitFor(server, /server started .*health=127\.0\.0\.1:(\d+)/);
+      const [, port] = await waitForLog(server, /server started .*health=127\.0\.0\.1:(\d+)/);
       assert.equal(await httpGet(Number(port), '/live'), 200);
       assert.equal(await httpGet(Number(port), '/ready'), 200);
       const metrics = await httpText(Number(port), '/metrics');
@@ -91,13 +55,13 @@ describe('tessera server run', () => {
       assert.match(metrics, /^tessera_ca_x509_expiry_timestamp_seconds \d{10}$/m);
       assert.match(metrics, /^tessera_ca_jwt_expiry_timestamp_seconds \d{10}$/m);
 
-      const second = run('server', 'run', '--config', file);
+      const second = spawnTessera('server', 'run', '--config', file);
       assert.equal(await second.exit, 1);
       assert.match(second.stderr(), /another tessera server \(pid \d+\) is already using the data directory/);
       assert.doesNotMatch(second.stderr(), /\n\s+at /);
 
       const otherDir = join(tmp.path, 'b');
-      const clash = run('server', 'run', '--config', config(otherDir, Number(port)));
+      const clash = spawnTessera('server', 'run', '--config', config(otherDir, Number(port)));
       assert.equal(await clash.exit, 1);
       assert.match(clash.stderr(), new RegExp(`health port 127.0.0.1:${port} is already in use`));
       assert.ok(!existsSync(join(otherDir, 'data', 'server.lock')), 'a failed start releases its lock');
@@ -111,18 +75,18 @@ describe('tessera server run', () => {
   it('restarts with the same CA, and a corrupt key file is one clear error', async () => {
     const dir = join(tmp.path, 'c');
     const file = config(dir);
-    const first = run('server', 'run', '--config', file);
-    const [, ca1] = await waitFor(first, /server started .*ca=(\S+)/);
+    const first = spawnTessera('server', 'run', '--config', file);
+    const [, ca1] = await waitForLog(first, /server started .*ca=(\S+)/);
     first.child.kill('SIGTERM');
     assert.equal(await first.exit, 0);
-    const second = run('server', 'run', '--config', file);
-    const [, ca2] = await waitFor(second, /server started .*ca=(\S+)/);
+    const second = spawnTessera('server', 'run', '--config', file);
+    const [, ca2] = await waitForLog(second, /server started .*ca=(\S+)/);
     second.child.kill('SIGTERM');
     assert.equal(await second.exit, 0);
     assert.equal(ca2, ca1);
 
     writeFileSync(join(dir, 'data', 'keys', 'x509-CA-A.pem'), 'not a key', { mode: 0o600 });
-    const broken = run('server', 'run', '--config', file);
+    const broken = spawnTessera('server', 'run', '--config', file);
     assert.equal(await broken.exit, 1);
     assert.match(broken.stderr(), /x509-CA-A\.pem is not a readable private key/);
     assert.doesNotMatch(broken.stderr(), /\n\s+at /);
@@ -142,12 +106,12 @@ describe('tessera server run', () => {
     const yaml = (key: string) =>
       `trust_domain: example.org\ndata_dir: ${dir}/data\nhealth: { port: 0 }\nagent_api: { address: 127.0.0.1, port: 0 }\nadmin_socket: ${dir}/admin.sock\nupstream_authority:\n  disk: { cert_file: ${dir}/up.crt, key_file: ${dir}/${key} }\n`;
     writeFileSync(join(dir, 'bad.yaml'), yaml('other.key'));
-    const bad = run('server', 'run', '--config', join(dir, 'bad.yaml'));
+    const bad = spawnTessera('server', 'run', '--config', join(dir, 'bad.yaml'));
     assert.equal(await bad.exit, 1);
     assert.match(bad.stderr(), /upstream authority: .*other\.key is not the key of .*up\.crt/);
     writeFileSync(join(dir, 'good.yaml'), yaml('up.key'));
-    const good = run('server', 'run', '--config', join(dir, 'good.yaml'));
-    await waitFor(good, /server started/);
+    const good = spawnTessera('server', 'run', '--config', join(dir, 'good.yaml'));
+    await waitForLog(good, /server started/);
     good.child.kill('SIGTERM');
     assert.equal(await good.exit, 0);
   });
@@ -160,7 +124,7 @@ describe('tessera server run', () => {
       file,
       `trust_domain: example.org\ndata_dir: ${blocker}/tessera\nhealth: { port: 0 }\nagent_api: { port: 0 }\n`,
     );
-    const r = run('server', 'run', '--config', file);
+    const r = spawnTessera('server', 'run', '--config', file);
     assert.equal(await r.exit, 1);
     assert.match(r.stderr(), /cannot create the data directory .*a-file\/tessera: ENOTDIR/);
   });

@@ -1,0 +1,42 @@
+// The tessera binary as a child process, for end-to-end tests: its stderr collected, its exit
+// awaited, and waiting for a log line instead of sleeping.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+
+export const TESSERA_BIN = fileURLToPath(
+  new URL('../../../packages/tessera/bin/tessera.js', import.meta.url),
+);
+
+export interface TesseraProcess {
+  child: ChildProcess;
+  stderr: () => string;
+  exit: Promise<number>;
+}
+
+/** Starts `tessera <args>` (e.g. `server run --config f`); stdout is ignored, stderr collected. */
+export function spawnTessera(...args: string[]): TesseraProcess {
+  const child = spawn(process.execPath, [TESSERA_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  const exit = once(child, 'exit').then(([code]) => Number(code));
+  return { child, stderr: () => err, exit };
+}
+
+/** Resolves with the first stderr match of `re`; rejects if the process exits first. */
+export function waitForLog(p: TesseraProcess, re: RegExp): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const m = p.stderr().match(re);
+      if (m !== null) {
+        p.child.stderr?.off('data', check);
+        resolve(m);
+      }
+    };
+    p.child.stderr?.on('data', check);
+    p.exit.then((code) => reject(new Error(`exited ${code} before ${re}: ${p.stderr()}`)));
+    check();
+  });
+}
