@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ConfigError } from '../common/config-schema.js';
 import { formatDuration, parseDuration } from '../common/duration.js';
@@ -15,6 +16,15 @@ function problems(text: string): string[] {
 }
 
 describe('server configuration', () => {
+  it('the example in packages/tessera/README.md is a valid configuration', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('## Server configuration'));
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+    assert.ok(yaml, 'the README has a yaml block under "Server configuration"');
+    const c = parseServerConfig(yaml, 'README.md');
+    assert.equal(c.node_attestors.x509pop.ca_bundle_path, '/etc/tessera/node-ca.pem');
+  });
+
   it('applies the documented defaults to a minimal file, and freezes the result', () => {
     const c = parseServerConfig('trust_domain: example.org\n');
     assert.equal(c.trust_domain, 'example.org');
