@@ -43,6 +43,8 @@ export const SERVER_CONFIG_SCHEMA = {
       fields: {
         key_type: { kind: 'enum', values: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
         ttl: { kind: 'duration', default: '24h', min: '10s' },
+        // Threads that sign batches of X509-SVIDs; default: one per core (none on one core).
+        signing_threads: { kind: 'int', min: 0, max: 64 },
         subject: {
           kind: 'object',
           fields: {
@@ -111,6 +113,7 @@ export interface ServerConfig {
     readonly key_type: 'ec-p256' | 'ec-p384' | 'rsa-2048';
     /** Milliseconds. */
     readonly ttl: number;
+    readonly signing_threads?: number;
     readonly subject: {
       readonly country: string;
       readonly organization: string;

@@ -1,6 +1,7 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseTrustDomain } from 'spiffe';
 import { type AuditLog, createAuditLog } from '../common/audit.js';
@@ -16,6 +17,7 @@ import { JoinTokenAttestor } from './attestation/join-token.js';
 import type { NodeAttestor } from './attestation/types.js';
 import { X509PopAttestor } from './attestation/x509pop.js';
 import { AuthorityManager } from './ca/manager.js';
+import { SigningPool } from './ca/signing-pool.js';
 import type { ServerConfig } from './config.js';
 import { openPostgresDatastore } from './datastore/postgres.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
@@ -262,7 +264,11 @@ export async function startServer(
       ttlMs: config.x509_svid_ttl,
       now,
     });
+    const cores = availableParallelism();
+    const signing = new SigningPool(config.ca.signing_threads ?? (cores > 1 ? Math.min(cores, 8) : 0));
+    cleanups.push(() => signing.close());
     const agentApi = new AgentApi({
+      signing,
       trustDomain,
       datastore,
       authority,

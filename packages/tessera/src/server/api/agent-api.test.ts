@@ -223,6 +223,17 @@ describe('agent API', () => {
     assert.match(res.results[2]!.message, /not entitled/);
     assert.match(res.results[3]!.message, /csr/i);
 
+    // A batch large enough to be spread over the signing threads: every item signed, in order.
+    const many = await a.client.batchNewX509Svid(
+      Array.from({ length: 40 }, (_, i) => ({ entryId: i % 2 === 0 ? own.id : viaAlias.id, csr: csrFor(k) })),
+    );
+    assert.deepEqual(
+      many.results.map((r) => r.spiffeId),
+      Array.from({ length: 40 }, (_, i) =>
+        i % 2 === 0 ? 'spiffe://example.org/web' : 'spiffe://example.org/db',
+      ),
+    );
+    assert.ok(many.results.every((r) => r.code === grpc.status.OK && r.certChain.length === 1));
     const jwt = await a.client.newJwtSvid(own.id, ['payments']);
     const claims = JSON.parse(Buffer.from(jwt.token.split('.')[1] as string, 'base64url').toString());
     assert.equal(claims.sub, 'spiffe://example.org/web');

@@ -36,6 +36,8 @@ import { type Bundle, BundleSchema } from '../../gen/tessera/common/v1/types_pb.
 import type { NodeAttestor } from '../attestation/types.js';
 import { isAgentId } from '../attestation/types.js';
 import type { AuthorityManager } from '../ca/manager.js';
+import type { SigningPool } from '../ca/signing-pool.js';
+import type { IssuedX509Svid } from '../ca/x509-authority.js';
 import type { AttestedAgent, Datastore, DatastoreChange, RegistrationEntry } from '../datastore/types.js';
 import type { EntryChange, EntryIndex } from '../registry/entry-index.js';
 import { bundleToProto, entryToProto } from '../registry/entry-proto.js';
@@ -55,6 +57,8 @@ export interface AgentApiOptions {
   authority: AuthorityManager;
   index: EntryIndex;
   identity: ServerIdentity;
+  /** Where batches of X509-SVIDs are signed (worker threads, or the main thread). */
+  signing: SigningPool;
   attestors: ReadonlyMap<string, NodeAttestor>;
   x509SvidTtlMs: number;
   jwtSvidTtlMs: number;
@@ -260,8 +264,22 @@ export class AgentApi {
         const now = o.now();
         const entitled = o.index.entitled(agent.spiffeId, agent.selectors, now);
         const authority = o.authority.x509;
-        const results = req.params.map((p) => {
-          const entry = entitled.get(p.entryId);
+        const wanted = req.params.map((p) => ({ p, entry: entitled.get(p.entryId) }));
+        const toIssue = wanted.flatMap(({ p, entry }) =>
+          entry === undefined
+            ? []
+            : [
+                {
+                  csr: p.csr,
+                  spiffeId: entry.spiffeId,
+                  dnsNames: entry.dnsNames,
+                  ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : o.x509SvidTtlMs,
+                },
+              ],
+        );
+        const issuedAll = await o.signing.issue(authority, toIssue, now);
+        let next = 0;
+        const results = wanted.map(({ p, entry }) => {
           if (entry === undefined) {
             o.audit.record('svid.denied', {
               agent: agent.spiffeId,
@@ -275,35 +293,27 @@ export class AgentApi {
               entryId: p.entryId,
             };
           }
-          try {
-            const issued = authority.issueX509Svid({
-              csr: p.csr,
-              spiffeId: entry.spiffeId,
-              dnsNames: entry.dnsNames,
-              ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : o.x509SvidTtlMs,
-              now,
-            });
-            const serial = issued.serial;
-            o.audit.record('svid.issued', {
-              spiffe_id: entry.spiffeId,
-              serial,
-              agent: agent.spiffeId,
-              entry_id: entry.id,
-              expires_at: issued.expiresAt.toISOString(),
-            });
-            o.metrics.inc('tessera_svids_issued_total', 'SVIDs issued.', { type: 'x509', kind: 'workload' });
-            return {
-              code: grpc.status.OK,
-              entryId: entry.id,
-              spiffeId: entry.spiffeId,
-              certChain: [...issued.chainDer],
-              expiresAt: seconds(issued.expiresAt),
-            };
-          } catch (err) {
-            const s = toGrpcStatus(err);
-            if (s.code === grpc.status.INTERNAL) this.#logError('BatchNewX509SVID', err);
+          const issued = issuedAll[next++] as IssuedX509Svid | Error;
+          if (issued instanceof Error) {
+            const s = toGrpcStatus(issued);
+            if (s.code === grpc.status.INTERNAL) this.#logError('BatchNewX509SVID', issued);
             return { code: s.code, message: s.details, entryId: entry.id };
           }
+          o.audit.record('svid.issued', {
+            spiffe_id: entry.spiffeId,
+            serial: issued.serial,
+            agent: agent.spiffeId,
+            entry_id: entry.id,
+            expires_at: issued.expiresAt.toISOString(),
+          });
+          o.metrics.inc('tessera_svids_issued_total', 'SVIDs issued.', { type: 'x509', kind: 'workload' });
+          return {
+            code: grpc.status.OK,
+            entryId: entry.id,
+            spiffeId: entry.spiffeId,
+            certChain: [...issued.chainDer],
+            expiresAt: seconds(issued.expiresAt),
+          };
         });
         return { results };
       },

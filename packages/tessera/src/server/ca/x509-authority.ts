@@ -68,7 +68,7 @@ export interface IssuedX509Svid {
   readonly serial: string;
 }
 
-class Issued implements IssuedX509Svid {
+export class Issued implements IssuedX509Svid {
   #chain: X509Certificate[] | undefined;
   constructor(
     readonly chainDer: readonly Buffer[],
