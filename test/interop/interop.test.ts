@@ -10,6 +10,7 @@ import { runGoClient, startGoServer } from './go-peer.js';
 import { GO_SPIFFE_DIVERGENCES, PY_SPIFFE_DIVERGENCES } from './known-divergences.js';
 import { createMtlsFixtures, type MtlsFixtures, TD } from './mtls-fixtures.js';
 import { ourClientExchange, startOurServer } from './our-tls.js';
+import { tesseraVectors } from './tessera-vectors.js';
 import { buildVectors, type Vector, type VectorKind, type Verdict } from './vectors.js';
 import {
   type Disagreement,
@@ -58,7 +59,7 @@ describe('interop verdicts', { skip, timeout: TIMEOUT }, () => {
 
   before(async () => {
     tmp = await makeTempDir('tessera-interop-');
-    vectors = buildVectors();
+    vectors = [...buildVectors(), ...(await tesseraVectors())];
     for (const v of vectors) ours.set(v.id, await ourVerdict(v));
     ({ go, python } = await peerVerdicts(vectors, tmp.path));
   });
