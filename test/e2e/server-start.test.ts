@@ -65,6 +65,22 @@ describe('tessera server run', () => {
       assert.equal(await clash.exit, 1);
       assert.match(clash.stderr(), new RegExp(`health port 127.0.0.1:${port} is already in use`));
       assert.ok(!existsSync(join(otherDir, 'data', 'server.lock')), 'a failed start releases its lock');
+
+      const [, agentPort] = server.stderr().match(/agent_api=127\.0\.0\.1:(\d+)/) ?? [];
+      const agentDir = join(tmp.path, 'b2');
+      mkdirSync(agentDir, { recursive: true });
+      const agentClashFile = join(agentDir, 'server.yaml');
+      writeFileSync(
+        agentClashFile,
+        `trust_domain: example.org\ndata_dir: ${agentDir}/data\nhealth: { port: 0 }\nagent_api: { address: 127.0.0.1, port: ${agentPort} }\nadmin_socket: ${agentDir}/admin.sock\n`,
+      );
+      const agentClash = spawnTessera('server', 'run', '--config', agentClashFile);
+      assert.equal(await agentClash.exit, 1);
+      assert.match(
+        agentClash.stderr(),
+        new RegExp(`agent API port 127.0.0.1:${agentPort} is already in use`),
+      );
+      assert.doesNotMatch(agentClash.stderr(), /\n\s+at /);
     } finally {
       server.child.kill('SIGTERM');
     }
