@@ -1,11 +1,15 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseTrustDomain } from 'spiffe';
 import { type AuditLog, createAuditLog } from '../common/audit.js';
-import { TesseraError, TesseraErrorCode } from '../common/errors.js';
+import {
+  startupError as daemonStartupError,
+  lockDataDir,
+  makeDataDir,
+  startHealthServer,
+} from '../common/daemon.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { tesseraVersion } from '../common/version.js';
@@ -32,62 +36,7 @@ function rotateIntervalMs(caTtlMs: number): number {
   return Math.max(100, Math.min(10_000, Math.floor(caTtlMs / 60)));
 }
 
-function startupError(message: string, cause?: unknown): TesseraError {
-  return new TesseraError(
-    TesseraErrorCode.STARTUP,
-    `server: ${message}`,
-    cause === undefined ? undefined : { cause },
-  );
-}
-
-/** One server per data directory: a lock file holding the owner's pid; a stale lock is taken over. */
-function lockDataDir(dir: string): () => void {
-  const path = join(dir, 'server.lock');
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(path, 'wx', 0o600);
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
-      return () => rmSync(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST')
-        throw startupError(`cannot create ${path}: ${(err as Error).message}`, err);
-      const pid = Number(readFileSync(path, 'utf8').trim());
-      let alive = false;
-      try {
-        process.kill(pid, 0);
-        alive = Number.isInteger(pid) && pid > 0;
-      } catch (e) {
-        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
-      }
-      if (alive)
-        throw startupError(
-          `another tessera server (pid ${pid}) is already using the data directory ${dir}; stop it first`,
-        );
-      rmSync(path, { force: true }); // stale: its process is gone
-    }
-  }
-  throw startupError(`cannot lock the data directory ${dir}`);
-}
-
-function listen(server: Server, port: number, host: string, what: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(
-        startupError(
-          err.code === 'EADDRINUSE'
-            ? `${what} port ${host}:${port} is already in use; choose another in the configuration`
-            : `${what} cannot listen on ${host}:${port}: ${err.message}`,
-          err,
-        ),
-      ),
-    );
-    server.listen(port, host, () => {
-      const a = server.address();
-      resolve(typeof a === 'object' && a !== null ? a.port : port);
-    });
-  });
-}
+const startupError = (message: string, cause?: unknown) => daemonStartupError('server', message, cause);
 
 /** Reads the upstream authority files; each problem names the file. */
 function loadUpstream(disk: { cert_file: string; key_file: string; bundle_file?: string }): {
@@ -196,12 +145,8 @@ export async function startServer(
 ): Promise<RunningServer> {
   const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format });
   const now = opts.now ?? (() => new Date());
-  try {
-    mkdirSync(config.data_dir, { recursive: true, mode: 0o700 });
-  } catch (err) {
-    throw startupError(`cannot create the data directory ${config.data_dir}: ${(err as Error).message}`, err);
-  }
-  const unlock = lockDataDir(config.data_dir);
+  makeDataDir('server', config.data_dir);
+  const unlock = lockDataDir('server', config.data_dir);
   const cleanups: (() => Promise<void> | void)[] = [unlock];
   const stop = async () => {
     for (const c of cleanups.reverse()) await c();
@@ -337,24 +282,15 @@ export async function startServer(
       'Expiry of the active JWT key, in Unix seconds.',
       () => Math.floor(authority.jwt.notAfter.getTime() / 1000),
     );
-    const health = createServer((req, res) => {
-      if (req.url === '/metrics') {
-        metrics
-          .render()
-          .then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text))
-          .catch((err: unknown) =>
-            res.writeHead(500).end(`metrics unavailable: ${(err as Error).message}\n`),
-          );
-      } else if (req.url === '/live') {
-        res.writeHead(200).end('ok\n');
-      } else if (req.url === '/ready') {
-        res.writeHead(ready ? 200 : 503).end(ready ? 'ready\n' : 'not ready\n');
-      } else {
-        res.writeHead(404).end('not found\n');
-      }
+    const health = await startHealthServer({
+      role: 'server',
+      address: config.health.address,
+      port: config.health.port,
+      metrics,
+      ready: () => ready,
     });
-    const healthPort = await listen(health, config.health.port, config.health.address, 'the health');
-    cleanups.push(() => new Promise<void>((r) => health.close(() => r())));
+    const healthPort = health.port;
+    cleanups.push(() => health.close());
     // The admin API (the tessera CLI) on its Unix socket; closed first on stop.
     const admin = await startAdminSocket(config.admin_socket, adminService, adminLogger, audit);
     cleanups.push(() => admin.close());
