@@ -92,6 +92,7 @@ export {
   SPIFFE_ENDPOINT_SOCKET,
 } from './workloadapi/address.js';
 export type { BackoffOptions } from './workloadapi/backoff.js';
+export { Backoff } from './workloadapi/backoff.js';
 export type { CallOptions, Watcher, WorkloadApiClientOptions, X509Context } from './workloadapi/client.js';
 export { createWorkloadApiClient, WorkloadApiClient } from './workloadapi/client.js';
 export type { SourceOptions } from './workloadapi/source-base.js';

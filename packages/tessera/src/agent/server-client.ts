@@ -3,10 +3,11 @@
 // agent trusts (its bootstrap bundle, then the one the server sends).
 import { create } from '@bufbuild/protobuf';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import {
   authorizeId,
   grpcChannelCredentials,
+  type TlsBundleSource,
   type TrustDomain,
   type X509Bundle,
   X509BundleSet,
@@ -29,10 +30,17 @@ export interface ServerClientOptions {
   /** `host:port` of the server's agent API. */
   address: string;
   trustDomain: TrustDomain;
-  /** The trust domain's bundle the agent trusts the server with. */
-  bundle: X509Bundle;
+  /** The trust domain's bundle the agent trusts the server with (or bundleSource, or insecure). */
+  bundle?: X509Bundle;
   /** The agent SVID; omit before attestation. */
   svid?: X509SvidSource;
+  /** A live bundle source (emits 'update' on change) to follow CA rotation; default: `bundle`, fixed. */
+  bundleSource?: TlsBundleSource;
+  /**
+   * Trust the first server that answers, without verifying its certificate: only for attesting in a
+   * lab with `insecure_bootstrap: true`. Never with an SVID.
+   */
+  insecure?: boolean;
 }
 
 /** One connection to the agent API. Errors are grpc-js ServiceErrors carrying the server's message. */
@@ -40,11 +48,20 @@ export class ServerClient {
   readonly #typed: ServiceClient<AgentMethods>;
 
   constructor(options: ServerClientOptions) {
-    const credentials = grpcChannelCredentials({
-      ...(options.svid === undefined ? {} : { svid: options.svid }),
-      bundles: new X509BundleSet([options.bundle]),
-      authorizer: authorizeId(`${options.trustDomain.idString()}/tessera/server`),
-    });
+    if (options.insecure === true && options.svid !== undefined)
+      throw new TypeError('agent: an insecure connection cannot carry the agent SVID');
+    const credentials =
+      options.insecure === true
+        ? grpc.credentials.createSsl(null, null, null, {
+            rejectUnauthorized: false,
+            checkServerIdentity: () => undefined,
+          })
+        : grpcChannelCredentials({
+            ...(options.svid === undefined ? {} : { svid: options.svid }),
+            bundles:
+              options.bundleSource ?? new X509BundleSet(options.bundle === undefined ? [] : [options.bundle]),
+            authorizer: authorizeId(`${options.trustDomain.idString()}/tessera/server`),
+          });
     this.#typed = new ServiceClient(Agent, options.address, credentials, {
       'grpc.ssl_target_name_override': 'tessera-server',
     });

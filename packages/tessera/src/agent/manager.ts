@@ -1,0 +1,491 @@
+// The agent's brain: it attests (or resumes from data_dir), keeps the push stream from the server
+// open, holds the entries this node is entitled to, generates each workload's key in memory, has
+// the server sign CSRs in batches, renews every SVID (its own included) at about half its life, and
+// tells the endpoints when anything a workload can see changed ('update').
+
+import { type KeyObject, X509Certificate } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import * as grpc from '@grpc/grpc-js';
+import {
+  Backoff,
+  type JwtBundle,
+  parseSpiffeBundle,
+  parseSpiffeId,
+  parseTrustDomain,
+  type SpiffeBundle,
+  type TrustDomain,
+  type X509Bundle,
+  X509Svid,
+  type X509SvidSource,
+} from 'spiffe';
+import { createCsr } from '../common/csr.js';
+import type { DaemonLogger } from '../common/log.js';
+import type { Metrics } from '../common/metrics.js';
+import { keyIdentifier, spkiOf } from '../common/x509.js';
+import type { SyncResponse } from '../gen/tessera/agent/v1/agent_pb.js';
+import type { Bundle, Entry } from '../gen/tessera/common/v1/types_pb.js';
+import type { Selector } from '../server/datastore/types.js';
+import { generateKeyPairOfType } from '../server/keymanager/generate.js';
+import type { KeyType } from '../server/keymanager/key-manager.js';
+import { ServerClient } from './server-client.js';
+import { type AgentState, saveAgentSvid, saveBundle } from './state.js';
+
+/** How often due renewals and expiries are checked. */
+const TICK_MS = 1000;
+/** Most CSRs per BatchNewX509SVID call (the server's limit). */
+const BATCH = 500;
+/** After a failed issuance, when to try that entry again. */
+const RETRY_MS = 5000;
+
+/** A workload SVID the agent holds, with when to renew it. */
+export interface CachedSvid {
+  readonly entry: Entry;
+  readonly svid: X509Svid;
+  readonly expiresAt: number;
+  readonly renewAt: number;
+}
+
+/** Renewal time: about half-way through the lifetime, with ±5% jitter so a fleet does not renew together. */
+export function renewalTime(notBefore: number, notAfter: number, random: () => number = Math.random): number {
+  const life = notAfter - notBefore;
+  return notBefore + life * (0.45 + 0.1 * random());
+}
+
+/** Live sources for the mTLS channel to the server: they emit 'update' when the SVID or bundle changes. */
+class LiveSvid extends EventEmitter implements X509SvidSource {
+  constructor(public svid: X509Svid) {
+    super();
+  }
+  getX509Svid(): X509Svid {
+    return this.svid;
+  }
+  set(svid: X509Svid): void {
+    this.svid = svid;
+    this.emit('update');
+  }
+}
+
+class LiveBundle extends EventEmitter {
+  constructor(public bundle: X509Bundle) {
+    super();
+  }
+  getX509BundleForTrustDomain(): X509Bundle {
+    return this.bundle;
+  }
+  list(): X509Bundle[] {
+    return [this.bundle];
+  }
+  set(bundle: X509Bundle): void {
+    this.bundle = bundle;
+    this.emit('update');
+  }
+}
+
+export interface AgentManagerOptions {
+  trustDomain: TrustDomain;
+  /** `host:port` of the server's agent API. */
+  serverAddress: string;
+  dataDir: string;
+  /** The agent's identity: resumed from data_dir or just attested. */
+  state: AgentState;
+  workloadKeyType: KeyType;
+  logger: DaemonLogger;
+  metrics: Metrics;
+  now?: () => number;
+}
+
+function selectorKey(s: { type: string; value: string }): string {
+  return `${s.type}:${s.value}`;
+}
+
+export class AgentManager extends EventEmitter<{ update: []; banned: [string] }> {
+  readonly #o: AgentManagerOptions;
+  readonly #now: () => number;
+  readonly #svid: LiveSvid;
+  readonly #bundleSource: LiveBundle;
+  #bundle: SpiffeBundle;
+  readonly #federated = new Map<string, SpiffeBundle>();
+  readonly #entries = new Map<string, Entry>();
+  readonly #svids = new Map<string, CachedSvid>();
+  readonly #jwt = new Map<string, { token: string; expiresAt: number; renewAt: number }>();
+  readonly #pending = new Set<string>();
+  readonly #retryAt = new Map<string, number>();
+  #tainted = new Set<string>();
+  #client: ServerClient;
+  #stream: grpc.ClientReadableStream<SyncResponse> | undefined;
+  #synced = false;
+  #banned: string | undefined;
+  #closed = false;
+  #connected = false;
+  #agentRenewAt: number;
+  #renewingAgent = false;
+  #issuing = false;
+  #timer: NodeJS.Timeout | undefined;
+  #reconnect: NodeJS.Timeout | undefined;
+  readonly #backoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
+
+  constructor(options: AgentManagerOptions) {
+    super();
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+    const { chain, key, bundle } = options.state;
+    this.#svid = new LiveSvid(this.#toSvid(chain, key));
+    this.#bundle = bundle;
+    this.#bundleSource = new LiveBundle(bundle.x509Bundle());
+    this.#agentRenewAt = renewalTime(
+      new Date((chain[0] as X509Certificate).validFrom).getTime(),
+      new Date((chain[0] as X509Certificate).validTo).getTime(),
+    );
+    this.#client = this.#newClient();
+    options.metrics.gaugeFn(
+      'tessera_agent_svids_cached',
+      'Workload X509-SVIDs held by the agent.',
+      () => this.#svids.size,
+    );
+    options.metrics.gaugeFn(
+      'tessera_agent_entries',
+      'Entries this agent is entitled to.',
+      () => this.#entries.size,
+    );
+    options.metrics.gaugeFn(
+      'tessera_agent_server_connected',
+      '1 when the push stream from the server is open.',
+      () => (this.#connected ? 1 : 0),
+    );
+  }
+
+  /** The agent's SPIFFE ID. */
+  get id(): string {
+    return this.#svid.svid.id.toString();
+  }
+
+  /** The trust domain's bundle (X.509 and JWT authorities). */
+  get bundle(): SpiffeBundle {
+    return this.#bundle;
+  }
+
+  /** Federated bundles the node's entries federate with, by trust domain name. */
+  get federatedBundles(): ReadonlyMap<string, SpiffeBundle> {
+    return this.#federated;
+  }
+
+  /** Why the agent stopped serving identities (banned or evicted), if it did. */
+  get banned(): string | undefined {
+    return this.#banned;
+  }
+
+  /** True once the first snapshot from the server arrived (or was never needed: see start()). */
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  /** Starts the push stream and the renewal loop. Resolves once the first snapshot is in or failed once. */
+  start(): void {
+    this.#openStream();
+    this.#timer = setInterval(() => this.#tick(), TICK_MS);
+    this.#timer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#reconnect) clearTimeout(this.#reconnect);
+    this.#stream?.cancel();
+    this.#client.close();
+  }
+
+  /** Entries whose selectors are all among the workload's, oldest first (the first is the default SVID). */
+  entriesFor(selectors: readonly Selector[]): Entry[] {
+    if (this.#banned !== undefined) return [];
+    const have = new Set(selectors.map(selectorKey));
+    return [...this.#entries.values()]
+      .filter((e) => e.selectors.length > 0 && e.selectors.every((s) => have.has(selectorKey(s))))
+      .filter((e) => e.expiresAt === 0n || Number(e.expiresAt) * 1000 > this.#now())
+      .sort((a, b) => Number(a.createdAt - b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  /** The SVIDs a workload with these selectors gets now (entries without a current SVID are left out). */
+  svidsFor(selectors: readonly Selector[]): CachedSvid[] {
+    const now = this.#now();
+    return this.entriesFor(selectors).flatMap((e) => {
+      const c = this.#svids.get(e.id);
+      return c !== undefined && c.expiresAt > now ? [c] : [];
+    });
+  }
+
+  /** A JWT-SVID for an entry and audience, from the cache until half its life, else minted by the server. */
+  async jwtSvid(entry: Entry, audience: readonly string[]): Promise<{ token: string; expiresAt: number }> {
+    const key = `${entry.id}\n${[...audience].sort().join('\n')}`;
+    const now = this.#now();
+    const hit = this.#jwt.get(key);
+    if (hit !== undefined && now < hit.renewAt) return hit;
+    const r = await this.#client.newJwtSvid(entry.id, [...audience]);
+    const expiresAt = Number(r.expiresAt) * 1000;
+    const fresh = { token: r.token, expiresAt, renewAt: renewalTime(now, expiresAt) };
+    this.#jwt.set(key, fresh);
+    return fresh;
+  }
+
+  #toSvid(chain: readonly X509Certificate[], key: KeyObject): X509Svid {
+    return new X509Svid(
+      parseSpiffeId(chain[0]?.subjectAltName?.match(/URI:([^,\s]+)/)?.[1] ?? ''),
+      chain,
+      key,
+    );
+  }
+
+  #newClient(): ServerClient {
+    return new ServerClient({
+      address: this.#o.serverAddress,
+      trustDomain: this.#o.trustDomain,
+      bundle: this.#bundleSource.bundle,
+      svid: this.#svid,
+      bundleSource: this.#bundleSource,
+    });
+  }
+
+  #openStream(): void {
+    if (this.#closed) return;
+    const stream = this.#client.sync();
+    this.#stream = stream;
+    stream.on('data', (m: SyncResponse) => {
+      if (!this.#connected) {
+        this.#connected = true;
+        this.#backoff.reset();
+        this.#o.logger.info('agent: connected to the server', { server: this.#o.serverAddress });
+      }
+      try {
+        this.#apply(m);
+      } catch (err) {
+        this.#o.logger.error('agent: cannot apply an update from the server', {
+          error: (err as Error).message,
+        });
+      }
+    });
+    stream.on('error', (err: grpc.ServiceError) => this.#streamEnded(err));
+    stream.on('end', () => this.#streamEnded(undefined));
+  }
+
+  #streamEnded(err: grpc.ServiceError | undefined): void {
+    if (this.#stream === undefined) return;
+    this.#stream = undefined;
+    this.#connected = false;
+    if (this.#closed || err?.code === grpc.status.CANCELLED) return;
+    if (err?.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details)) {
+      this.#ban(err.details);
+    }
+    const delay = this.#backoff.next();
+    this.#o.metrics.inc(
+      'tessera_agent_sync_errors_total',
+      'Push streams from the server that ended or failed.',
+    );
+    this.#o.logger.warn(
+      'agent: lost the push stream from the server; serving cached SVIDs until they expire',
+      {
+        error: err?.details ?? 'stream ended',
+        retry_in_ms: delay,
+      },
+    );
+    this.#reconnect = setTimeout(() => this.#openStream(), delay);
+    this.#reconnect.unref();
+  }
+
+  #ban(reason: string): void {
+    if (this.#banned !== undefined) return;
+    this.#banned = reason;
+    this.#entries.clear();
+    this.#svids.clear();
+    this.#jwt.clear();
+    this.#pending.clear();
+    this.#o.logger.error('agent: the server refused this agent; no identity is served any more', { reason });
+    this.emit('banned', reason);
+    this.emit('update');
+  }
+
+  #apply(m: SyncResponse): void {
+    let changed = false;
+    if (m.bundle !== undefined && m.bundle.spiffeBundle.length > 0)
+      changed = this.#setBundle(m.bundle) || changed;
+    for (const b of m.federatedBundles) {
+      if (b.spiffeBundle.length === 0) changed = this.#federated.delete(b.trustDomain) || changed;
+      else {
+        this.#federated.set(
+          b.trustDomain,
+          parseSpiffeBundle(parseTrustDomain(b.trustDomain), Buffer.from(b.spiffeBundle).toString()),
+        );
+        changed = true;
+      }
+    }
+    for (const e of m.upserted) {
+      const before = this.#entries.get(e.id);
+      this.#entries.set(e.id, e);
+      if (before === undefined || before.revision !== e.revision) this.#pending.add(e.id);
+      changed = true;
+    }
+    for (const id of m.removedEntryIds) {
+      this.#entries.delete(id);
+      this.#pending.delete(id);
+      if (this.#svids.delete(id)) changed = true;
+      for (const k of this.#jwt.keys()) if (k.startsWith(`${id}\n`)) this.#jwt.delete(k);
+      changed = true;
+    }
+    if (m.taintedAuthorities.length > 0) this.#taint(m.taintedAuthorities);
+    if (m.synced && !this.#synced) {
+      this.#synced = true;
+    }
+    if (changed) this.emit('update');
+    this.#scheduleIssue();
+  }
+
+  #setBundle(b: Bundle): boolean {
+    const next = parseSpiffeBundle(this.#o.trustDomain, Buffer.from(b.spiffeBundle).toString());
+    if (next.equals(this.#bundle)) return false;
+    this.#bundle = next;
+    this.#bundleSource.set(next.x509Bundle());
+    try {
+      saveBundle(this.#o.dataDir, next);
+    } catch (err) {
+      this.#o.logger.error('agent: cannot save the bundle', { error: (err as Error).message });
+    }
+    return true;
+  }
+
+  /** Re-issues at once every SVID (and the agent's own) signed by a tainted X.509 authority. */
+  #taint(ids: readonly string[]): void {
+    const fresh = ids.filter((id) => !this.#tainted.has(id));
+    this.#tainted = new Set(ids);
+    const skis = new Set(fresh.filter((id) => id.startsWith('x509:')).map((id) => id.slice(5)));
+    if (fresh.some((id) => id.startsWith('jwt:'))) this.#jwt.clear();
+    if (skis.size === 0) return;
+    const taintedCas = this.#bundle.x509Authorities.filter((c) =>
+      skis.has(Buffer.from(keyIdentifier(spkiOf(c.publicKey))).toString('hex')),
+    );
+    const signedByTainted = (chain: readonly X509Certificate[]) =>
+      taintedCas.some((ca) => chain.some((c) => c.checkIssued(ca) && c.verify(ca.publicKey)));
+    for (const [id, c] of this.#svids) if (signedByTainted(c.svid.certificates)) this.#pending.add(id);
+    if (signedByTainted(this.#svid.svid.certificates)) this.#agentRenewAt = 0;
+    this.#o.logger.warn('agent: an authority was tainted; re-issuing what it signed', {
+      authorities: [...skis].join(','),
+    });
+  }
+
+  #tick(): void {
+    const now = this.#now();
+    let expired = false;
+    for (const [id, c] of this.#svids) {
+      if (c.expiresAt <= now) {
+        this.#svids.delete(id);
+        this.#pending.add(id);
+        expired = true;
+      } else if (c.renewAt <= now) this.#pending.add(id);
+    }
+    for (const [k, j] of this.#jwt) if (j.expiresAt <= now) this.#jwt.delete(k);
+    if (expired) this.emit('update');
+    if (now >= this.#agentRenewAt) this.#renewAgent();
+    this.#scheduleIssue();
+  }
+
+  #scheduleIssue(): void {
+    if (this.#issuing || this.#pending.size === 0 || this.#banned !== undefined) return;
+    this.#issuing = true;
+    setImmediate(() => {
+      this.#issue()
+        .catch((err: unknown) =>
+          this.#o.logger.warn('agent: cannot get SVIDs from the server; will retry', {
+            error: (err as grpc.ServiceError).details ?? (err as Error).message,
+          }),
+        )
+        .finally(() => {
+          this.#issuing = false;
+          if ([...this.#pending].some((id) => (this.#retryAt.get(id) ?? 0) <= this.#now()))
+            this.#scheduleIssue();
+        });
+    });
+  }
+
+  async #issue(): Promise<void> {
+    const now = this.#now();
+    const due = [...this.#pending].filter(
+      (id) => this.#entries.has(id) && (this.#retryAt.get(id) ?? 0) <= now,
+    );
+    for (const id of this.#pending) if (!this.#entries.has(id)) this.#pending.delete(id);
+    for (let i = 0; i < due.length; i += BATCH) {
+      const slice = due.slice(i, i + BATCH);
+      const keys = slice.map(() => generateKeyPairOfType(this.#o.workloadKeyType).privateKey);
+      let res: Awaited<ReturnType<ServerClient['batchNewX509Svid']>>;
+      try {
+        res = await this.#client.batchNewX509Svid(
+          slice.map((entryId, j) => ({ entryId, csr: createCsr(keys[j] as KeyObject) })),
+        );
+      } catch (err) {
+        for (const id of slice) this.#retryAt.set(id, this.#now() + RETRY_MS);
+        throw err;
+      }
+      let changed = false;
+      res.results.forEach((r, j) => {
+        const id = slice[j] as string;
+        const entry = this.#entries.get(id);
+        if (entry === undefined) return;
+        if (r.code !== grpc.status.OK) {
+          this.#retryAt.set(id, this.#now() + RETRY_MS);
+          this.#o.logger.warn('agent: the server refused an SVID', {
+            entry_id: id,
+            spiffe_id: entry.spiffeId,
+            error: r.message,
+          });
+          return;
+        }
+        const chain = r.certChain.map((d) => new X509Certificate(d));
+        const leaf = chain[0] as X509Certificate;
+        const notBefore = new Date(leaf.validFrom).getTime();
+        const expiresAt = new Date(leaf.validTo).getTime();
+        this.#svids.set(id, {
+          entry,
+          svid: new X509Svid(parseSpiffeId(r.spiffeId), chain, keys[j] as KeyObject, entry.hint),
+          expiresAt,
+          renewAt: renewalTime(notBefore, expiresAt),
+        });
+        this.#pending.delete(id);
+        this.#retryAt.delete(id);
+        changed = true;
+      });
+      if (changed) this.emit('update');
+    }
+  }
+
+  #renewAgent(): void {
+    if (this.#renewingAgent || this.#banned !== undefined) return;
+    this.#renewingAgent = true;
+    const key = generateKeyPairOfType('ec-p256').privateKey;
+    this.#client
+      .renewAgent(createCsr(key))
+      .then((ders) => {
+        const chain = ders.map((d) => new X509Certificate(d));
+        saveAgentSvid(this.#o.dataDir, chain, key);
+        this.#svid.set(this.#toSvid(chain, key));
+        const leaf = chain[0] as X509Certificate;
+        this.#agentRenewAt = renewalTime(
+          new Date(leaf.validFrom).getTime(),
+          new Date(leaf.validTo).getTime(),
+        );
+        this.#o.logger.info('agent: renewed the agent SVID', { expires: leaf.validTo });
+      })
+      .catch((err: grpc.ServiceError) => {
+        this.#agentRenewAt = this.#now() + RETRY_MS;
+        if (err.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details))
+          this.#ban(err.details);
+        else
+          this.#o.logger.warn('agent: cannot renew the agent SVID; will retry', {
+            error: err.details ?? err.message,
+          });
+      })
+      .finally(() => {
+        this.#renewingAgent = false;
+      });
+  }
+
+  /** JWT bundles a workload may use: the own trust domain's and the federated ones. */
+  jwtBundles(): JwtBundle[] {
+    return [this.#bundle.jwtBundle(), ...[...this.#federated.values()].map((b) => b.jwtBundle())];
+  }
+}
