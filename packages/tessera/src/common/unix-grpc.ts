@@ -1,0 +1,183 @@
+// gRPC on a Unix socket, with the kernel's word on who is calling. grpc-js does not hand the
+// accepted socket to handlers or interceptors; what it does hand them is the peer string
+// (`call.getPeer()`), read from the connection's `remoteAddress`. So the server owns the listener:
+// a net.Server accepts each connection, reads its peer credentials (SO_PEERCRED), gives it a
+// unique, unforgeable peer tag (a Unix socket has no remote address of its own; a TCP peer's address
+// is an IP and can never look like a tag), and injects it into grpc-js
+// (Server.createConnectionInjector). unixPeerOf(call) maps the tag back to the credentials.
+// Used by the server's admin socket (0700) and the agent's Workload API socket (0777).
+import { randomUUID } from 'node:crypto';
+import { chmodSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { dirname } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { TesseraError, TesseraErrorCode } from './errors.js';
+import { MAX_MESSAGE_BYTES } from './grpc.js';
+import type { DaemonLogger } from './log.js';
+import { type PeerCredentials, peerCredentials } from './peercred.js';
+
+/** What the socket learnt about a connection when it was accepted. */
+export type UnixPeer =
+  | { readonly ok: true; readonly credentials: PeerCredentials }
+  | { readonly ok: false; readonly reason: string };
+
+const TAG_PREFIX = 'tessera-unix#';
+const peers = new Map<string, UnixPeer>();
+
+/**
+ * Tags an accepted Unix-socket connection with `peer` until it closes. Must run before the
+ * connection is handed to grpc-js (which reads the address when the HTTP/2 session starts).
+ */
+export function tagUnixConnection(socket: net.Socket, peer: UnixPeer): string {
+  const tag = `${TAG_PREFIX}${randomUUID()}`;
+  peers.set(tag, peer);
+  // Own properties shadow net.Socket's prototype getters (a Unix socket reports none).
+  Object.defineProperty(socket, 'remoteAddress', { value: tag, configurable: true });
+  Object.defineProperty(socket, 'remotePort', { value: undefined, configurable: true });
+  socket.once('close', () => peers.delete(tag));
+  return tag;
+}
+
+/** What the socket recorded for the connection a call came on; undefined for other transports. */
+export function unixPeerOf(call: { getPeer(): string }): UnixPeer | undefined {
+  return peers.get(call.getPeer());
+}
+
+/** How long close() lets calls in flight finish before ending their connections. */
+const DRAIN_MS = 2000;
+/** sizeof(sockaddr_un.sun_path) on Linux, less the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+const errnoText = (err: unknown) => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+
+/** Whether something accepts connections on `path` (a live server, as opposed to a stale file). */
+function inUse(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export interface UnixGrpcOptions {
+  path: string;
+  /** Mode of the socket file (admin 0o700, agent 0o777). */
+  mode: number;
+  /** Mode of the parent directory when it has to be created. */
+  dirMode: number;
+  /** For messages: 'admin socket', 'agent socket'. */
+  what: string;
+  /** The configuration key to suggest: 'admin_socket', 'socket_path'. */
+  configKey: string;
+  services: readonly {
+    definition: grpc.ServiceDefinition;
+    implementation: grpc.UntypedServiceImplementation;
+  }[];
+  interceptors?: grpc.ServerInterceptor[];
+  logger: DaemonLogger;
+}
+
+export interface UnixGrpcServer {
+  readonly path: string;
+  /** Stops accepting, lets calls in flight finish (briefly), removes the socket file. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Serves `services` on the Unix socket `path`. Startup problems (directory, a live server on the
+ * path, a non-socket file, bind, mode) are one ERR_STARTUP naming the path.
+ */
+export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcServer> {
+  const { path, logger } = o;
+  const startupError = (message: string, cause?: unknown) =>
+    new TesseraError(
+      TesseraErrorCode.STARTUP,
+      `${o.what} ${path}: ${message}`,
+      cause === undefined ? undefined : { cause },
+    );
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
+    throw startupError(
+      `the path is ${Buffer.byteLength(path)} bytes long; Unix socket paths are limited to ${MAX_SOCKET_PATH} bytes`,
+    );
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: o.dirMode });
+  } catch (err) {
+    throw startupError(`cannot create the directory ${dirname(path)}: ${errnoText(err)}`, err);
+  }
+  let isSocket = false;
+  let exists = true;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw startupError(`cannot inspect the path: ${errnoText(err)}`, err);
+    exists = false;
+  }
+  if (exists) {
+    if (!isSocket)
+      throw startupError(`the path exists and is not a socket; remove it or set ${o.configKey} elsewhere`);
+    if (await inUse(path))
+      throw startupError(
+        `another process is serving on this socket; stop it or set ${o.configKey} elsewhere`,
+      );
+    try {
+      rmSync(path);
+    } catch (err) {
+      throw startupError(`cannot remove the stale socket file: ${errnoText(err)}`, err);
+    }
+  }
+
+  const server = new grpc.Server({
+    ...(o.interceptors === undefined ? {} : { interceptors: o.interceptors }),
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
+  for (const s of o.services) server.addService(s.definition, s.implementation);
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+
+  const listener = net.createServer((socket) => {
+    let peer: UnixPeer;
+    try {
+      peer = { ok: true, credentials: peerCredentials(socket) };
+    } catch (err) {
+      peer = { ok: false, reason: `its peer credentials cannot be read: ${(err as Error).message}` };
+      logger.warn(`${o.what}: cannot read the peer credentials of a connection`, {
+        error: (err as Error).message,
+      });
+    }
+    socket.on('error', () => undefined); // a client going away mid-call is not the server's problem
+    tagUnixConnection(socket, peer);
+    injector.injectConnection(socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', (err) => reject(startupError(`cannot listen: ${errnoText(err)}`, err)));
+    listener.listen(path, () => resolve());
+  });
+  try {
+    chmodSync(path, o.mode);
+  } catch (err) {
+    listener.close();
+    throw startupError(`cannot set the socket mode to ${o.mode.toString(8)}: ${errnoText(err)}`, err);
+  }
+  listener.on('error', (err) => logger.error(`${o.what}: socket error`, { error: err.message }));
+
+  let closing: Promise<void> | undefined;
+  return {
+    path,
+    close() {
+      closing ??= (async () => {
+        const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
+        injector.drain(DRAIN_MS);
+        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        injector.destroy();
+        server.forceShutdown();
+        await closed;
+        rmSync(path, { force: true });
+      })();
+      return closing;
+    },
+  };
+}
