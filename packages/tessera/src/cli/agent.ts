@@ -13,10 +13,12 @@ import {
   usageError,
   withClient,
 } from './admin-client.js';
+import { agentRunCommand } from './agent-run.js';
 import type { Io } from './main.js';
 
-const USAGE = `usage: tessera agent list|show|ban|evict|count [flags]
+const USAGE = `usage: tessera agent run|list|show|ban|evict|count [flags]
 
+  run     start the agent on this machine: --config agent.yaml [--join-token token]
   list    attested agents: [--selector type:value] [--banned true|false]
   show    --spiffe-id id
   ban     --spiffe-id id: cut the agent off now; it cannot attest again until evicted
@@ -75,6 +77,7 @@ async function list(f: Flags, io: Io): Promise<number> {
 
 /** `tessera agent …` */
 export async function agentCommand(args: string[], io: Io): Promise<number> {
+  if (args[0] === 'run') return agentRunCommand(args.slice(1), io);
   const [sub, ...rest] = args;
   switch (sub) {
     case 'list':

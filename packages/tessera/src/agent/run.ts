@@ -1,0 +1,269 @@
+// `tessera agent run`: resume from data_dir or attest, then keep the node's identities current and
+// serve them on the Workload API socket. Every startup failure is one ERR_STARTUP naming its cause.
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { create, toBinary } from '@bufbuild/protobuf';
+import {
+  parseSpiffeBundle,
+  parseTrustDomain,
+  parseX509BundlePem,
+  SpiffeBundle,
+  type TrustDomain,
+  type X509Bundle,
+} from 'spiffe';
+import { createCsr } from '../common/csr.js';
+import { lockDataDir, makeDataDir, startHealthServer, startupError } from '../common/daemon.js';
+import { createLogger, type DaemonLogger } from '../common/log.js';
+import { Metrics } from '../common/metrics.js';
+import { serveOnUnixSocket, unixPeerOf } from '../common/unix-grpc.js';
+import { X509PopPayloadSchema } from '../gen/tessera/agent/v1/agent_pb.js';
+import { x509popChallengeResponse } from '../server/attestation/x509pop.js';
+import { generateKeyPairOfType } from '../server/keymanager/generate.js';
+import type { AgentConfig } from './config.js';
+import { createWorkloadApi } from './endpoints/workload-api.js';
+import { AgentManager } from './manager.js';
+import { ServerClient } from './server-client.js';
+import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
+import { attestWorkload } from './workload/attest.js';
+import { UnixWorkloadAttestor } from './workload/unix.js';
+
+const fail = (message: string, cause?: unknown) => startupError('agent', message, cause);
+
+export interface RunningAgent {
+  readonly manager: AgentManager;
+  readonly healthPort: number;
+  readonly socketPath: string;
+  stop(): Promise<void>;
+}
+
+/** The bundle the agent trusts the server with before it has one of its own. */
+async function bootstrapBundle(config: AgentConfig, td: TrustDomain): Promise<X509Bundle | 'insecure'> {
+  const parse = (text: string, from: string): X509Bundle => {
+    try {
+      return text.trimStart().startsWith('{')
+        ? parseSpiffeBundle(td, text).x509Bundle()
+        : parseX509BundlePem(td, text);
+    } catch (err) {
+      throw fail(
+        `the trust bundle from ${from} is not a PEM or SPIFFE bundle: ${(err as Error).message}`,
+        err,
+      );
+    }
+  };
+  if (config.trust_bundle_path !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(config.trust_bundle_path, 'utf8');
+    } catch (err) {
+      throw fail(
+        `cannot read trust_bundle_path ${config.trust_bundle_path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        err,
+      );
+    }
+    return parse(text, config.trust_bundle_path);
+  }
+  if (config.trust_bundle_url !== undefined) {
+    let res: Response;
+    try {
+      res = await fetch(config.trust_bundle_url, { signal: AbortSignal.timeout(10_000) });
+    } catch (err) {
+      throw fail(`cannot fetch trust_bundle_url ${config.trust_bundle_url}: ${(err as Error).message}`, err);
+    }
+    if (!res.ok) throw fail(`trust_bundle_url ${config.trust_bundle_url} answered HTTP ${res.status}`);
+    return parse(await res.text(), config.trust_bundle_url);
+  }
+  if (config.insecure_bootstrap) return 'insecure';
+  throw fail(
+    'the agent has no identity yet and no way to trust the server: set trust_bundle_path, trust_bundle_url, or (labs only) insecure_bootstrap: true',
+  );
+}
+
+/** The node attestor's evidence and, for challenge–response attestors, how to answer. */
+function nodeEvidence(
+  config: AgentConfig,
+  joinToken: string | undefined,
+): { type: string; payload: Uint8Array; respond?: (c: Uint8Array) => Uint8Array } {
+  const pop = config.node_attestor.x509pop;
+  if (pop !== undefined) {
+    let chain: X509Certificate[];
+    let key: KeyObject;
+    try {
+      chain = (
+        readFileSync(pop.certificate_path, 'utf8').match(
+          /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g,
+        ) ?? []
+      ).map((b) => new X509Certificate(b));
+    } catch (err) {
+      throw fail(
+        `node_attestor.x509pop: cannot read ${pop.certificate_path}: ${(err as Error).message}`,
+        err,
+      );
+    }
+    if (chain.length === 0)
+      throw fail(`node_attestor.x509pop: ${pop.certificate_path} holds no PEM certificate`);
+    try {
+      key = createPrivateKey(readFileSync(pop.private_key_path));
+    } catch (err) {
+      throw fail(
+        `node_attestor.x509pop: cannot read the key ${pop.private_key_path}: ${(err as Error).message}`,
+        err,
+      );
+    }
+    if (!chain[0]?.checkPrivateKey(key))
+      throw fail(`node_attestor.x509pop: ${pop.private_key_path} is not the key of ${pop.certificate_path}`);
+    return {
+      type: 'x509pop',
+      payload: toBinary(
+        X509PopPayloadSchema,
+        create(X509PopPayloadSchema, { certificates: chain.map((c) => c.raw) }),
+      ),
+      respond: (nonce) => x509popChallengeResponse(nonce, key),
+    };
+  }
+  const jt = config.node_attestor.join_token;
+  let token = joinToken ?? jt?.token;
+  if (token === undefined && jt?.token_file !== undefined) {
+    try {
+      token = readFileSync(jt.token_file, 'utf8').split('\n')[0]?.trim();
+    } catch (err) {
+      throw fail(
+        `node_attestor.join_token: cannot read token_file ${jt.token_file}: ${(err as Error).message}`,
+        err,
+      );
+    }
+  }
+  if (token === undefined || token === '')
+    throw fail(
+      'the agent is not attested yet: give it a join token (--join-token, node_attestor.join_token.token or token_file)',
+    );
+  return { type: 'join_token', payload: Buffer.from(token, 'utf8') };
+}
+
+/** Attests the node and saves the agent SVID, key and bundle in data_dir. */
+async function attest(
+  config: AgentConfig,
+  td: TrustDomain,
+  address: string,
+  joinToken: string | undefined,
+  logger: DaemonLogger,
+): Promise<AgentState> {
+  const evidence = nodeEvidence(config, joinToken);
+  const trust = await bootstrapBundle(config, td);
+  if (trust === 'insecure')
+    logger.warn(
+      'agent: INSECURE BOOTSTRAP — the server is not authenticated for this first attestation (insecure_bootstrap: true); never use this outside a lab',
+    );
+  const client = new ServerClient({
+    address,
+    trustDomain: td,
+    ...(trust === 'insecure' ? { insecure: true } : { bundle: trust }),
+  });
+  const key = generateKeyPairOfType('ec-p256').privateKey;
+  try {
+    const r = await client.attest(
+      { type: evidence.type, payload: evidence.payload, csr: createCsr(key) },
+      evidence.respond,
+    );
+    const chain = r.svidChain.map((d) => new X509Certificate(d));
+    const bundle =
+      r.bundle === undefined
+        ? new SpiffeBundle({ trustDomain: td })
+        : parseSpiffeBundle(td, Buffer.from(r.bundle.spiffeBundle).toString());
+    saveAgentSvid(config.data_dir, chain, key);
+    saveBundle(config.data_dir, bundle);
+    logger.info('agent: attested', {
+      spiffe_id: r.spiffeId,
+      attestor: evidence.type,
+      selectors: r.selectors.length,
+    });
+    return { chain, key, bundle };
+  } catch (err) {
+    const e = err as { details?: string; message: string };
+    throw fail(
+      `node attestation (${evidence.type}) with the server at ${address} failed: ${e.details ?? e.message}`,
+      err,
+    );
+  } finally {
+    client.close();
+  }
+}
+
+export async function startAgent(
+  config: AgentConfig,
+  opts: { joinToken?: string; logger?: DaemonLogger } = {},
+): Promise<RunningAgent> {
+  const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format });
+  const td = parseTrustDomain(config.trust_domain);
+  const address = `${config.server_address}:${config.server_port}`;
+  makeDataDir('agent', config.data_dir);
+  const unlock = lockDataDir('agent', config.data_dir);
+  const cleanups: (() => Promise<void> | void)[] = [unlock];
+  const stop = async () => {
+    for (const c of cleanups.reverse()) await c();
+  };
+  try {
+    let state = loadAgentState(config.data_dir, td);
+    const expired =
+      state !== undefined && new Date((state.chain[0] as X509Certificate).validTo).getTime() <= Date.now();
+    if (state === undefined || expired || opts.joinToken !== undefined) {
+      if (expired) logger.warn('agent: the saved agent SVID has expired; attesting again');
+      state = await attest(config, td, address, opts.joinToken, logger);
+    } else {
+      logger.info('agent: resuming with the saved agent SVID', {
+        expires: (state.chain[0] as X509Certificate).validTo,
+      });
+    }
+    const metrics = new Metrics();
+    const manager = new AgentManager({
+      trustDomain: td,
+      serverAddress: address,
+      dataDir: config.data_dir,
+      state,
+      workloadKeyType: config.workload_key_type,
+      logger: logger.with({ subsystem: 'manager' }),
+      metrics,
+    });
+    cleanups.push(() => manager.close());
+    manager.start();
+    const attestors = [new UnixWorkloadAttestor({ sha256: config.workload_attestors.unix.sha256 })];
+    const workloadApi = createWorkloadApi({
+      manager,
+      attest: async (call) => {
+        const peer = unixPeerOf(call);
+        if (peer === undefined || !peer.ok)
+          throw new Error(peer?.ok === false ? peer.reason : 'the caller is unknown');
+        return attestWorkload(peer.credentials, attestors);
+      },
+      logger: logger.with({ subsystem: 'workload-api' }),
+      metrics,
+    });
+    const socket = await serveOnUnixSocket({
+      path: config.socket_path,
+      mode: 0o777,
+      dirMode: 0o755,
+      what: 'agent socket',
+      configKey: 'socket_path',
+      services: [workloadApi],
+      logger,
+    });
+    cleanups.push(() => socket.close());
+    const health = await startHealthServer({
+      role: 'agent',
+      address: config.health.address,
+      port: config.health.port,
+      metrics,
+      ready: () => manager.synced && manager.banned === undefined,
+    });
+    cleanups.push(() => health.close());
+    logger.info('agent started', {
+      spiffe_id: manager.id,
+      server: address,
+      socket: config.socket_path,
+      health: `${config.health.address}:${health.port}`,
+    });
+    return { manager, healthPort: health.port, socketPath: config.socket_path, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}

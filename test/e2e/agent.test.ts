@@ -1,0 +1,215 @@
+// The agent as operators run it: a real server and a real agent process, workloads as real
+// processes under different uids, identified by the kernel (SO_PEERCRED), the Workload API over a
+// real Unix socket, spoken by the spiffe library.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { makeTempDir, type TempDir } from '@tessera/testkit';
+import { createWorkloadApiClient, type X509Context } from 'spiffe';
+import { spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const NOBODY = 65534;
+const OTHER = 65533;
+const isRoot = process.getuid?.() === 0;
+
+/** Runs a command to completion. */
+function exec(
+  args: string[],
+  opts: { uid?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(args[0] as string, args.slice(1), {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid }),
+      env: { ...process.env, ...opts.env },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+  });
+}
+
+/** A workload process (as `uid`) that fetches its X.509 context once and prints the SPIFFE IDs, or the error. */
+const FETCH = `
+import { createWorkloadApiClient } from 'spiffe';
+const c = createWorkloadApiClient();
+try {
+  const ctx = await c.fetchX509Context();
+  console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()) }));
+} catch (err) {
+  console.log(JSON.stringify({ error: err.message, code: err.cause?.code }));
+} finally { c.close(); }
+`;
+
+describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as other uids' }, () => {
+  let tmp: TempDir;
+  let server: TesseraProcess;
+  let agent: TesseraProcess;
+  let socket: string;
+  let agentConfig: string;
+  let serverSocket: string;
+  const cli = (...args: string[]) => exec([process.execPath, TESSERA_BIN, ...args, '--socket', serverSocket]);
+  const json = async (...args: string[]) => {
+    const r = await cli(...args, '--output', 'json');
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  const fetchAs = async (uid: number | undefined) => {
+    const r = await exec([process.execPath, '--input-type=module', '-e', FETCH], {
+      ...(uid === undefined ? {} : { uid }),
+      env: { SPIFFE_ENDPOINT_SOCKET: `unix://${socket}` },
+    });
+    return JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '{}') as {
+      ids?: string[];
+      error?: string;
+      code?: number;
+    };
+  };
+
+  before(async () => {
+    tmp = await makeTempDir('agent-e2e-');
+    chmodSync(tmp.path, 0o755);
+    const srvDir = join(tmp.path, 'server');
+    mkdirSync(srvDir, { recursive: true });
+    serverSocket = join(srvDir, 'admin.sock');
+    writeFileSync(
+      join(srvDir, 'server.yaml'),
+      `trust_domain: example.org\ndata_dir: ${srvDir}/data\nadmin_socket: ${serverSocket}\nagent_api: { address: 127.0.0.1, port: 0 }\nhealth: { port: 0 }\n`,
+    );
+    server = spawnTessera('server', 'run', '--config', join(srvDir, 'server.yaml'));
+    const [, port] = await waitForLog(server, /server started .*agent_api=127\.0\.0\.1:(\d+)/);
+    const token = (await json('token', 'generate', '--agent-name', 'node-1')).token as string;
+    const bundle = await cli('bundle', 'show');
+    const agentDir = join(tmp.path, 'agent');
+    mkdirSync(agentDir, { recursive: true });
+    writeFileSync(join(agentDir, 'bundle.pem'), bundle.stdout);
+    socket = join(tmp.path, 'run', 'agent.sock');
+    agentConfig = join(agentDir, 'agent.yaml');
+    writeFileSync(
+      agentConfig,
+      `trust_domain: example.org\nserver_address: 127.0.0.1\nserver_port: ${port}\ntrust_bundle_path: ${agentDir}/bundle.pem\nsocket_path: ${socket}\ndata_dir: ${agentDir}/data\nhealth: { port: 0 }\n`,
+    );
+    const parent = 'spiffe://example.org/tessera/agent/join_token/node-1';
+    await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/nobody',
+      '--parent-id',
+      parent,
+      '--selector',
+      `unix:uid:${NOBODY}`,
+    );
+    await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/root',
+      '--parent-id',
+      parent,
+      '--selector',
+      'unix:uid:0',
+    );
+    agent = spawnTessera('agent', 'run', '--config', agentConfig, '--join-token', token);
+    await waitForLog(agent, /agent started/);
+  });
+
+  after(async () => {
+    agent?.child.kill('SIGTERM');
+    server?.child.kill('SIGTERM');
+    await Promise.all([agent?.exit, server?.exit]);
+    await tmp?.cleanup();
+  });
+
+  it('gives each uid its own SVID, identified by the kernel, and nothing to a process that matches no entry', async () => {
+    const [root, nobody, other] = await Promise.all([fetchAs(undefined), fetchAs(NOBODY), fetchAs(OTHER)]);
+    assert.deepEqual(root.ids, ['spiffe://example.org/root'], JSON.stringify(root));
+    assert.deepEqual(nobody.ids, ['spiffe://example.org/nobody'], JSON.stringify(nobody));
+    assert.equal(other.ids, undefined);
+    assert.match(other.error ?? '', /no identity|permission/i);
+  });
+
+  it('pushes a new entry to an open stream within seconds, and drops a deleted one', async () => {
+    const client = createWorkloadApiClient({ address: `unix://${socket}` });
+    const seen: X509Context[] = [];
+    let wake: (() => void) | undefined;
+    const controller = new AbortController();
+    const errors: string[] = [];
+    const watching = client.watchX509Context(
+      {
+        onUpdate: (ctx) => {
+          seen.push(ctx);
+          wake?.();
+        },
+        onError: (err) => {
+          errors.push(err.message);
+          wake?.();
+        },
+      },
+      controller.signal,
+    );
+    const until = async (pred: () => boolean) => {
+      while (!pred()) await new Promise<void>((r) => (wake = r));
+    };
+    await until(() => seen.length > 0);
+    const created = await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/root-2',
+      '--parent-id',
+      'spiffe://example.org/tessera/agent/join_token/node-1',
+      '--selector',
+      'unix:uid:0',
+    );
+    const started = Date.now();
+    await until(() =>
+      seen.some((c) => c.svids.some((s) => s.id.toString() === 'spiffe://example.org/root-2')),
+    );
+    assert.ok(Date.now() - started < 5000);
+    assert.deepEqual(
+      seen.at(-1)?.svids.map((s) => s.id.toString()),
+      ['spiffe://example.org/root', 'spiffe://example.org/root-2'],
+    );
+    await cli('entry', 'delete', '--entry-id', created.results[0].entry.id);
+    await until(() => seen.at(-1)?.svids.length === 1);
+    controller.abort();
+    await watching.catch(() => undefined);
+    client.close();
+  });
+
+  it('resumes after a restart without a join token', async () => {
+    agent.child.kill('SIGTERM');
+    assert.equal(await agent.exit, 0, agent.stderr());
+    agent = spawnTessera('agent', 'run', '--config', agentConfig);
+    await waitForLog(agent, /resuming with the saved agent SVID[\s\S]*agent started/);
+    const nobody = await fetchAs(NOBODY);
+    assert.deepEqual(nobody.ids, ['spiffe://example.org/nobody'], JSON.stringify(nobody));
+  });
+
+  it('stops serving identities when the agent is banned', async () => {
+    const r = await cli(
+      'agent',
+      'ban',
+      '--spiffe-id',
+      'spiffe://example.org/tessera/agent/join_token/node-1',
+    );
+    assert.equal(r.code, 0, r.stderr);
+    await waitForLog(agent, /no identity is served any more/);
+    const root = await fetchAs(undefined);
+    assert.equal(root.ids, undefined);
+    assert.match(root.error ?? '', /no identity|permission/i);
+  });
+});
