@@ -1,5 +1,6 @@
 import { CliError } from './admin-client.js';
 import { agentCommand } from './agent.js';
+import { apiCommand } from './api.js';
 import { authorityCommand } from './authority.js';
 import { bundleCommand } from './bundle.js';
 import { entryCommand } from './entry.js';
@@ -32,8 +33,9 @@ commands:
   jwt          mint a JWT-SVID (tessera jwt mint --spiffe-id … --audience …)
   authority    the signing keys: show, prepare, activate, taint, revoke
   healthcheck  exit 0 when the server is ready
+  api          a Workload API client: fetch x509|jwt|bundles, watch, validate (any SPIFFE agent's socket)
 
-Every command but server talks to the server's admin socket (--socket, default
+Every command but server and api talks to the server's admin socket (--socket, default
 /run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
 
 const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
@@ -46,6 +48,7 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   jwt: jwtCommand,
   authority: authorityCommand,
   healthcheck: healthcheckCommand,
+  api: apiCommand,
 };
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
