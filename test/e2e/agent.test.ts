@@ -4,9 +4,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
 import { createWorkloadApiClient, type X509Context } from 'spiffe';
 import { spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
@@ -41,13 +43,36 @@ function exec(
   });
 }
 
+/** A port nobody listens on now (the server restarts on the same one in the outage test). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0));
+    });
+  });
+}
+
 /** A workload process (as `uid`) that fetches its X.509 context once and prints the SPIFFE IDs, or the error. */
 const FETCH = `
 import { createWorkloadApiClient } from 'spiffe';
 const c = createWorkloadApiClient();
+const want = Number(process.env.WANT ?? 0);
 try {
-  const ctx = await c.fetchX509Context();
-  console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()) }));
+  if (want === 0) {
+    const ctx = await c.fetchX509Context();
+    console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()) }));
+  } else {
+    // Watch until the context holds WANT SVIDs (an update pushed by the agent), then print it.
+    const ac = new AbortController();
+    await c.watchX509Context({ onUpdate: (ctx) => {
+      if (ctx.svids.length < want) return;
+      console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()) }));
+      ac.abort();
+    } }, ac.signal).catch(() => undefined);
+  }
 } catch (err) {
   console.log(JSON.stringify({ error: err.message, code: err.cause?.code }));
 } finally { c.close(); }
@@ -60,16 +85,17 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
   let socket: string;
   let agentConfig: string;
   let serverSocket: string;
+  let serverConfig: string;
   const cli = (...args: string[]) => exec([process.execPath, TESSERA_BIN, ...args, '--socket', serverSocket]);
   const json = async (...args: string[]) => {
     const r = await cli(...args, '--output', 'json');
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout);
   };
-  const fetchAs = async (uid: number | undefined) => {
+  const fetchAs = async (uid: number | undefined, want = 0) => {
     const r = await exec([process.execPath, '--input-type=module', '-e', FETCH], {
       ...(uid === undefined ? {} : { uid }),
-      env: { SPIFFE_ENDPOINT_SOCKET: `unix://${socket}` },
+      env: { SPIFFE_ENDPOINT_SOCKET: `unix://${socket}`, WANT: String(want) },
     });
     return JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '{}') as {
       ids?: string[];
@@ -86,9 +112,10 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     serverSocket = join(srvDir, 'admin.sock');
     writeFileSync(
       join(srvDir, 'server.yaml'),
-      `trust_domain: example.org\ndata_dir: ${srvDir}/data\nadmin_socket: ${serverSocket}\nagent_api: { address: 127.0.0.1, port: 0 }\nhealth: { port: 0 }\n`,
+      `trust_domain: example.org\ndata_dir: ${srvDir}/data\nadmin_socket: ${serverSocket}\nagent_api: { address: 127.0.0.1, port: ${await freePort()} }\nhealth: { port: 0 }\nx509_svid_ttl: 8s\n`,
     );
-    server = spawnTessera('server', 'run', '--config', join(srvDir, 'server.yaml'));
+    serverConfig = join(srvDir, 'server.yaml');
+    server = spawnTessera('server', 'run', '--config', serverConfig);
     const [, port] = await waitForLog(server, /server started .*agent_api=127\.0\.0\.1:(\d+)/);
     const token = (await json('token', 'generate', '--agent-name', 'node-1')).token as string;
     const bundle = await cli('bundle', 'show');
@@ -188,6 +215,89 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     controller.abort();
     await watching.catch(() => undefined);
     client.close();
+  });
+
+  it('serves JWT-SVIDs, X.509 and JWT bundles, and validates tokens, as the spiffe library sees them', async () => {
+    const client = createWorkloadApiClient({ address: `unix://${socket}` });
+    try {
+      const jwt = await client.fetchJwtSvid({ audience: ['payments', 'ledger'] });
+      assert.equal(jwt.id.toString(), 'spiffe://example.org/root');
+      assert.deepEqual([...jwt.audience].sort(), ['ledger', 'payments']);
+      const again = await client.fetchJwtSvid({ audience: ['ledger', 'payments'] });
+      assert.equal(again.marshal(), jwt.marshal(), 'cached until half its life');
+      const validated = await client.validateJwtSvid(jwt.marshal(), 'payments');
+      assert.equal(validated.id.toString(), 'spiffe://example.org/root');
+      await assert.rejects(client.validateJwtSvid(jwt.marshal(), 'someone-else'), /audience/);
+      const x509 = await client.fetchX509Bundles();
+      assert.equal(x509.list().length, 1);
+      const jwtBundles = await client.fetchJwtBundles();
+      assert.ok(jwtBundles.list()[0]?.authorities.size ?? 0 >= 1);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses a call without the security header with INVALID_ARGUMENT', async () => {
+    const raw = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure());
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      const call = raw.makeServerStreamRequest(
+        '/SpiffeWorkloadAPI/FetchX509SVID',
+        () => Buffer.alloc(0),
+        (b: Buffer) => b,
+        {},
+      );
+      call.on('error', resolve);
+      call.on('data', () => undefined);
+    });
+    raw.close();
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(err.details, /security header missing/);
+  });
+
+  it('rotates a workload SVID at about half its life (TTL 8 s) on an open stream', async () => {
+    const client = createWorkloadApiClient({ address: `unix://${socket}` });
+    const serials: string[] = [];
+    let wake: (() => void) | undefined;
+    const controller = new AbortController();
+    const watching = client.watchX509Context(
+      {
+        onUpdate: (ctx) => {
+          const serial = ctx.svids[0]?.certificates[0]?.serialNumber;
+          if (serial !== undefined && serials.at(-1) !== serial) serials.push(serial);
+          wake?.();
+        },
+      },
+      controller.signal,
+    );
+    while (serials.length < 2) await new Promise<void>((r) => (wake = r));
+    controller.abort();
+    await watching.catch(() => undefined);
+    client.close();
+    assert.notEqual(serials[0], serials[1]);
+  });
+
+  it('keeps serving cached SVIDs while the server is down, and resumes when it is back', async () => {
+    server.child.kill('SIGTERM');
+    assert.equal(await server.exit, 0, server.stderr());
+    await waitForLog(agent, /lost the push stream/);
+    const during = await fetchAs(NOBODY);
+    assert.deepEqual(during.ids, ['spiffe://example.org/nobody'], JSON.stringify(during));
+    server = spawnTessera('server', 'run', '--config', serverConfig);
+    await waitForLog(server, /server started/);
+    await waitForLog(agent, /connected to the server[\s\S]*connected to the server/);
+    const created = await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/nobody-2',
+      '--parent-id',
+      'spiffe://example.org/tessera/agent/join_token/node-1',
+      '--selector',
+      `unix:uid:${NOBODY}`,
+    );
+    const after = await fetchAs(NOBODY, 2);
+    assert.deepEqual(after.ids, ['spiffe://example.org/nobody', 'spiffe://example.org/nobody-2']);
+    await cli('entry', 'delete', '--entry-id', created.results[0].entry.id);
   });
 
   it('resumes after a restart without a join token', async () => {
