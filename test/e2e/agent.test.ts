@@ -323,3 +323,48 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     assert.match(root.error ?? '', /no identity|permission/i);
   });
 });
+
+describe('tessera agent run: startup errors', () => {
+  let tmp: TempDir;
+  before(async () => {
+    tmp = await makeTempDir('agent-start-');
+  });
+  after(() => tmp.cleanup());
+
+  const start = async (yaml: string, ...args: string[]) => {
+    const file = join(tmp.path, `agent-${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(file, yaml);
+    const p = spawnTessera('agent', 'run', '--config', file, ...args);
+    const code = await p.exit;
+    return { code, stderr: p.stderr() };
+  };
+  const base = (name: string) =>
+    `trust_domain: example.org\nserver_address: 127.0.0.1\nserver_port: 1\nsocket_path: ${tmp.path}/${name}.sock\ndata_dir: ${tmp.path}/${name}\nhealth: { port: 0 }\n`;
+
+  it('says how to attest when there is no token, and how to trust the server when there is no bundle', async () => {
+    const noToken = await start(`${base('a')}insecure_bootstrap: true\n`);
+    assert.equal(noToken.code, 1);
+    assert.match(noToken.stderr, /tessera agent: agent: the agent is not attested yet: give it a join token/);
+    const noTrust = await start(base('b'), '--join-token', 'x'.repeat(20));
+    assert.equal(noTrust.code, 1);
+    assert.match(
+      noTrust.stderr,
+      /no way to trust the server: set trust_bundle_path, trust_bundle_url, or \(labs only\) insecure_bootstrap: true/,
+    );
+    const badFile = await start(
+      `${base('c')}trust_bundle_path: ${tmp.path}/missing.pem\n`,
+      '--join-token',
+      'x'.repeat(20),
+    );
+    assert.equal(badFile.code, 1);
+    assert.match(badFile.stderr, /cannot read trust_bundle_path .*missing\.pem: ENOENT/);
+    const unreachable = await start(`${base('d')}insecure_bootstrap: true\n`, '--join-token', 'x'.repeat(20));
+    assert.equal(unreachable.code, 1);
+    assert.match(
+      unreachable.stderr,
+      /node attestation \(join_token\) with the server at 127\.0\.0\.1:1 failed/,
+    );
+    assert.match(unreachable.stderr, /INSECURE BOOTSTRAP/);
+    for (const r of [noToken, noTrust, badFile, unreachable]) assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+});
