@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ConfigError } from '../common/config-schema.js';
 import { parseAgentConfig } from './config.js';
@@ -14,6 +15,14 @@ function problems(text: string): string[] {
 }
 
 describe('agent configuration', () => {
+  it('the example in docs/agent.md is a valid configuration', () => {
+    const doc = readFileSync(new URL('../../docs/agent.md', import.meta.url), 'utf8');
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
+    assert.ok(yaml, 'docs/agent.md has a yaml block');
+    const c = parseAgentConfig(yaml, 'docs/agent.md');
+    assert.equal(c.node_attestor.join_token?.token_file, '/etc/tessera/token');
+  });
+
   it('applies SPIRE-like defaults to a minimal file', () => {
     const c = parseAgentConfig('trust_domain: example.org\nserver_address: tessera.internal\n');
     assert.equal(c.server_port, 8081);
