@@ -113,6 +113,8 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   #tainted = new Set<string>();
   #client: ServerClient;
   #stream: grpc.ClientReadableStream<SyncResponse> | undefined;
+  /** Entry IDs of the snapshot a new stream is sending; entries not in it were removed meanwhile. */
+  #snapshot: Set<string> | undefined;
   #synced = false;
   #banned: string | undefined;
   #closed = false;
@@ -248,6 +250,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     if (this.#closed) return;
     const stream = this.#client.sync();
     this.#stream = stream;
+    this.#snapshot = new Set();
     stream.on('data', (m: SyncResponse) => {
       if (!this.#connected) {
         this.#connected = true;
@@ -322,19 +325,32 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       if (before === undefined || before.revision !== e.revision) this.#pending.add(e.id);
       changed = true;
     }
-    for (const id of m.removedEntryIds) {
-      this.#entries.delete(id);
-      this.#pending.delete(id);
-      if (this.#svids.delete(id)) changed = true;
-      for (const k of this.#jwt.keys()) if (k.startsWith(`${id}\n`)) this.#jwt.delete(k);
-      changed = true;
-    }
+    for (const id of m.removedEntryIds) changed = this.#forget(id) || changed;
     if (m.taintedAuthorities.length > 0) this.#taint(m.taintedAuthorities);
+    if (this.#snapshot !== undefined) {
+      for (const e of m.upserted) this.#snapshot.add(e.id);
+      if (m.synced) {
+        // The snapshot is complete: whatever the agent holds beyond it was removed while it was away.
+        for (const id of [...this.#entries.keys()])
+          if (!this.#snapshot.has(id)) changed = this.#forget(id) || changed;
+        this.#snapshot = undefined;
+      }
+    }
     if (m.synced && !this.#synced) {
       this.#synced = true;
     }
     if (changed) this.emit('update');
     this.#scheduleIssue();
+  }
+
+  /** Drops an entry the agent is no longer entitled to, with its SVID and JWT-SVIDs. */
+  #forget(id: string): boolean {
+    const had = this.#entries.delete(id);
+    this.#pending.delete(id);
+    this.#retryAt.delete(id);
+    this.#svids.delete(id);
+    for (const k of this.#jwt.keys()) if (k.startsWith(`${id}\n`)) this.#jwt.delete(k);
+    return had;
   }
 
   #setBundle(b: Bundle): boolean {

@@ -1,15 +1,20 @@
 // A server started in-process exactly as `tessera server run` starts it, for tests: every port
-// chosen by the kernel, every path in `dir`, logs discarded. `extra` lines are appended to the YAML.
+// chosen by the kernel (unless a fixed agent API port is given, to restart on it), every path in
+// `dir`, logs discarded. `extra` lines are appended to the YAML.
 import { createLogger } from '../../common/log.js';
 import { parseServerConfig } from '../config.js';
 import { type RunningServer, startServer } from '../run.js';
 
-export function startTestServer(dir: string, extra: readonly string[] = []): Promise<RunningServer> {
+export function startTestServer(
+  dir: string,
+  extra: readonly string[] = [],
+  agentApiPort = 0,
+): Promise<RunningServer> {
   const config = parseServerConfig(
     [
       'trust_domain: example.org',
       `data_dir: ${dir}/data`,
-      'agent_api: { address: 127.0.0.1, port: 0 }',
+      `agent_api: { address: 127.0.0.1, port: ${agentApiPort} }`,
       'health: { port: 0 }',
       `admin_socket: ${dir}/admin.sock`,
       ...extra,

@@ -1,0 +1,130 @@
+// The agent manager against a real server (in-process, real TLS, real SQLite): what it holds after
+// the server comes back from an outage during which entries were removed.
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { makeTempDir, type TempDir } from '@tessera/testkit';
+import type { SpiffeBundle } from 'spiffe';
+import { parseTrustDomain } from 'spiffe';
+import { createCsr } from '../common/csr.js';
+import { createLogger } from '../common/log.js';
+import { Metrics } from '../common/metrics.js';
+import { startTestServer } from '../server/api/test-server.test.util.js';
+import { openSqliteDatastore } from '../server/datastore/sqlite.js';
+import { generateKeyPairOfType } from '../server/keymanager/generate.js';
+import type { RunningServer } from '../server/run.js';
+import { AgentManager } from './manager.js';
+import { ServerClient } from './server-client.js';
+
+const td = parseTrustDomain('example.org');
+const sel = [{ type: 'unix', value: 'uid:1000' }];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0));
+    });
+  });
+}
+
+describe('AgentManager', () => {
+  let tmp: TempDir;
+  let server: RunningServer;
+  let port: number;
+  let manager: AgentManager;
+  let agentId: string;
+
+  before(async () => {
+    tmp = await makeTempDir('manager-');
+    port = await freePort();
+    server = await startTestServer(tmp.path, [], port);
+    await server.datastore.createJoinToken({
+      token: 'manager-test-token-0123',
+      expiresAt: new Date(Date.now() + 60_000),
+      agentName: 'm',
+    });
+    const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
+    const key = generateKeyPairOfType('ec-p256').privateKey;
+    const c = new ServerClient({
+      address: `127.0.0.1:${port}`,
+      trustDomain: td,
+      bundle: bundle.x509Bundle(),
+    });
+    const r = await c.attest({
+      type: 'join_token',
+      payload: Buffer.from('manager-test-token-0123'),
+      csr: createCsr(key),
+    });
+    c.close();
+    agentId = r.spiffeId;
+    manager = new AgentManager({
+      trustDomain: td,
+      serverAddress: `127.0.0.1:${port}`,
+      dataDir: join(tmp.path, 'agent'),
+      state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
+      workloadKeyType: 'ec-p256',
+      logger: createLogger({ level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+    });
+  });
+
+  after(async () => {
+    await manager?.close();
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  const until = (pred: () => boolean) =>
+    new Promise<void>((resolve) => {
+      if (pred()) return resolve();
+      const check = () => {
+        if (pred()) {
+          manager.off('update', check);
+          resolve();
+        }
+      };
+      manager.on('update', check);
+    });
+
+  it('drops an entry removed while it was disconnected, once the new snapshot is complete', {
+    timeout: 30_000,
+  }, async () => {
+    const keep = await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/keep',
+      parentId: agentId,
+      selectors: sel,
+    });
+    const gone = await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/gone',
+      parentId: agentId,
+      selectors: sel,
+    });
+    manager.start();
+    await until(() => manager.svidsFor(sel).length === 2);
+
+    await server.stop();
+    const ds = await openSqliteDatastore(join(tmp.path, 'data', 'datastore.sqlite3'));
+    await ds.deleteEntry(gone.id);
+    await ds.close();
+    assert.deepEqual(
+      manager
+        .svidsFor(sel)
+        .map((s) => s.entry.spiffeId)
+        .sort(),
+      ['spiffe://example.org/gone', 'spiffe://example.org/keep'],
+      'while the server is away, the agent keeps what it has',
+    );
+
+    server = await startTestServer(tmp.path, [], port);
+    await until(() => manager.entriesFor(sel).length === 1);
+    assert.deepEqual(
+      manager.svidsFor(sel).map((s) => s.entry.id),
+      [keep.id],
+    );
+  });
+});
