@@ -78,6 +78,18 @@ try {
 } finally { c.close(); }
 `;
 
+/** A workload that watches its X.509 context, printing each update, and exits on the first error. */
+const WATCH = `
+import { createWorkloadApiClient } from 'spiffe';
+const c = createWorkloadApiClient();
+const ac = new AbortController();
+await c.watchX509Context({
+  onUpdate: (ctx) => console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()) })),
+  onError: (err) => { console.log(JSON.stringify({ error: err.message, code: err.cause?.code })); ac.abort(); },
+}, ac.signal).catch(() => undefined);
+c.close();
+`;
+
 describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as other uids' }, () => {
   let tmp: TempDir;
   let server: TesseraProcess;
@@ -298,6 +310,43 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     const after = await fetchAs(NOBODY, 2);
     assert.deepEqual(after.ids, ['spiffe://example.org/nobody', 'spiffe://example.org/nobody-2']);
     await cli('entry', 'delete', '--entry-id', created.results[0].entry.id);
+  });
+
+  it('ends the stream of a caller that lost its last entry with PERMISSION_DENIED', async () => {
+    const created = await json(
+      'entry',
+      'create',
+      '--spiffe-id',
+      'spiffe://example.org/other',
+      '--parent-id',
+      'spiffe://example.org/tessera/agent/join_token/node-1',
+      '--selector',
+      `unix:uid:${OTHER}`,
+    );
+    const child = spawn(process.execPath, ['--input-type=module', '-e', WATCH], {
+      cwd: ROOT,
+      uid: OTHER,
+      gid: OTHER,
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socket}` },
+    });
+    const lines: { ids?: string[]; code?: number }[] = [];
+    let wake: (() => void) | undefined;
+    let buf = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      const parts = buf.split('\n');
+      buf = parts.pop() ?? '';
+      for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p));
+      wake?.();
+    });
+    const exited = new Promise((r) => child.once('exit', r));
+    while (lines.length === 0) await new Promise<void>((r) => (wake = r));
+    assert.deepEqual(lines[0]?.ids, ['spiffe://example.org/other']);
+    await cli('entry', 'delete', '--entry-id', created.results[0].entry.id);
+    while (!lines.some((l) => l.code !== undefined)) await new Promise<void>((r) => (wake = r));
+    assert.equal(lines.find((l) => l.code !== undefined)?.code, grpc.status.PERMISSION_DENIED);
+    await exited;
   });
 
   it('resumes after a restart without a join token', async () => {
