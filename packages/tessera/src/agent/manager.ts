@@ -181,6 +181,23 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     return this.#synced;
   }
 
+  /** Resolves true once the first snapshot from the server is in, false after `ms` without it. */
+  whenSynced(ms: number): Promise<boolean> {
+    if (this.#synced) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (v: boolean) => {
+        clearTimeout(t);
+        this.off('update', check);
+        resolve(v);
+      };
+      const check = () => {
+        if (this.#synced) done(true);
+      };
+      const t = setTimeout(() => done(false), ms);
+      this.on('update', check);
+    });
+  }
+
   /** Starts the push stream and the renewal loop. Resolves once the first snapshot is in or failed once. */
   start(): void {
     this.#openStream();
@@ -338,6 +355,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     }
     if (m.synced && !this.#synced) {
       this.#synced = true;
+      changed = true;
     }
     if (changed) this.emit('update');
     this.#scheduleIssue();

@@ -38,6 +38,9 @@ interface Status {
   details: string;
 }
 
+/** How long a unary call waits for the agent's first sync before UNAVAILABLE. */
+const SYNC_WAIT_MS = 5000;
+
 const NO_IDENTITY: Status = { code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' };
 
 function headerProblem(call: Call): Status | undefined {
@@ -122,7 +125,8 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
       call.emit('error', s);
     };
     const send = () => {
-      if (ended || selectors === undefined) return;
+      // Until the first snapshot from the server is in, "no entry" would be a lie: wait for it.
+      if (ended || selectors === undefined || !manager.synced) return;
       const entries = manager.entriesFor(selectors);
       const r = snapshot(entries, selectors);
       if (r === 'wait') return;
@@ -169,7 +173,14 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
       return;
     }
     o.attest(call)
-      .then((selectors) => answer(selectors))
+      .then(async (selectors) => {
+        if (!(await manager.whenSynced(SYNC_WAIT_MS)))
+          return {
+            code: grpc.status.UNAVAILABLE,
+            details: 'the agent has not synced with the server yet; retry',
+          };
+        return answer(selectors);
+      })
       .then(
         (r) => {
           if (typeof r === 'object' && r !== null && 'code' in r && 'details' in r) cb(r as Status);

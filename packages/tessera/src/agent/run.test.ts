@@ -1,0 +1,119 @@
+// The agent started in-process as `tessera agent run` starts it, against a real server: x509pop
+// node attestation from files, node aliases, insecure bootstrap, and what lands in data_dir.
+import assert from 'node:assert/strict';
+import { statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
+import { createWorkloadApiClient } from 'spiffe';
+import { createLogger } from '../common/log.js';
+import { startTestServer } from '../server/api/test-server.test.util.js';
+import type { RunningServer } from '../server/run.js';
+import { parseAgentConfig } from './config.js';
+import { type RunningAgent, startAgent } from './run.js';
+
+const quiet = createLogger({ level: 'error', write: () => undefined });
+const uid = process.getuid?.() ?? 0;
+
+describe('startAgent', () => {
+  let tmp: TempDir;
+  let server: RunningServer;
+  const agents: RunningAgent[] = [];
+  let nodeCa: TestCa;
+
+  before(async () => {
+    tmp = await makeTempDir('agent-run-');
+    nodeCa = TestCa.create({ trustDomain: 'nodes.example' });
+    writeFileSync(join(tmp.path, 'node-ca.pem'), nodeCa.rootPem());
+    server = await startTestServer(tmp.path, [
+      `node_attestors: { x509pop: { ca_bundle_path: ${tmp.path}/node-ca.pem } }`,
+    ]);
+  });
+  after(async () => {
+    for (const a of agents) await a.stop();
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  const agentYaml = (name: string, extra: string[]) =>
+    [
+      'trust_domain: example.org',
+      'server_address: 127.0.0.1',
+      `server_port: ${server.agentApiPort}`,
+      `socket_path: ${tmp.path}/${name}.sock`,
+      `data_dir: ${tmp.path}/${name}`,
+      'health: { port: 0 }',
+      ...extra,
+    ].join('\n');
+
+  it('attests with x509pop from its certificate and key files, and serves entries given to a node alias', async () => {
+    const node = nodeCa.issueCertificate({
+      uris: [],
+      dnsNames: ['web-7.nodes.example'],
+      subject: 'CN=web-7',
+    });
+    writeFileSync(join(tmp.path, 'node.pem'), node.certificatesPem);
+    writeFileSync(join(tmp.path, 'node.key'), node.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
+      mode: 0o600,
+    });
+    writeFileSync(
+      join(tmp.path, 'bundle.json'),
+      (await server.datastore.getBundle(server.authority.x509.trustDomain))?.marshal() ?? '',
+    );
+    // Every node whose certificate says CN=web-7 is "web-nodes"; the workload entry hangs off that alias.
+    await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/web-nodes',
+      parentId: 'spiffe://example.org/tessera/server',
+      selectors: [{ type: 'x509pop', value: 'subject:cn:web-7' }],
+    });
+    await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/web',
+      parentId: 'spiffe://example.org/web-nodes',
+      selectors: [{ type: 'unix', value: `uid:${uid}` }],
+    });
+    const agent = await startAgent(
+      parseAgentConfig(
+        agentYaml('pop', [
+          `trust_bundle_path: ${tmp.path}/bundle.json`,
+          `node_attestor: { x509pop: { certificate_path: ${tmp.path}/node.pem, private_key_path: ${tmp.path}/node.key } }`,
+        ]),
+      ),
+      { logger: quiet },
+    );
+    agents.push(agent);
+    assert.match(agent.manager.id, /^spiffe:\/\/example.org\/tessera\/agent\/x509pop\/[0-9a-f]{64}$/);
+    assert.equal(statSync(join(tmp.path, 'pop', 'agent-key.pem')).mode & 0o777, 0o600);
+    assert.equal(statSync(agent.socketPath).mode & 0o777, 0o777);
+    const client = createWorkloadApiClient({ address: `unix://${agent.socketPath}` });
+    try {
+      const ctx = await client.fetchX509Context();
+      assert.deepEqual(
+        ctx.svids.map((s) => s.id.toString()),
+        ['spiffe://example.org/web'],
+      );
+    } finally {
+      client.close();
+    }
+  });
+
+  it('with insecure_bootstrap, attests without a bundle and keeps the one the server sends', async () => {
+    await server.datastore.createJoinToken({
+      token: 'insecure-bootstrap-token-1',
+      expiresAt: new Date(Date.now() + 60_000),
+    });
+    const lines: string[] = [];
+    const agent = await startAgent(parseAgentConfig(agentYaml('insecure', ['insecure_bootstrap: true'])), {
+      joinToken: 'insecure-bootstrap-token-1',
+      logger: createLogger({ level: 'warn', write: (l) => lines.push(l) }),
+    });
+    agents.push(agent);
+    assert.ok(
+      lines.some((l) => /INSECURE BOOTSTRAP/.test(l)),
+      lines.join('\n'),
+    );
+    assert.equal(
+      agent.manager.bundle.x509Authorities[0]?.fingerprint256,
+      server.authority.x509.certificate.fingerprint256,
+    );
+  });
+});
