@@ -4,14 +4,21 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { makeTempDir, type TempDir } from '@tessera/testkit';
+import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { createWorkloadApiClient, type X509Context } from 'spiffe';
-import { spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
+import {
+  spawnTessera,
+  spawnTesseraWithEnv,
+  TESSERA_BIN,
+  type TesseraProcess,
+  waitForLog,
+} from './tessera-process.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const NOBODY = 65534;
@@ -380,10 +387,11 @@ describe('tessera agent run: startup errors', () => {
   });
   after(() => tmp.cleanup());
 
-  const start = async (yaml: string, ...args: string[]) => {
+  const start = async (yaml: string, ...args: string[]) => startWith({}, yaml, ...args);
+  const startWith = async (env: NodeJS.ProcessEnv, yaml: string, ...args: string[]) => {
     const file = join(tmp.path, `agent-${Math.random().toString(36).slice(2)}.yaml`);
     writeFileSync(file, yaml);
-    const p = spawnTessera('agent', 'run', '--config', file, ...args);
+    const p = spawnTesseraWithEnv(env, 'agent', 'run', '--config', file, ...args);
     const code = await p.exit;
     return { code, stderr: p.stderr() };
   };
@@ -415,5 +423,38 @@ describe('tessera agent run: startup errors', () => {
     );
     assert.match(unreachable.stderr, /INSECURE BOOTSTRAP/);
     for (const r of [noToken, noTrust, badFile, unreachable]) assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
+  it('fetches the bootstrap bundle from trust_bundle_url over https, trusting only the web PKI', async () => {
+    const web = TestCa.create({ trustDomain: 'web.example' });
+    const cert = web.issueCertificate({ uris: [], dnsNames: ['localhost'], subject: 'CN=localhost' });
+    const bundlePem = TestCa.create({ trustDomain: 'example.org' }).rootPem();
+    const https = createHttpsServer(
+      { cert: cert.certificatesPem, key: cert.privateKey.export({ type: 'pkcs8', format: 'pem' }) },
+      (_req, res) => res.end(bundlePem),
+    );
+    await new Promise<void>((r) => https.listen(0, '127.0.0.1', () => r()));
+    const port = (https.address() as { port: number }).port;
+    writeFileSync(join(tmp.path, 'web-ca.pem'), web.rootPem());
+    try {
+      const yaml = `${base('url')}trust_bundle_url: https://localhost:${port}/bundle.pem\n`;
+      const untrusted = await start(yaml, '--join-token', 'x'.repeat(20));
+      assert.equal(untrusted.code, 1);
+      assert.match(untrusted.stderr, /cannot fetch trust_bundle_url https:\/\/localhost/);
+      // Trusting the web CA, the bundle is fetched; attestation then fails on the unreachable server.
+      const trusted = await startWith(
+        { NODE_EXTRA_CA_CERTS: join(tmp.path, 'web-ca.pem') },
+        yaml,
+        '--join-token',
+        'x'.repeat(20),
+      );
+      assert.equal(trusted.code, 1);
+      assert.match(
+        trusted.stderr,
+        /node attestation \(join_token\) with the server at 127\.0\.0\.1:1 failed/,
+      );
+    } finally {
+      await new Promise<void>((r) => https.close(() => r()));
+    }
   });
 });

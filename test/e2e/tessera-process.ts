@@ -16,7 +16,15 @@ export interface TesseraProcess {
 
 /** Starts `tessera <args>` (e.g. `server run --config f`); stdout is ignored, stderr collected. */
 export function spawnTessera(...args: string[]): TesseraProcess {
-  const child = spawn(process.execPath, [TESSERA_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  return spawnTesseraWithEnv({}, ...args);
+}
+
+/** As spawnTessera, with extra environment variables. */
+export function spawnTesseraWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): TesseraProcess {
+  const child = spawn(process.execPath, [TESSERA_BIN, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
     err += d;
