@@ -3,6 +3,8 @@
 //	interop verdicts <vectors.json>
 //	interop tls-server --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) [--addr 127.0.0.1:0]
 //	interop tls-client --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) --addr host:port [--message hi]
+//	interop workload [--audience aud]... [--updates N] [--timeout 60s]   (a workload on $SPIFFE_ENDPOINT_SOCKET)
+//	interop mtls-pair [--server-hint h] [--client-hint h] [--timeout 30s] (an mTLS pair on $SPIFFE_ENDPOINT_SOCKET)
 package main
 
 import (
@@ -13,7 +15,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ...")
+	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ...")
 	os.Exit(2)
 }
 
@@ -32,6 +34,10 @@ func main() {
 		err = runTLSServer(os.Args[2:])
 	case "tls-client":
 		err = runTLSClient(os.Args[2:])
+	case "workload":
+		err = runWorkload(os.Args[2:])
+	case "mtls-pair":
+		err = runMTLSPair(os.Args[2:])
 	default:
 		usage()
 	}
