@@ -2,7 +2,7 @@
 // per operation and ops/s; and reference figures measured in the same run (openssl speed), so the
 // ratio printed beside each result survives a noisy machine.
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 
 export interface BenchOptions {
   /** Warm-up time before measuring; default 500 ms. */
@@ -138,4 +138,26 @@ export function printTable(title: string, rows: Row[]): boolean {
     writeFileSync(process.env.BENCH_JSON, JSON.stringify({ title, rows }, null, 2));
   }
   return lines.every((l) => l[8] !== 'FAIL');
+}
+
+/** Open file descriptors of a process (Linux; this one by default), or NaN. */
+export function openFds(pid: number | 'self' = 'self'): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** The soft limit on open files of this process (Linux; Infinity when unlimited or unknown). */
+export function fdLimit(): number {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    const soft = Number(line?.split(/\s{2,}/)[1]);
+    return Number.isFinite(soft) ? soft : Number.POSITIVE_INFINITY;
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
 }
