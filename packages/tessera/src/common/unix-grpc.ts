@@ -66,7 +66,7 @@ export interface UnixGrpcOptions {
   path: string;
   /** Mode of the socket file (admin 0o700, agent 0o777). */
   mode: number;
-  /** Mode of the parent directory when it has to be created. */
+  /** Mode of each missing parent directory it creates (admin 0o700, agent 0o755), whatever the umask. */
   dirMode: number;
   /** For messages: 'admin socket', 'agent socket'. */
   what: string;
@@ -102,10 +102,18 @@ export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcSer
     throw startupError(
       `the path is ${Buffer.byteLength(path)} bytes long; Unix socket paths are limited to ${MAX_SOCKET_PATH} bytes`,
     );
+  const dir = dirname(path);
   try {
-    mkdirSync(dirname(path), { recursive: true, mode: o.dirMode });
+    // mkdir's mode is masked by the umask (a service run with UMask=0077 would get a 0700 agent
+    // directory nobody else can enter), so each directory created here is given dirMode outright.
+    const first = mkdirSync(dir, { recursive: true, mode: o.dirMode });
+    if (first !== undefined)
+      for (let d = dir; ; d = dirname(d)) {
+        chmodSync(d, o.dirMode);
+        if (d === first || d === dirname(d)) break;
+      }
   } catch (err) {
-    throw startupError(`cannot create the directory ${dirname(path)}: ${errnoText(err)}`, err);
+    throw startupError(`cannot create the directory ${dir}: ${errnoText(err)}`, err);
   }
   let isSocket = false;
   let exists = true;
