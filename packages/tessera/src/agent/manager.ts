@@ -41,14 +41,22 @@ const RETRY_MS = 5000;
 export interface CachedSvid {
   readonly entry: Entry;
   readonly svid: X509Svid;
+  /** The chain and PKCS#8 key as the Workload API sends them, encoded once for every stream. */
+  readonly raw: { readonly certificates: Uint8Array; readonly privateKey: Uint8Array };
   readonly expiresAt: number;
   readonly renewAt: number;
 }
 
-/** Renewal time: about half-way through the lifetime, with ±5% jitter so a fleet does not renew together. */
-export function renewalTime(notBefore: number, notAfter: number, random: () => number = Math.random): number {
-  const life = notAfter - notBefore;
-  return notBefore + life * (0.45 + 0.1 * random());
+/**
+ * Renewal time: about half-way between receipt and expiry, with ±5% jitter so a fleet does not
+ * renew together. Counted from receipt, not NotBefore: NotBefore is backdated for clock skew.
+ */
+export function renewalTime(
+  receivedAt: number,
+  notAfter: number,
+  random: () => number = Math.random,
+): number {
+  return receivedAt + (notAfter - receivedAt) * (0.45 + 0.1 * random());
 }
 
 /** Live sources for the mTLS channel to the server: they emit 'update' when the SVID or bundle changes. */
@@ -128,16 +136,15 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
 
   constructor(options: AgentManagerOptions) {
     super();
+    // One 'update' listener per open Workload API stream: thousands are normal.
+    this.setMaxListeners(0);
     this.#o = options;
     this.#now = options.now ?? Date.now;
     const { chain, key, bundle } = options.state;
     this.#svid = new LiveSvid(this.#toSvid(chain, key));
     this.#bundle = bundle;
     this.#bundleSource = new LiveBundle(bundle.x509Bundle());
-    this.#agentRenewAt = renewalTime(
-      new Date((chain[0] as X509Certificate).validFrom).getTime(),
-      new Date((chain[0] as X509Certificate).validTo).getTime(),
-    );
+    this.#agentRenewAt = renewalTime(this.#now(), new Date((chain[0] as X509Certificate).validTo).getTime());
     this.#client = this.#newClient();
     options.metrics.gaugeFn(
       'tessera_agent_svids_cached',
@@ -282,12 +289,12 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         });
       }
     });
-    stream.on('error', (err: grpc.ServiceError) => this.#streamEnded(err));
-    stream.on('end', () => this.#streamEnded(undefined));
+    stream.on('error', (err: grpc.ServiceError) => this.#streamEnded(stream, err));
+    stream.on('end', () => this.#streamEnded(stream, undefined));
   }
 
-  #streamEnded(err: grpc.ServiceError | undefined): void {
-    if (this.#stream === undefined) return;
+  #streamEnded(stream: grpc.ClientReadableStream<SyncResponse>, err: grpc.ServiceError | undefined): void {
+    if (stream !== this.#stream) return; // a stream the agent replaced itself
     this.#stream = undefined;
     this.#connected = false;
     if (this.#closed || err?.code === grpc.status.CANCELLED) return;
@@ -471,13 +478,14 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         }
         const chain = r.certChain.map((d) => new X509Certificate(d));
         const leaf = chain[0] as X509Certificate;
-        const notBefore = new Date(leaf.validFrom).getTime();
         const expiresAt = new Date(leaf.validTo).getTime();
+        const svid = new X509Svid(parseSpiffeId(r.spiffeId), chain, keys[j] as KeyObject, entry.hint);
         this.#svids.set(id, {
           entry,
-          svid: new X509Svid(parseSpiffeId(r.spiffeId), chain, keys[j] as KeyObject, entry.hint),
+          svid,
+          raw: svid.marshalRaw(),
           expiresAt,
-          renewAt: renewalTime(notBefore, expiresAt),
+          renewAt: renewalTime(this.#now(), expiresAt),
         });
         this.#pending.delete(id);
         this.#retryAt.delete(id);
@@ -498,10 +506,16 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         saveAgentSvid(this.#o.dataDir, chain, key);
         this.#svid.set(this.#toSvid(chain, key));
         const leaf = chain[0] as X509Certificate;
-        this.#agentRenewAt = renewalTime(
-          new Date(leaf.validFrom).getTime(),
-          new Date(leaf.validTo).getTime(),
-        );
+        this.#agentRenewAt = renewalTime(this.#now(), new Date(leaf.validTo).getTime());
+        // An open HTTP/2 connection keeps the certificate of its handshake: move to a new channel so
+        // the server sees the new SVID before the old one expires.
+        const old = this.#client;
+        this.#client = this.#newClient();
+        const stream = this.#stream;
+        this.#stream = undefined;
+        stream?.cancel();
+        this.#openStream();
+        old.close();
         this.#o.logger.info('agent: renewed the agent SVID', { expires: leaf.validTo });
       })
       .catch((err: grpc.ServiceError) => {

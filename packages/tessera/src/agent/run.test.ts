@@ -1,7 +1,8 @@
 // The agent started in-process as `tessera agent run` starts it, against a real server: x509pop
 // node attestation from files, node aliases, insecure bootstrap, and what lands in data_dir.
 import assert from 'node:assert/strict';
-import { statSync, writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
@@ -27,6 +28,7 @@ describe('startAgent', () => {
     writeFileSync(join(tmp.path, 'node-ca.pem'), nodeCa.rootPem());
     server = await startTestServer(tmp.path, [
       `node_attestors: { x509pop: { ca_bundle_path: ${tmp.path}/node-ca.pem } }`,
+      'agent_svid_ttl: 6s',
     ]);
   });
   after(async () => {
@@ -115,5 +117,48 @@ describe('startAgent', () => {
       agent.manager.bundle.x509Authorities[0]?.fingerprint256,
       server.authority.x509.certificate.fingerprint256,
     );
+  });
+
+  it('renews its own SVID at about half its life (agent_svid_ttl 6 s) and keeps working with the new one', {
+    timeout: 30_000,
+  }, async () => {
+    await server.datastore.createJoinToken({
+      token: 'renewal-token-0123456789',
+      expiresAt: new Date(Date.now() + 60_000),
+    });
+    let renewed: (() => void) | undefined;
+    const renewal = new Promise<void>((r) => (renewed = r));
+    const agent = await startAgent(parseAgentConfig(agentYaml('renew', ['insecure_bootstrap: true'])), {
+      joinToken: 'renewal-token-0123456789',
+      logger: createLogger({
+        level: 'info',
+        write: (l) => {
+          if (/renewed the agent SVID/.test(l)) renewed?.();
+        },
+      }),
+    });
+    agents.push(agent);
+    const before = readFileSync(join(tmp.path, 'renew', 'agent-svid.pem'), 'utf8');
+    await renewal;
+    const after = readFileSync(join(tmp.path, 'renew', 'agent-svid.pem'), 'utf8');
+    assert.notEqual(after, before, 'the renewed SVID is saved for the next restart');
+    const stored = await server.datastore.getAgent(agent.manager.id);
+    assert.equal(stored?.serial, new X509Certificate(after).serialNumber.toUpperCase());
+    // A call authenticated with the new SVID works.
+    await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/after-renewal',
+      parentId: agent.manager.id,
+      selectors: [{ type: 'unix', value: `uid:${uid}` }],
+    });
+    const client = createWorkloadApiClient({ address: `unix://${agent.socketPath}` });
+    try {
+      const ctx = await client.fetchX509Context();
+      assert.deepEqual(
+        ctx.svids.map((s) => s.id.toString()),
+        ['spiffe://example.org/after-renewal'],
+      );
+    } finally {
+      client.close();
+    }
   });
 });

@@ -78,8 +78,7 @@ function x509Response(
     return true;
   });
   return create(X509SVIDResponseSchema, {
-    svids: unique.map(({ svid, entry }) => {
-      const raw = svid.marshalRaw();
+    svids: unique.map(({ svid, entry, raw }) => {
       return {
         spiffeId: svid.id.toString(),
         x509Svid: raw.certificates,
