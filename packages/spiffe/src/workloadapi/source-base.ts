@@ -6,8 +6,14 @@ import { createWorkloadApiClient, type WorkloadApiClient, type WorkloadApiClient
 export interface SourceOptions extends WorkloadApiClientOptions {
   /** Use this client instead of creating one (the source then does not close it). */
   client?: WorkloadApiClient;
-  /** Stops the source like close(). */
+  /** Stops the source like close(), whenever it fires (for the lifetime of the source). */
   signal?: AbortSignal;
+  /**
+   * create() gives up (and closes the source) if the first complete update has not arrived within
+   * this many milliseconds; the error says why (e.g. no identity issued). Once ready, the source
+   * stays open until close(). Default: wait as long as it takes.
+   */
+  readyTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -48,12 +54,31 @@ export abstract class LiveSource extends EventEmitter {
   }
 
   /** Waits for `source` to be ready; on failure closes it and rethrows. The sources' create() functions. */
-  protected static async whenReady<S extends LiveSource>(source: S): Promise<S> {
+  protected static async whenReady<S extends LiveSource>(source: S, timeoutMs?: number): Promise<S> {
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await source.ready();
+      await (timeoutMs === undefined
+        ? source.ready()
+        : Promise.race([
+            source.ready(),
+            new Promise<never>((_, reject) => {
+              timer = setTimeout(() => {
+                const why = source.lastError === undefined ? '' : `: ${source.lastError.message}`;
+                reject(
+                  new SpiffeError(
+                    ErrorCode.SOURCE_CLOSED,
+                    `${source.name}: no complete update within ${timeoutMs} ms${why}`,
+                    source.lastError === undefined ? undefined : { cause: source.lastError },
+                  ),
+                );
+              }, timeoutMs);
+            }),
+          ]));
     } catch (err) {
       await source.close();
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
     return source;
   }

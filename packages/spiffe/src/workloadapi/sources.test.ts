@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import * as grpc from '@grpc/grpc-js';
 import { TestCa, TestJwtAuthority } from '@tessera/testkit';
 import { parseJwtBundle } from '../bundle/jwt-bundle.js';
@@ -28,6 +29,38 @@ describe('live sources', () => {
     api = await FakeWorkloadApi.start();
   });
   after(() => api.close());
+
+  it('readyTimeoutMs bounds only the wait for the first update, and says why it gave up', async () => {
+    const denied = await FakeWorkloadApi.start();
+    try {
+      denied.setError('FetchX509SVID', {
+        code: grpc.status.PERMISSION_DENIED,
+        details: 'no identity issued',
+      });
+      await assert.rejects(
+        X509Source.create({ address: denied.address, backoff, readyTimeoutMs: 150 }),
+        (e: unknown) =>
+          isSpiffeError(e, ErrorCode.SOURCE_CLOSED) &&
+          /no complete update within 150 ms: .*no identity/i.test(e.message),
+      );
+    } finally {
+      await denied.close();
+    }
+    api.setX509Svids([{ svid: svid('/timed'), bundle }]);
+    const source = await X509Source.create({ address: api.address, backoff, readyTimeoutMs: 50 });
+    try {
+      // After the deadline has passed (nothing to wait for but time), and through a rotation, the
+      // source is still open.
+      await delay(100);
+      const updated = once(source, 'update');
+      api.setX509Svids([{ svid: svid('/timed-2'), bundle }]);
+      await updated;
+      assert.equal(source.closed, false);
+      assert.equal(source.getX509Svid().id.path, '/timed-2');
+    } finally {
+      await source.close();
+    }
+  });
 
   it('X509Source: ready after the first update, follows rotation with an update event, picks by hint, closes idempotently', async () => {
     api.setX509Svids([

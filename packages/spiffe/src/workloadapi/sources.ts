@@ -50,7 +50,7 @@ export class X509Source extends LiveSource implements X509SvidSource, X509Bundle
 
   /** Creates a source and waits until it has its first SVID (abort with `options.signal`). */
   static async create(options: X509SourceOptions = {}): Promise<X509Source> {
-    return LiveSource.whenReady(new X509Source(options));
+    return LiveSource.whenReady(new X509Source(options), options.readyTimeoutMs);
   }
 
   getX509Svid(): X509Svid {
@@ -102,7 +102,7 @@ export class JwtSource extends LiveSource implements JwtSvidSource, JwtBundleSou
   }
 
   static async create(options: SourceOptions = {}): Promise<JwtSource> {
-    return LiveSource.whenReady(new JwtSource(options));
+    return LiveSource.whenReady(new JwtSource(options), options.readyTimeoutMs);
   }
 
   async fetchJwtSvid(params: JwtSvidParams): Promise<JwtSvid> {
@@ -157,7 +157,7 @@ export class BundleSource extends LiveSource implements X509BundleSource, JwtBun
   }
 
   static async create(options: SourceOptions = {}): Promise<BundleSource> {
-    return LiveSource.whenReady(new BundleSource(options));
+    return LiveSource.whenReady(new BundleSource(options), options.readyTimeoutMs);
   }
 
   getX509BundleForTrustDomain(trustDomain: TrustDomain): X509Bundle {
