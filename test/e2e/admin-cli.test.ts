@@ -238,7 +238,7 @@ describe('tessera admin commands against a running server', () => {
     const r = await cli('token', 'generate', '--spiffe-id', 'spiffe://example.org/node/web', '--ttl', '300');
     assert.equal(r.code, 0, r.stderr);
     const token = r.stdout.match(/^Token\s+: (\S+)$/m)?.[1];
-    assert.ok(token !== undefined && Buffer.from(token, 'base64url').length === 32, r.stdout);
+    assert.ok(token !== undefined && /^[0-9a-f]{64}$/.test(token), r.stdout);
     assert.equal(r.stdout.split(token).length - 1, 1, 'the token is printed once');
     const agentId = r.stdout.match(/^Agent ID\s+: (\S+)$/m)?.[1];
     assert.match(agentId ?? '', /^spiffe:\/\/example.org\/tessera\/agent\/join_token\/[0-9a-f]{32}$/);

@@ -37,7 +37,10 @@ import { adminCallerOf, callerFields } from './admin-caller.js';
 
 /** Join tokens live 600 s unless the request says otherwise (SPIRE's default). */
 export const DEFAULT_JOIN_TOKEN_TTL_SECONDS = 600;
-/** Bytes of randomness in a join token (base64url-encoded: 43 characters). */
+/**
+ * Bytes of randomness in a join token, hex-encoded (64 characters): nothing a shell or an option
+ * parser treats specially (a base64url token may start with '-', which `--join-token -x…` misreads).
+ */
 const JOIN_TOKEN_BYTES = 32;
 
 /** What the admin API needs from the authority: the signing keys and the operator's key commands. */
@@ -349,7 +352,7 @@ export function createAdminService(deps: AdminServiceDeps): {
         const alias = req.spiffeId === '' ? undefined : parseId('spiffe_id', req.spiffeId);
         if (alias !== undefined && !alias.memberOf(td))
           throw invalid(`spiffe_id "${alias}" is not in this server's trust domain "${td.name}"`);
-        const token = random(JOIN_TOKEN_BYTES).toString('base64url');
+        const token = random(JOIN_TOKEN_BYTES).toString('hex');
         const agentId = joinTokenAgentId(td, token, name === '' ? undefined : name);
         const expiresAt = new Date(now().getTime() + ttl * 1000);
         // The alias entry first: if it is refused (a duplicate, say), no token exists that nobody knows.

@@ -174,7 +174,7 @@ describe('admin socket', () => {
     const r = await h.client.unary(Admin.method.createJoinToken, {
       spiffeId: 'spiffe://example.org/node/web',
     });
-    assert.equal(Buffer.from(r.token, 'base64url').length, 32);
+    assert.match(r.token, /^[0-9a-f]{64}$/);
     const hash = createHash('sha256').update(r.token).digest('hex');
     assert.equal(r.agentId, `spiffe://example.org/tessera/agent/join_token/${hash.slice(0, 32)}`);
     const expires = Number(r.expiresAt) - Date.now() / 1000;
