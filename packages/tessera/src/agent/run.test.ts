@@ -150,6 +150,18 @@ describe('startAgent', () => {
       parentId: agent.manager.id,
       selectors: [{ type: 'unix', value: `uid:${uid}` }],
     });
+    // The entry reaches the agent on its push stream (the new channel's): wait for it there.
+    const mine = [{ type: 'unix', value: `uid:${uid}` }];
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (agent.manager.svidsFor(mine).length > 0) {
+          agent.manager.off('update', check);
+          resolve();
+        }
+      };
+      agent.manager.on('update', check);
+      check();
+    });
     const client = createWorkloadApiClient({ address: `unix://${agent.socketPath}` });
     try {
       const ctx = await client.fetchX509Context();
