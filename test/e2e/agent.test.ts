@@ -301,6 +301,10 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     server.child.kill('SIGTERM');
     assert.equal(await server.exit, 0, server.stderr());
     await waitForLog(agent, /lost the push stream/);
+    const [, healthPort] = agent.stderr().match(/agent started .*health=127\.0\.0\.1:(\d+)/) ?? [];
+    const metrics = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+    assert.match(metrics, /^tessera_agent_server_connected 0$/m, 'the outage shows in the metrics');
+    assert.match(metrics, /^tessera_agent_sync_errors_total [1-9]/m);
     const during = await fetchAs(NOBODY);
     assert.deepEqual(during.ids, ['spiffe://example.org/nobody'], JSON.stringify(during));
     server = spawnTessera('server', 'run', '--config', serverConfig);
