@@ -428,7 +428,19 @@ describe('tessera agent run: startup errors', () => {
       /node attestation \(join_token\) with the server at 127\.0\.0\.1:1 failed/,
     );
     assert.match(unreachable.stderr, /INSECURE BOOTSTRAP/);
-    for (const r of [noToken, noTrust, badFile, unreachable]) assert.doesNotMatch(r.stderr, /\n\s+at /);
+    const noTokenFile = await start(
+      `${base('e')}insecure_bootstrap: true\nnode_attestor: { join_token: { token_file: ${tmp.path}/no-token } }\n`,
+    );
+    assert.equal(noTokenFile.code, 1);
+    assert.match(noTokenFile.stderr, /cannot read token_file .*no-token/);
+    // A token from the file is used (and fails on the unreachable server, not before).
+    writeFileSync(join(tmp.path, 'token'), `${'y'.repeat(20)}\n`);
+    const fromFile = await start(
+      `${base('f')}insecure_bootstrap: true\nnode_attestor: { join_token: { token_file: ${tmp.path}/token } }\n`,
+    );
+    assert.match(fromFile.stderr, /node attestation \(join_token\) with the server at 127\.0\.0\.1:1 failed/);
+    for (const r of [noToken, noTrust, badFile, unreachable, noTokenFile, fromFile])
+      assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
   it('fetches the bootstrap bundle from trust_bundle_url over https, trusting only the web PKI', async () => {
