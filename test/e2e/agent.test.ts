@@ -362,6 +362,67 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     await exited;
   });
 
+  it('tessera api fetch|validate work against the agent', async () => {
+    const x509 = await exec([
+      process.execPath,
+      TESSERA_BIN,
+      'api',
+      'fetch',
+      'x509',
+      '--socket',
+      socket,
+      '--output',
+      'json',
+    ]);
+    assert.equal(x509.code, 0, x509.stderr);
+    assert.deepEqual(
+      JSON.parse(x509.stdout).svids.map((s: { spiffe_id: string }) => s.spiffe_id),
+      ['spiffe://example.org/root'],
+    );
+    const jwt = await exec([
+      process.execPath,
+      TESSERA_BIN,
+      'api',
+      'fetch',
+      'jwt',
+      '--audience',
+      'aud-1',
+      '--socket',
+      socket,
+      '--output',
+      'json',
+    ]);
+    assert.equal(jwt.code, 0, jwt.stderr);
+    const token = JSON.parse(jwt.stdout).svids[0].token as string;
+    const ok = await exec([
+      process.execPath,
+      TESSERA_BIN,
+      'api',
+      'validate',
+      '--audience',
+      'aud-1',
+      '--token',
+      token,
+      '--socket',
+      socket,
+    ]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /SVID is valid/);
+    const bad = await exec([
+      process.execPath,
+      TESSERA_BIN,
+      'api',
+      'validate',
+      '--audience',
+      'other',
+      '--token',
+      token,
+      '--socket',
+      socket,
+    ]);
+    assert.equal(bad.code, 1);
+  });
+
   it('resumes after a restart without a join token', async () => {
     agent.child.kill('SIGTERM');
     assert.equal(await agent.exit, 0, agent.stderr());

@@ -232,7 +232,11 @@ export async function startAgent(
         const peer = unixPeerOf(call);
         if (peer === undefined || !peer.ok)
           throw new Error(peer?.ok === false ? peer.reason : 'the caller is unknown');
-        return attestWorkload(peer.credentials, attestors);
+        return attestWorkload(
+          peer.credentials,
+          attestors,
+          peer.startTime === undefined ? {} : { acceptedStartTime: peer.startTime },
+        );
       },
       logger: logger.with({ subsystem: 'workload-api' }),
       metrics,

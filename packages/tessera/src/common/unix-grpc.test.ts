@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, statSync } from 'node:fs';
+import { chmodSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -104,9 +104,12 @@ describe('serveOnUnixSocket', () => {
       logger,
     });
     try {
+      const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
       assert.deepEqual(await who(path), {
         ok: true,
         credentials: { pid: process.pid, uid: process.getuid?.(), gid: process.getgid?.() },
+        // The start time when it connected: what attestation later checks against (pid reuse).
+        startTime: stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19],
       });
     } finally {
       await server.close();
@@ -140,7 +143,15 @@ describe('serveOnUnixSocket', () => {
       assert.equal(statSync(join(tmp.path, 'run', 'tessera')).mode & 0o777, 0o755);
       assert.equal(statSync(join(tmp.path, 'run')).mode & 0o777, 0o755);
       const { pid, reply } = await whoAsNobody(path);
-      assert.deepEqual(reply, { ok: true, credentials: { pid, uid: NOBODY, gid: NOBODY } });
+      assert.deepEqual(
+        { ...reply, startTime: undefined },
+        {
+          ok: true,
+          credentials: { pid, uid: NOBODY, gid: NOBODY },
+          startTime: undefined,
+        },
+      );
+      assert.match(String((reply as { startTime?: string }).startTime), /^\d+$/);
       const self = await who(path);
       assert.equal(
         self?.ok === true && self.credentials.pid,

@@ -7,7 +7,7 @@
 // (Server.createConnectionInjector). unixPeerOf(call) maps the tag back to the credentials.
 // Used by the server's admin socket (0700) and the agent's Workload API socket (0777).
 import { randomUUID } from 'node:crypto';
-import { chmodSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -18,7 +18,12 @@ import { type PeerCredentials, peerCredentials } from './peercred.js';
 
 /** What the socket learnt about a connection when it was accepted. */
 export type UnixPeer =
-  | { readonly ok: true; readonly credentials: PeerCredentials }
+  | {
+      readonly ok: true;
+      readonly credentials: PeerCredentials;
+      /** The peer process's start time (/proc/<pid>/stat field 22) when it connected; guards pid reuse. */
+      readonly startTime?: string;
+    }
   | { readonly ok: false; readonly reason: string };
 
 const TAG_PREFIX = 'tessera-unix#';
@@ -41,6 +46,16 @@ export function tagUnixConnection(socket: net.Socket, peer: UnixPeer): string {
 /** What the socket recorded for the connection a call came on; undefined for other transports. */
 export function unixPeerOf(call: { getPeer(): string }): UnixPeer | undefined {
   return peers.get(call.getPeer());
+}
+
+/** A process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), if readable. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return text.slice(text.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
 }
 
 /** How long close() lets calls in flight finish before ending their connections. */
@@ -149,7 +164,9 @@ export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcSer
   const listener = net.createServer((socket) => {
     let peer: UnixPeer;
     try {
-      peer = { ok: true, credentials: peerCredentials(socket) };
+      const credentials = peerCredentials(socket);
+      const startTime = startTimeOf(credentials.pid);
+      peer = startTime === undefined ? { ok: true, credentials } : { ok: true, credentials, startTime };
     } catch (err) {
       peer = { ok: false, reason: `its peer credentials cannot be read: ${(err as Error).message}` };
       logger.warn(`${o.what}: cannot read the peer credentials of a connection`, {

@@ -156,7 +156,7 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
         });
         end({
           code: grpc.status.UNAVAILABLE,
-          details: `workload attestation failed: ${(err as Error).message}`,
+          details: `workload attestation failed: ${(err as Error).message.replace(/^workload attestation: /, '')}`,
         });
       });
   };

@@ -48,6 +48,7 @@ export async function processStartTime(pid: number): Promise<string | undefined>
 export async function attestWorkload(
   caller: PeerCredentials,
   attestors: readonly WorkloadAttestor[],
+  opts: { acceptedStartTime?: string } = {},
 ): Promise<Selector[]> {
   const gone = (cause?: unknown) =>
     new Error(
@@ -55,7 +56,10 @@ export async function attestWorkload(
       cause === undefined ? undefined : { cause },
     );
   const before = await processStartTime(caller.pid);
-  if (before === undefined) throw gone();
+  // The start time read when the connection was accepted closes the window between accepting and
+  // attesting: the process behind the pid now must be the one that connected.
+  if (before === undefined || (opts.acceptedStartTime !== undefined && before !== opts.acceptedStartTime))
+    throw gone();
   const still = async () => (await processStartTime(caller.pid)) === before;
   let all: Selector[][];
   try {

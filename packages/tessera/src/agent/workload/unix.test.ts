@@ -269,6 +269,23 @@ describe('unix workload attestation', () => {
     }
   });
 
+  it('refuses a caller whose process is not the one that connected (start time recorded at accept)', async () => {
+    const w = await workload();
+    try {
+      const now = await processStartTime(w.creds.pid);
+      assert.ok(now !== undefined);
+      assert.ok(
+        (await attestWorkload(w.creds, [new UnixWorkloadAttestor()], { acceptedStartTime: now })).length > 0,
+      );
+      await assert.rejects(
+        attestWorkload(w.creds, [new UnixWorkloadAttestor()], { acceptedStartTime: `${now}0` }),
+        new RegExp(`process ${w.creds.pid} exited or was replaced`),
+      );
+    } finally {
+      await w.stop();
+    }
+  });
+
   it('reads the start time after the last parenthesis of /proc/<pid>/stat', async () => {
     const fields = Array.from({ length: 50 }, (_, i) => String(i + 3)).join(' ');
     assert.equal(parseStartTime(`42 (a) (b c) ${fields}\n`), '22');
