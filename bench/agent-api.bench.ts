@@ -3,7 +3,6 @@
 // process. Batch X509-SVID signing beside openssl's P-256 sign+verify pair rate from the same run,
 // and the push latency of an entry change to its agent's sync stream with 1,000 agents connected.
 import { X509Certificate } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import { createCsr, generateKey, makeTempDir } from '@tessera/testkit';
 import { parseSpiffeId, parseTrustDomain, type X509Bundle, X509Svid } from 'spiffe';
 import { ServerClient } from 'tessera/dist/agent/server-client.js';
@@ -13,7 +12,15 @@ import { serialOf } from 'tessera/dist/server/api/agent-api.js';
 import { parseServerConfig } from 'tessera/dist/server/config.js';
 import type { EntryInput } from 'tessera/dist/server/datastore/types.js';
 import { type RunningServer, startServer } from 'tessera/dist/server/run.js';
-import { type BenchResult, opensslSpeed, pairRate, percentile, printTable } from './harness.js';
+import {
+  type BenchResult,
+  fdLimit,
+  openFds,
+  opensslSpeed,
+  pairRate,
+  percentile,
+  printTable,
+} from './harness.js';
 
 const BATCH = 50;
 const IN_FLIGHT = 2;
@@ -294,26 +301,4 @@ async function push(server: RunningServer, bundle: X509Bundle, address: string):
   );
   if (streamErrors.length > 0) console.log(`stream errors: ${streamErrors.slice(0, 5).join('; ')}`);
   return pass;
-}
-
-/** Open file descriptors of this process (Linux), or NaN. */
-function openFds(): number {
-  try {
-    return readdirSync('/proc/self/fd').length;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/** The soft limit on open files (Linux; Infinity when unlimited or unknown). */
-function fdLimit(): number {
-  try {
-    const line = readFileSync('/proc/self/limits', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('Max open files'));
-    const soft = Number(line?.split(/\s{2,}/)[1]);
-    return Number.isFinite(soft) ? soft : Number.POSITIVE_INFINITY;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
 }

@@ -14,7 +14,7 @@ import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
 import type { RunningServer } from 'tessera/dist/server/run.js';
-import { missingPeers } from './verdicts.js';
+import { interopUnavailable } from './verdicts.js';
 import {
   linesOf,
   type PythonFetchLine,
@@ -23,25 +23,13 @@ import {
   runPythonWorkload,
 } from './workload-peers.js';
 
-const missing = missingPeers();
-const SETUP_HINT = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
-if (missing.length > 0) {
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test('interop reference peers are built (agent)', () => {
-      assert.fail(`${SETUP_HINT} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP AGENT SUITE SKIPPED: ${SETUP_HINT}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-  }
-}
+const skip = interopUnavailable('go-spiffe and py-spiffe against the agent');
 
 const uid = process.getuid?.() ?? 0;
 const quiet = createLogger({ level: 'error', write: () => undefined });
 
 describe('go-spiffe and py-spiffe against the Tessera agent', {
-  skip: missing.length > 0 ? SETUP_HINT : false,
+  skip,
   timeout: 120_000,
 }, () => {
   let tmp: TempDir;

@@ -15,27 +15,13 @@ import { buildVectors, type Vector, type VectorKind, type Verdict } from './vect
 import {
   type Disagreement,
   disagreements,
-  missingPeers,
+  interopUnavailable,
   ourVerdict,
   peerVerdicts,
   table,
 } from './verdicts.js';
 
-const missing = missingPeers();
-const SETUP_HINT = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
-if (missing.length > 0) {
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test('interop reference peers are built', () => {
-      assert.fail(`${SETUP_HINT} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED: ${SETUP_HINT}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test('interop suite', { skip: SETUP_HINT }, () => {});
-  }
-}
-const skip = missing.length > 0;
+const skip = interopUnavailable('interop verdicts');
 // Each test that waits on a peer process is bounded, so a wedged peer fails the test instead of the run.
 const TIMEOUT = 60_000;
 

@@ -2,10 +2,12 @@
  * Verdicts: ours (from the `spiffe` package) and the reference peers' (go-spiffe and py-spiffe,
  * run as child processes), in one shape so they can be compared vector by vector.
  */
+import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import {
@@ -31,6 +33,28 @@ export const PYTHON = join(INTEROP_DIR, 'python', '.venv', 'bin', 'python');
 export const PYTHON_SCRIPT = join(INTEROP_DIR, 'python', 'verdicts.py');
 
 /** What is missing for the peers to run; empty when both are set up. */
+/**
+ * The one rule of every interop suite: without the reference peers (test/interop/setup.sh) the suite
+ * is skipped and says so loudly; with TESSERA_REQUIRE_INTEROP=1 a missing peer is a failing test.
+ * Returns true when the suite must skip.
+ */
+export function interopUnavailable(suite: string): boolean {
+  const missing = missingPeers();
+  if (missing.length === 0) return false;
+  const hint = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
+  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
+    test(`interop reference peers are built (${suite})`, () => {
+      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
+    });
+  } else {
+    console.warn(
+      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
+    );
+    test(`${suite}`, { skip: hint }, () => {});
+  }
+  return true;
+}
+
 export function missingPeers(): string[] {
   const missing: string[] = [];
   if (!existsSync(GO_BINARY)) missing.push(GO_BINARY);

@@ -12,24 +12,10 @@ import * as grpc from '@grpc/grpc-js';
 import { makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
 import { parseJwtBundle, parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from 'spiffe';
 import { FakeWorkloadApi } from 'spiffe/testing';
-import { missingPeers } from './verdicts.js';
+import { interopUnavailable } from './verdicts.js';
 import { linesOf, runGoMtlsPair, runGoWorkload, runPythonWorkload, type SvidSeen } from './workload-peers.js';
 
-const missing = missingPeers();
-const SETUP_HINT = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
-if (missing.length > 0) {
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test('interop reference peers are built', () => {
-      assert.fail(`${SETUP_HINT} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP WORKLOAD SUITE SKIPPED: ${SETUP_HINT}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test('interop workload suite', { skip: SETUP_HINT }, () => {});
-  }
-}
-const skip = missing.length > 0;
+const skip = interopUnavailable('interop workload peers');
 const TIMEOUT = 60_000;
 
 const ca = TestCa.create({ trustDomain: 'example.org' });

@@ -1,26 +1,18 @@
-import { isAbsolute } from 'node:path';
-import { parseTrustDomain } from 'spiffe';
+import {
+  absolutePath,
+  type HealthConfig,
+  healthField,
+  LOG_FIELD,
+  type LogConfig,
+  TRUST_DOMAIN_FIELD,
+} from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
-
-const absolutePath = (v: string) =>
-  isAbsolute(v) ? undefined : `must be an absolute path; got ${JSON.stringify(v)}`;
 
 /** The agent configuration file (`tessera agent run --config agent.yaml`); names follow SPIRE's. */
 export const AGENT_CONFIG_SCHEMA = {
   kind: 'object',
   fields: {
-    trust_domain: {
-      kind: 'string',
-      required: true,
-      check: (v) => {
-        try {
-          parseTrustDomain(v);
-          return v.includes(':') ? 'must be a trust domain name (example.org), not a SPIFFE ID' : undefined;
-        } catch (err) {
-          return (err as Error).message;
-        }
-      },
-    },
+    trust_domain: TRUST_DOMAIN_FIELD,
     server_address: { kind: 'string', required: true },
     server_port: { kind: 'int', default: 8081, min: 1, max: 65535 },
     // How the agent first trusts the server: a PEM file, an https URL (web PKI), or, for labs only,
@@ -62,20 +54,8 @@ export const AGENT_CONFIG_SCHEMA = {
         unix: { kind: 'object', fields: { sha256: { kind: 'bool', default: false } } },
       },
     },
-    log: {
-      kind: 'object',
-      fields: {
-        level: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info' },
-        format: { kind: 'enum', values: ['json', 'text'], default: 'text' },
-      },
-    },
-    health: {
-      kind: 'object',
-      fields: {
-        address: { kind: 'string', default: '127.0.0.1' },
-        port: { kind: 'int', default: 8088, min: 0, max: 65535 },
-      },
-    },
+    log: LOG_FIELD,
+    health: healthField(8088),
   },
 } as const satisfies Field;
 
@@ -94,8 +74,8 @@ export interface AgentConfig {
   readonly data_dir: string;
   readonly workload_key_type: 'ec-p256' | 'ec-p384' | 'rsa-2048';
   readonly workload_attestors: { readonly unix: { readonly sha256: boolean } };
-  readonly log: { readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly format: 'json' | 'text' };
-  readonly health: { readonly address: string; readonly port: number };
+  readonly log: LogConfig;
+  readonly health: HealthConfig;
 }
 
 export function parseAgentConfig(text: string, file = 'agent.yaml'): AgentConfig {

@@ -2,10 +2,9 @@
 // the server comes back from an outage during which entries were removed.
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { makeTempDir, type TempDir } from '@tessera/testkit';
+import { freePort, makeTempDir, type TempDir } from '@tessera/testkit';
 import type { SpiffeBundle } from 'spiffe';
 import { parseTrustDomain } from 'spiffe';
 import { createCsr } from '../common/csr.js';
@@ -20,17 +19,6 @@ import { ServerClient } from './server-client.js';
 
 const td = parseTrustDomain('example.org');
 const sel = [{ type: 'unix', value: 'uid:1000' }];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0));
-    });
-  });
-}
 
 describe('AgentManager', () => {
   let tmp: TempDir;

@@ -1,26 +1,18 @@
-import { isAbsolute } from 'node:path';
-import { parseTrustDomain } from 'spiffe';
+import {
+  absolutePath,
+  type HealthConfig,
+  healthField,
+  LOG_FIELD,
+  type LogConfig,
+  TRUST_DOMAIN_FIELD,
+} from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
-
-const absolutePath = (v: string) =>
-  isAbsolute(v) ? undefined : `must be an absolute path; got ${JSON.stringify(v)}`;
 
 /** The server configuration file (`tessera server run --config server.yaml`). */
 export const SERVER_CONFIG_SCHEMA = {
   kind: 'object',
   fields: {
-    trust_domain: {
-      kind: 'string',
-      required: true,
-      check: (v) => {
-        try {
-          parseTrustDomain(v);
-          return v.includes(':') ? 'must be a trust domain name (example.org), not a SPIFFE ID' : undefined;
-        } catch (err) {
-          return (err as Error).message;
-        }
-      },
-    },
+    trust_domain: TRUST_DOMAIN_FIELD,
     data_dir: { kind: 'string', default: '/var/lib/tessera/server', check: absolutePath },
     agent_api: {
       kind: 'object',
@@ -83,20 +75,8 @@ export const SERVER_CONFIG_SCHEMA = {
         },
       },
     },
-    log: {
-      kind: 'object',
-      fields: {
-        level: { kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info' },
-        format: { kind: 'enum', values: ['json', 'text'], default: 'text' },
-      },
-    },
-    health: {
-      kind: 'object',
-      fields: {
-        address: { kind: 'string', default: '127.0.0.1' },
-        port: { kind: 'int', default: 8080, min: 0, max: 65535 },
-      },
-    },
+    log: LOG_FIELD,
+    health: healthField(8080),
   },
 } as const satisfies Field;
 
@@ -136,8 +116,8 @@ export interface ServerConfig {
   readonly upstream_authority?: {
     readonly disk: { readonly cert_file: string; readonly key_file: string; readonly bundle_file?: string };
   };
-  readonly log: { readonly level: 'debug' | 'info' | 'warn' | 'error'; readonly format: 'json' | 'text' };
-  readonly health: { readonly address: string; readonly port: number };
+  readonly log: LogConfig;
+  readonly health: HealthConfig;
 }
 
 /** Validates server configuration text; every problem is reported at once (ConfigError). */
