@@ -48,6 +48,19 @@ export const AGENT_CONFIG_SCHEMA = {
     socket_path: { kind: 'string', default: '/run/tessera/agent.sock', check: absolutePath },
     data_dir: { kind: 'string', default: '/var/lib/tessera/agent', check: absolutePath },
     workload_key_type: { kind: 'enum', values: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
+    // Envoy SDS on the same socket(s); names and behaviour as SPIRE's agent.
+    sds: {
+      kind: 'object',
+      fields: {
+        default_svid_name: { kind: 'string', default: 'default' },
+        default_bundle_name: { kind: 'string', default: 'ROOTCA' },
+        default_all_bundles_name: { kind: 'string', default: 'ALL' },
+        disable_spiffe_cert_validation: { kind: 'bool', default: false },
+      },
+    },
+    // A second socket serving the same APIs, e.g. where istio-agent looks for an SDS server:
+    // /var/run/secrets/workload-spiffe-uds/socket.
+    additional_socket_path: { kind: 'string', check: absolutePath },
     workload_attestors: {
       kind: 'object',
       fields: {
@@ -73,6 +86,13 @@ export interface AgentConfig {
   readonly socket_path: string;
   readonly data_dir: string;
   readonly workload_key_type: 'ec-p256' | 'ec-p384' | 'rsa-2048';
+  readonly sds: {
+    readonly default_svid_name: string;
+    readonly default_bundle_name: string;
+    readonly default_all_bundles_name: string;
+    readonly disable_spiffe_cert_validation: boolean;
+  };
+  readonly additional_socket_path?: string;
   readonly workload_attestors: { readonly unix: { readonly sha256: boolean } };
   readonly log: LogConfig;
   readonly health: HealthConfig;

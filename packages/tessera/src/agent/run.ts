@@ -20,6 +20,7 @@ import { X509PopPayloadSchema } from '../gen/tessera/agent/v1/agent_pb.js';
 import { x509popChallengeResponse } from '../server/attestation/x509pop.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { AgentConfig } from './config.js';
+import { createSds } from './endpoints/sds.js';
 import { createWorkloadApi } from './endpoints/workload-api.js';
 import { AgentManager } from './manager.js';
 import { ServerClient } from './server-client.js';
@@ -226,31 +227,51 @@ export async function startAgent(
     cleanups.push(() => manager.close());
     manager.start();
     const attestors = [new UnixWorkloadAttestor({ sha256: config.workload_attestors.unix.sha256 })];
-    const workloadApi = createWorkloadApi({
-      manager,
-      attest: async (call) => {
-        const peer = unixPeerOf(call);
-        if (peer === undefined || !peer.ok)
-          throw new Error(peer?.ok === false ? peer.reason : 'the caller is unknown');
-        return attestWorkload(
-          peer.credentials,
-          attestors,
-          peer.startTime === undefined ? {} : { acceptedStartTime: peer.startTime },
-        );
-      },
-      logger: logger.with({ subsystem: 'workload-api' }),
-      metrics,
-    });
-    const socket = await serveOnUnixSocket({
-      path: config.socket_path,
-      mode: 0o777,
-      dirMode: 0o755,
-      what: 'agent socket',
-      configKey: 'socket_path',
-      services: [workloadApi],
-      logger,
-    });
-    cleanups.push(() => socket.close());
+    const attestCaller = async (call: { getPeer(): string }) => {
+      const peer = unixPeerOf(call);
+      if (peer === undefined || !peer.ok)
+        throw new Error(peer?.ok === false ? peer.reason : 'the caller is unknown');
+      return attestWorkload(
+        peer.credentials,
+        attestors,
+        peer.startTime === undefined ? {} : { acceptedStartTime: peer.startTime },
+      );
+    };
+    const services = [
+      createWorkloadApi({
+        manager,
+        attest: attestCaller,
+        logger: logger.with({ subsystem: 'workload-api' }),
+        metrics,
+      }),
+      createSds({
+        manager,
+        attest: attestCaller,
+        names: {
+          defaultSvid: config.sds.default_svid_name,
+          defaultBundle: config.sds.default_bundle_name,
+          allBundles: config.sds.default_all_bundles_name,
+        },
+        disableSpiffeCertValidation: config.sds.disable_spiffe_cert_validation,
+        logger: logger.with({ subsystem: 'sds' }),
+        metrics,
+      }),
+    ];
+    for (const path of [
+      config.socket_path,
+      ...(config.additional_socket_path === undefined ? [] : [config.additional_socket_path]),
+    ]) {
+      const socket = await serveOnUnixSocket({
+        path,
+        mode: 0o777,
+        dirMode: 0o755,
+        what: 'agent socket',
+        configKey: path === config.socket_path ? 'socket_path' : 'additional_socket_path',
+        services,
+        logger,
+      });
+      cleanups.push(() => socket.close());
+    }
     const health = await startHealthServer({
       role: 'agent',
       address: config.health.address,
