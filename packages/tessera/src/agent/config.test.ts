@@ -52,7 +52,7 @@ describe('agent configuration', () => {
         '5:node_attestor.x509pop.certificate_path: must be an absolute path; got "relative.pem"',
         '5:node_attestor.x509pop.private_key_path: is required',
         '6:socket_path: must be an absolute path; got "agent.sock"',
-        '7:colour: unknown key; allowed here: trust_domain, server_address, server_port, trust_bundle_path, trust_bundle_url, insecure_bootstrap, node_attestor, socket_path, data_dir, workload_key_type, workload_attestors, log, health',
+        '7:colour: unknown key; allowed here: trust_domain, server_address, server_port, trust_bundle_path, trust_bundle_url, insecure_bootstrap, node_attestor, socket_path, data_dir, workload_key_type, sds, additional_socket_path, workload_attestors, log, health',
       ],
     );
   });
