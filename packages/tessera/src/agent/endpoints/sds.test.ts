@@ -109,6 +109,8 @@ describe('SDS on the agent socket', () => {
           'insecure_bootstrap: true',
           `socket_path: ${tmp.path}/agent.sock`,
           `data_dir: ${tmp.path}/agent`,
+          // Where istio-agent looks for an SDS server (under /var/run/secrets in a real install).
+          `additional_socket_path: ${tmp.path}/secrets/workload-spiffe-uds/socket`,
           'health: { port: 0 }',
         ].join('\n'),
       ),
@@ -208,6 +210,25 @@ describe('SDS on the agent socket', () => {
       assert.ok(logs.some((l) => /NACK/.test(l) && /bad certificate/.test(l)));
     } finally {
       s.close();
+    }
+  });
+
+  it("serves istio-agent's requests (default and ROOTCA) on the additional socket too", async () => {
+    const istio = new ServiceClient(
+      SecretDiscoveryService,
+      `unix://${tmp.path}/secrets/workload-spiffe-uds/socket`,
+      grpc.credentials.createInsecure(),
+    );
+    const s = new Stream(istio);
+    try {
+      s.request(['default', 'ROOTCA']);
+      assert.deepEqual(
+        secretsOf(await s.next()).map((x) => x.name),
+        ['default', 'ROOTCA'],
+      );
+    } finally {
+      s.close();
+      istio.close();
     }
   });
 
