@@ -5,6 +5,7 @@
 //	interop tls-client --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) --addr host:port [--message hi]
 //	interop workload [--audience aud]... [--updates N] [--timeout 60s]   (a workload on $SPIFFE_ENDPOINT_SOCKET)
 //	interop mtls-pair [--server-hint h] [--client-hint h] [--timeout 30s] (an mTLS pair on $SPIFFE_ENDPOINT_SOCKET)
+//	interop envoy-validate <bootstrap.yaml>   (an Envoy bootstrap against the Envoy v3 API protos; envoy_validate.go)
 package main
 
 import (
@@ -38,6 +39,8 @@ func main() {
 		err = runWorkload(os.Args[2:])
 	case "mtls-pair":
 		err = runMTLSPair(os.Args[2:])
+	case "envoy-validate":
+		err = runEnvoyValidate(os.Args[2:])
 	default:
 		usage()
 	}

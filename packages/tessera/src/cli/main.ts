@@ -4,6 +4,7 @@ import { apiCommand } from './api.js';
 import { authorityCommand } from './authority.js';
 import { bundleCommand } from './bundle.js';
 import { entryCommand } from './entry.js';
+import { envoyCommand } from './envoy.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { jwtCommand } from './jwt.js';
 import { serverCommand } from './server.js';
@@ -34,8 +35,9 @@ commands:
   authority    the signing keys: show, prepare, activate, taint, revoke
   healthcheck  exit 0 when the server is ready
   api          a Workload API client: fetch x509|jwt|bundles, watch, validate (any SPIFFE agent's socket)
+  envoy        an Envoy bootstrap whose certificates come from the agent over SDS (tessera envoy bootstrap)
 
-Every command but server and api talks to the server's admin socket (--socket, default
+Every command but server, api and envoy talks to the server's admin socket (--socket, default
 /run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
 
 const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
@@ -49,6 +51,7 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   authority: authorityCommand,
   healthcheck: healthcheckCommand,
   api: apiCommand,
+  envoy: envoyCommand,
 };
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
