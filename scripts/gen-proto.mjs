@@ -23,10 +23,14 @@ const runs = [
   ],
 ];
 for (const [template, paths] of runs) {
-  const r = spawnSync('npx', ['buf', 'generate', '--template', template, ...paths.flatMap((p) => ['--path', p])], {
-    cwd: root,
-    stdio: 'inherit',
-  });
+  const r = spawnSync(
+    'npx',
+    ['buf', 'generate', '--template', template, ...paths.flatMap((p) => ['--path', p])],
+    {
+      cwd: root,
+      stdio: 'inherit',
+    },
+  );
   if (r.status !== 0) {
     console.error(`gen-proto: buf generate (${template}, ${paths.join(' ')}) failed`);
     process.exit(r.status ?? 1);
