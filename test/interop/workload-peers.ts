@@ -123,7 +123,8 @@ function endpoint(socket: string): string {
   return /^(unix|tcp):/.test(socket) ? socket : `unix://${socket}`;
 }
 
-function runPeer<L>(
+/** Runs a peer program with SPIFFE_ENDPOINT_SOCKET set and collects its JSON lines (see WorkloadPeerOptions). */
+export function runPeer<L>(
   file: string,
   args: string[],
   socket: string,

@@ -5,6 +5,9 @@
 //	interop tls-client --cert F --key F --bundle td=F[,td=F] (--authorize-id ID | --authorize-member-of TD) --addr host:port [--message hi]
 //	interop workload [--audience aud]... [--updates N] [--timeout 60s]   (a workload on $SPIFFE_ENDPOINT_SOCKET)
 //	interop mtls-pair [--server-hint h] [--client-hint h] [--timeout 30s] (an mTLS pair on $SPIFFE_ENDPOINT_SOCKET)
+//	interop sds [--socket P] --names a,b [--events N] [--nack N] [--then-names N=a,b] [--reconnect-after N]
+//	            [--handshake-with addr | --listen addr] [--linger D] [--timeout D] [--fetch | --delta]
+//	            (an Envoy SDS v3 client, go-control-plane types; see sds.go)
 //	interop envoy-validate <bootstrap.yaml>   (an Envoy bootstrap against the Envoy v3 API protos; envoy_validate.go)
 package main
 
@@ -16,7 +19,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ...")
+	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ... | sds ...")
 	os.Exit(2)
 }
 
@@ -39,6 +42,8 @@ func main() {
 		err = runWorkload(os.Args[2:])
 	case "mtls-pair":
 		err = runMTLSPair(os.Args[2:])
+	case "sds":
+		err = runSDS(os.Args[2:])
 	case "envoy-validate":
 		err = runEnvoyValidate(os.Args[2:])
 	default:
@@ -48,6 +53,14 @@ func main() {
 	if errors.As(err, &ce) {
 		fmt.Printf("ERROR %s\n", strings.ReplaceAll(ce.Error(), "\n", " "))
 		os.Exit(1)
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(os.Stderr, "interop:", ue.error)
+		os.Exit(2)
+	}
+	if errors.Is(err, errSilent) {
+		os.Exit(1) // already reported as a JSON line
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "interop:", err)
