@@ -20,7 +20,10 @@ export type AuditEvent =
   | 'authority.revoked'
   | 'bundle.set'
   | 'bundle.deleted'
-  | 'admin.denied';
+  | 'admin.denied'
+  | 'proxy.started'
+  | 'proxy.identity_lost'
+  | 'policy.decision';
 
 // Field names that must never reach the audit log: secrets are identified, not recorded.
 const FORBIDDEN = /^(token|join_token|secret|password|private_key|key|svid|jwt)$/i;

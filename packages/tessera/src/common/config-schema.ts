@@ -3,7 +3,16 @@
  * once, each with its key path, file and line; the result has defaults applied and is frozen.
  */
 import { readFileSync } from 'node:fs';
-import { isMap, isScalar, LineCounter, type Node, parseDocument, type YAMLMap } from 'yaml';
+import {
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+  type YAMLMap,
+  type YAMLSeq,
+} from 'yaml';
 import { parseDuration } from './duration.js';
 
 export type Field =
@@ -19,6 +28,10 @@ export type Field =
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
   | { kind: 'object'; fields: Record<string, Field>; required?: boolean }
+  /** A YAML sequence whose items all follow `of`; absent = an empty list unless required. */
+  | { kind: 'list'; of: Field; required?: boolean; minItems?: number }
+  /** A mapping of free-form keys to strings, e.g. labels. */
+  | { kind: 'string_map'; check?: (key: string, value: string) => string | undefined }
   /** Exactly one of the named objects, e.g. `datastore: { sqlite: {…} }`. */
   | {
       kind: 'choice';
@@ -53,7 +66,7 @@ export class ConfigError extends Error {
   }
 }
 
-type Value = string | number | boolean | { [k: string]: Value } | undefined;
+type Value = string | number | boolean | { [k: string]: Value } | Value[] | undefined;
 
 function deepFreeze<T>(v: T): T {
   if (typeof v === 'object' && v !== null) {
@@ -114,6 +127,11 @@ export function validateConfig(
         case 'int':
           if (field.required === true) return fail('is required');
           return field.default;
+        case 'list':
+          if (field.required === true) return fail('is required');
+          return [];
+        case 'string_map':
+          return {};
         case 'duration':
           return field.default === undefined ? undefined : (parseDuration(field.default) as number);
         default:
@@ -155,6 +173,37 @@ export function validateConfig(
             const v = check(sub, undefined, path === '' ? k : `${path}.${k}`, line);
             if (v !== undefined) out[k] = v;
           }
+        }
+        return out;
+      }
+      case 'list': {
+        if (!isSeq(node)) return fail(`must be a list (lines starting with "- "); got ${describe(node)}`);
+        const items = (node as YAMLSeq<Node>).items;
+        if (field.minItems !== undefined && items.length < field.minItems)
+          return fail(`must have at least ${field.minItems} item${field.minItems === 1 ? '' : 's'}`);
+        return items.map((item, i) => check(field.of, item, `${path}[${i}]`, lineOf(item)));
+      }
+      case 'string_map': {
+        if (!isMap(node)) return fail('must be a mapping (key: value lines)');
+        const out: Record<string, Value> = {};
+        for (const pair of (node as YAMLMap<Node, Node>).items) {
+          const key = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
+          const v = pair.value;
+          const subPath = path === '' ? key : `${path}.${key}`;
+          if (
+            !isScalar(v) ||
+            (typeof v.value !== 'string' && typeof v.value !== 'number' && typeof v.value !== 'boolean')
+          ) {
+            problems.push({
+              path: subPath,
+              line: lineOf(pair.key),
+              message: `must be a string; got ${describe(v)}`,
+            });
+            continue;
+          }
+          const why = field.check?.(key, String(v.value));
+          if (why !== undefined) problems.push({ path: subPath, line: lineOf(pair.key), message: why });
+          else out[key] = String(v.value);
         }
         return out;
       }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { TesseraError, TesseraErrorCode } from './errors.js';
 import type { Metrics } from './metrics.js';
 
-export type Role = 'server' | 'agent';
+export type Role = 'server' | 'agent' | 'proxy';
 
 export function startupError(role: Role, message: string, cause?: unknown): TesseraError {
   return new TesseraError(

@@ -1,0 +1,283 @@
+// Inbound: terminate mTLS with the workload's SVID, verify the client's X509-SVID, apply the
+// AuthorizationPolicies, and forward to the local app in plain HTTP/1.1 or TCP. A denied HTTP request
+// gets Envoy's `403 RBAC: access denied`; a denied TCP connection is closed.
+import type { X509Certificate } from 'node:crypto';
+import {
+  Agent as HttpAgent,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+} from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { connect as netConnect, type Server, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import {
+  type Authorizer,
+  authorizeAny,
+  createSpiffeHttp2Server,
+  createSpiffeTlsServer,
+  parseTrustDomain,
+  peerSpiffeId,
+  type TlsBundleSource,
+  type X509SvidSource,
+} from 'spiffe';
+import type { DaemonLogger } from '../common/log.js';
+import type { InboundConfig } from './config.js';
+import { splitHostPort } from './config.js';
+import type { PolicyDecision, PolicyRequest } from './policy/types.js';
+import { forwardedClientCert, XFCC_HEADER, xfccElement } from './xfcc.js';
+
+/** What the inbound listener needs from the proxy: the narrow view of its identity and its policies. */
+export interface InboundDeps {
+  /** The workload's SVID and the bundles clients are verified against (an X509Source is both). */
+  identity: X509SvidSource & TlsBundleSource;
+  /** Decides one request or connection with the policies in force now. */
+  decide(protocol: 'http' | 'tcp', request: PolicyRequest): PolicyDecision;
+  /**
+   * Verifies a bearer token as a JWT-SVID; undefined when JWT authentication is not configured.
+   * Returns the request's auth attributes, or throws with the reason.
+   */
+  authenticate?(token: string): NonNullable<PolicyRequest['auth']>;
+  /** Whether the token header is passed on to the app after verification. */
+  forwardToken: boolean;
+  /** Every decision, for the audit log and metrics. */
+  onDecision(listener: string, request: PolicyRequest, decision: PolicyDecision): void;
+  logger: DaemonLogger;
+}
+
+export interface InboundListener {
+  readonly name: string;
+  readonly server: Server;
+  /** Closes every open connection (e.g. the workload lost its identity). */
+  dropConnections(): void;
+  close(): Promise<void>;
+}
+
+// Hop-by-hop headers (RFC 9110 §7.6.1) and HTTP/2 connection-specific ones are never forwarded.
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+  'http2-settings',
+]);
+
+const DENIED_BODY = 'RBAC: access denied';
+const JWT_FAILED_BODY = 'Jwt verification fails';
+
+/** Node reports IPv4 peers on a dual-stack socket as ::ffff:a.b.c.d; policies are written with a.b.c.d. */
+export function plainIp(address: string | undefined): string | undefined {
+  return address?.startsWith('::ffff:') === true && address.includes('.') ? address.slice(7) : address;
+}
+
+function trustAuthorizer(trustDomains: readonly string[]): Authorizer {
+  if (trustDomains.length === 0) return authorizeAny();
+  const tds = trustDomains.map((t) => parseTrustDomain(t));
+  const check = (id: { trustDomain: { equals(o: unknown): boolean } }) => {
+    if (!tds.some((td) => id.trustDomain.equals(td)))
+      throw new Error(
+        `tlsconfig: trust domain "${String(id.trustDomain)}" is not one of ${trustDomains.join(', ')}`,
+      );
+  };
+  return Object.assign(check, { trustDomains: tds, description: `members of ${trustDomains.join(', ')}` });
+}
+
+// The client certificate and its XFCC element are worked out once per connection.
+const PEER_INFO = Symbol('tessera.proxy.peer');
+interface PeerInfo {
+  cert: X509Certificate | undefined;
+  xfcc: string | undefined;
+}
+
+function peerInfo(socket: TLSSocket, by: () => string): PeerInfo {
+  const cached = (socket as unknown as { [PEER_INFO]?: PeerInfo })[PEER_INFO];
+  if (cached !== undefined) return cached;
+  const cert = socket.getPeerX509Certificate();
+  const id = peerSpiffeId(socket);
+  const info: PeerInfo = {
+    cert,
+    xfcc:
+      cert === undefined || id === undefined
+        ? undefined
+        : xfccElement({ by: by(), client: cert, clientId: id.toString() }),
+  };
+  Object.defineProperty(socket, PEER_INFO, { value: info });
+  return info;
+}
+
+export function createInboundListener(
+  config: InboundConfig,
+  index: number,
+  deps: InboundDeps,
+): InboundListener {
+  const name = config.name ?? `inbound-${index}`;
+  const log = deps.logger.with({ listener: name });
+  const listen = splitHostPort(config.listen);
+  const unixPath = config.upstream.startsWith('unix:')
+    ? config.upstream.slice('unix:'.length).replace(/^\/\//, '')
+    : undefined;
+  const upstream = unixPath === undefined ? splitHostPort(config.upstream) : undefined;
+  const policyPort = config.policy_port ?? upstream?.port ?? listen.port;
+  const tlsConfig = {
+    svid: deps.identity,
+    bundles: deps.identity,
+    authorizer: trustAuthorizer(config.trust_domains),
+    logger: log,
+  };
+  const connections = new Set<Socket>();
+  const track = (s: Socket) => {
+    connections.add(s);
+    s.once('close', () => connections.delete(s));
+  };
+  const ownId = () => {
+    try {
+      return deps.identity.getX509Svid().id.toString();
+    } catch {
+      return '';
+    }
+  };
+
+  const baseRequest = (socket: TLSSocket, protocol: 'http' | 'tcp'): PolicyRequest => {
+    const ip = plainIp(socket.remoteAddress);
+    const principal = peerSpiffeId(socket)?.toString();
+    const sni = typeof socket.servername === 'string' ? socket.servername : undefined;
+    return {
+      protocol,
+      ...(principal === undefined ? {} : { sourcePrincipal: principal }),
+      ...(ip === undefined ? {} : { sourceIp: ip, remoteIp: ip }),
+      ...(socket.localAddress === undefined ? {} : { destinationIp: plainIp(socket.localAddress) as string }),
+      destinationPort: policyPort,
+      ...(sni === undefined ? {} : { sni }),
+    };
+  };
+
+  let server: Server;
+  if (config.protocol === 'tcp') {
+    const tcp = createSpiffeTlsServer(tlsConfig, (socket) => {
+      const request = baseRequest(socket, 'tcp');
+      const decision = deps.decide('tcp', request);
+      deps.onDecision(name, request, decision);
+      if (!decision.allowed) {
+        log.info('connection denied', { principal: request.sourcePrincipal, reason: decision.reason });
+        socket.destroy();
+        return;
+      }
+      const app = netConnect(
+        unixPath === undefined
+          ? { host: upstream?.host as string, port: upstream?.port as number }
+          : { path: unixPath },
+      );
+      track(app);
+      const fail = (err: Error) => {
+        log.warn('upstream connection failed', { upstream: config.upstream, error: err.message });
+        socket.destroy();
+        app.destroy();
+      };
+      app.on('error', fail);
+      socket.on('error', () => app.destroy());
+      socket.pipe(app).pipe(socket);
+    });
+    server = tcp;
+  } else {
+    const agent = new HttpAgent({ keepAlive: true, scheduling: 'lifo' });
+    const h2 = createSpiffeHttp2Server(tlsConfig, { allowHTTP1: true });
+    h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
+      const socket = req.socket as TLSSocket;
+      const headers = req.headers as IncomingHttpHeaders;
+      const host = (headers[':authority'] as string | undefined) ?? headers.host ?? '';
+      const request: PolicyRequest = {
+        ...baseRequest(socket, 'http'),
+        http: { method: req.method ?? 'GET', path: req.url ?? '/', host, headers },
+      };
+      const bearer = /^Bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
+      if (bearer !== undefined && deps.authenticate !== undefined) {
+        try {
+          (request as { auth?: PolicyRequest['auth'] }).auth = deps.authenticate(bearer);
+        } catch (err) {
+          log.info('request refused: JWT-SVID did not verify', {
+            principal: request.sourcePrincipal,
+            reason: (err as Error).message,
+          });
+          res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer realm="tessera"' });
+          res.end(JWT_FAILED_BODY);
+          return;
+        }
+      }
+      const decision = deps.decide('http', request);
+      deps.onDecision(name, request, decision);
+      if (!decision.allowed) {
+        log.info('request denied', {
+          principal: request.sourcePrincipal,
+          method: request.http?.method,
+          path: request.http?.path,
+          reason: decision.reason,
+        });
+        res.writeHead(403, { 'content-type': 'text/plain', 'content-length': DENIED_BODY.length });
+        res.end(DENIED_BODY);
+        return;
+      }
+      const out: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(headers)) {
+        if (v === undefined || k.startsWith(':') || HOP_BY_HOP.has(k)) continue;
+        out[k] = v;
+      }
+      out.host = host;
+      if (request.auth !== undefined && !deps.forwardToken) delete out.authorization;
+      const element = peerInfo(socket, ownId).xfcc;
+      if (element !== undefined)
+        out[XFCC_HEADER] = forwardedClientCert(config.forward_client_cert, headers[XFCC_HEADER], element);
+      else delete out[XFCC_HEADER];
+      out['x-forwarded-proto'] = 'https';
+      const up = httpRequest({
+        agent,
+        method: req.method,
+        path: req.url,
+        headers: out,
+        ...(unixPath === undefined
+          ? { host: upstream?.host, port: upstream?.port }
+          : { socketPath: unixPath }),
+      });
+      up.on('response', (r) => {
+        const back: Record<string, string | string[]> = {};
+        for (const [k, v] of Object.entries(r.headers))
+          if (v !== undefined && !HOP_BY_HOP.has(k)) back[k] = v;
+        res.writeHead(r.statusCode ?? 502, back);
+        r.pipe(res as unknown as NodeJS.WritableStream);
+      });
+      up.on('error', (err) => {
+        log.warn('upstream request failed', { upstream: config.upstream, error: err.message });
+        if (!res.headersSent) {
+          res.writeHead(503, { 'content-type': 'text/plain' });
+          res.end(
+            'upstream connect error or disconnect/reset before headers. reset reason: connection failure',
+          );
+        } else {
+          res.destroy();
+        }
+      });
+      res.on('close', () => {
+        if (!res.writableFinished) up.destroy();
+      });
+      (req as IncomingMessage).pipe(up);
+    });
+    h2.on('close', () => agent.destroy());
+    server = h2;
+  }
+  server.on('secureConnection', track);
+  server.on('connection', track);
+  return {
+    name,
+    server,
+    dropConnections() {
+      for (const s of connections) s.destroy();
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of connections) s.destroy();
+      }),
+  };
+}
