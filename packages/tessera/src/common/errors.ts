@@ -36,6 +36,8 @@ export const TesseraErrorCode = {
   STARTUP: 'ERR_STARTUP',
   /** The datastore cannot be opened or a query failed. */
   DATASTORE: 'ERR_DATASTORE',
+  /** An AuthorizationPolicy file cannot be read or is malformed; every problem is listed with file and line. */
+  POLICY_INVALID: 'ERR_POLICY_INVALID',
 } as const;
 
 export type TesseraErrorCode = (typeof TesseraErrorCode)[keyof typeof TesseraErrorCode];

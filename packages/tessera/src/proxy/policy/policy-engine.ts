@@ -1,0 +1,347 @@
+/**
+ * The policy engine: the AuthorizationPolicies that apply to one workload, compiled once, and the
+ * decision for each request in Istio's order — any matching DENY denies; with no ALLOW policy the
+ * request is allowed; a matching ALLOW allows; otherwise it is denied. AUDIT policies only mark.
+ * Pure: no I/O, no node:net.
+ */
+import { normalizePrincipal } from './attributes.js';
+import { type AuthorizationPolicy, policyName } from './authorization-policy.js';
+import {
+  type CompiledMatch,
+  compileRule,
+  type Needs,
+  type RequestContext,
+  type RuleNote,
+} from './compile-rule.js';
+import { parsePeerAddress } from './ip-block.js';
+import type {
+  PolicyAction,
+  PolicyDecision,
+  PolicyRef,
+  PolicyRequest,
+  PolicyWarning,
+  PolicyWorkload,
+} from './types.js';
+
+/** Istio's default root namespace: its policies apply to every workload of the mesh. */
+export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
+
+export interface PolicyEngineOptions {
+  /**
+   * The protocol of the listener the engine serves. With it, only that protocol's rules are compiled
+   * and requests must carry it; without it, both are compiled and each request's `protocol` picks.
+   * TCP warnings (HTTP-only fields) are reported unless the protocol is `http`.
+   */
+  protocol?: 'http' | 'tcp';
+}
+
+export interface PolicyEngine {
+  /** The decision for one HTTP request or TCP connection. */
+  evaluate(request: PolicyRequest): PolicyDecision;
+  /** Found while compiling: HTTP-only fields under TCP, each with its file, line and policy. */
+  readonly warnings: readonly PolicyWarning[];
+  /** The policies that apply to the workload, in load order. */
+  readonly policies: readonly AuthorizationPolicy[];
+}
+
+interface CompiledRule extends CompiledMatch {
+  readonly ordinal: number;
+  readonly ref: PolicyRef;
+  /** The decision this rule gives when it decides (DENY or ALLOW), shared and frozen. */
+  readonly decision: PolicyDecision;
+}
+
+/** Rules of one action, indexed by the exact principal or namespace they require. */
+interface RuleSet {
+  readonly byPrincipal: Map<string, CompiledRule[]>;
+  readonly byNamespace: Map<string, CompiledRule[]>;
+  /** Rules not indexed: tried on every request. */
+  readonly rest: CompiledRule[];
+  readonly size: number;
+}
+
+interface Variant {
+  readonly deny: RuleSet;
+  readonly allow: RuleSet;
+  readonly audit: RuleSet;
+  /** How many ALLOW policies apply (an ALLOW policy whose rules cannot match still applies). */
+  readonly allowPolicies: number;
+  readonly noAllowPolicy: PolicyDecision;
+  readonly noAllowMatched: PolicyDecision;
+}
+
+const NO_AUDIT: readonly PolicyRef[] = Object.freeze([]);
+
+/** Whether `policy` applies to `workload`: its namespace (or the root one) and every selector label. */
+function applies(policy: AuthorizationPolicy, workload: PolicyWorkload, root: string): boolean {
+  const ns = policy.metadata.namespace;
+  if (ns !== workload.namespace && ns !== root) return false;
+  const labels = policy.spec.selector?.matchLabels;
+  if (labels === undefined) return true;
+  for (const [k, v] of Object.entries(labels)) {
+    if (!Object.hasOwn(workload.labels, k) || workload.labels[k] !== v) return false;
+  }
+  return true;
+}
+
+function emptySet(): {
+  byPrincipal: Map<string, CompiledRule[]>;
+  byNamespace: Map<string, CompiledRule[]>;
+  rest: CompiledRule[];
+  size: number;
+} {
+  return { byPrincipal: new Map(), byNamespace: new Map(), rest: [], size: 0 };
+}
+
+function addTo(map: Map<string, CompiledRule[]>, key: string, rule: CompiledRule): void {
+  const list = map.get(key);
+  if (list === undefined) map.set(key, [rule]);
+  else if (list.at(-1) !== rule) list.push(rule);
+}
+
+function decision(allowed: boolean, reason: string, decidedBy?: PolicyRef): PolicyDecision {
+  return Object.freeze({
+    allowed,
+    reason,
+    audited: NO_AUDIT,
+    ...(decidedBy === undefined ? {} : { decidedBy }),
+  });
+}
+
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, 5).join(', ');
+  return names.length > 5 ? `${shown} and ${names.length - 5} more` : shown;
+}
+
+function compileVariant(
+  policies: readonly AuthorizationPolicy[],
+  protocol: 'http' | 'tcp',
+  needs: Needs,
+  warnings: PolicyWarning[] | undefined,
+): Variant {
+  const sets: Record<PolicyAction, ReturnType<typeof emptySet>> = {
+    ALLOW: emptySet(),
+    DENY: emptySet(),
+    AUDIT: emptySet(),
+  };
+  const allowNames: string[] = [];
+  let ordinal = 0;
+  for (const policy of policies) {
+    const name = policyName(policy);
+    const action = policy.spec.action;
+    if (action === 'ALLOW') allowNames.push(name);
+    policy.spec.rules.forEach((_, i) => {
+      const notes: RuleNote[] = [];
+      const compiled = compileRule(policy, i, protocol, needs, notes);
+      for (const n of notes) {
+        warnings?.push({
+          file: policy.origin.file,
+          line: policy.origin.lines[n.path] ?? policy.origin.line,
+          policy: name,
+          message: n.message,
+        });
+      }
+      if (compiled === undefined) return;
+      const ref: PolicyRef = Object.freeze({ policy: name, action, rule: i });
+      const rule: CompiledRule = {
+        ...compiled,
+        ordinal: ordinal++,
+        ref,
+        decision:
+          action === 'DENY'
+            ? decision(false, `denied by DENY policy ${name} rule ${i}`, ref)
+            : decision(true, `allowed by ALLOW policy ${name} rule ${i}`, ref),
+      };
+      const set = sets[action];
+      set.size++;
+      if (rule.principals === undefined && rule.namespaces === undefined) set.rest.push(rule);
+      for (const p of rule.principals ?? []) addTo(set.byPrincipal, p, rule);
+      for (const n of rule.namespaces ?? []) addTo(set.byNamespace, n, rule);
+    });
+  }
+  const n = allowNames.length;
+  return {
+    deny: sets.DENY,
+    allow: sets.ALLOW,
+    audit: sets.AUDIT,
+    allowPolicies: n,
+    noAllowPolicy: decision(
+      true,
+      'allowed: no DENY policy matched and no ALLOW policy applies to the workload',
+    ),
+    noAllowMatched: decision(
+      false,
+      `denied: no ALLOW policy matched (${n} ALLOW ${n === 1 ? 'policy applies' : 'policies apply'} to the workload: ${listNames(allowNames)})`,
+    ),
+  };
+}
+
+/** The first rule of `list` (sorted by ordinal) that matches and comes before `best`. */
+function scan(
+  list: readonly CompiledRule[],
+  ctx: RequestContext,
+  best: CompiledRule | undefined,
+): CompiledRule | undefined {
+  const limit = best === undefined ? Number.POSITIVE_INFINITY : best.ordinal;
+  for (const r of list) {
+    if (r.ordinal >= limit) break;
+    if (r.match(ctx)) return r;
+  }
+  return best;
+}
+
+/** The first matching rule in load order: the peer's indexed rules, then the others. */
+function firstMatch(set: RuleSet, ctx: RequestContext): CompiledRule | undefined {
+  if (set.size === 0) return undefined;
+  let best: CompiledRule | undefined;
+  if (set.byPrincipal.size > 0 && ctx.principal !== undefined) {
+    const list = set.byPrincipal.get(ctx.principal);
+    if (list !== undefined) best = scan(list, ctx, best);
+  }
+  if (set.byNamespace.size > 0 && ctx.namespace !== undefined) {
+    const list = set.byNamespace.get(ctx.namespace);
+    if (list !== undefined) best = scan(list, ctx, best);
+  }
+  return scan(set.rest, ctx, best);
+}
+
+/** Every AUDIT policy with a matching rule (its first matching rule), in load order. */
+function audits(set: RuleSet, ctx: RequestContext): readonly PolicyRef[] {
+  if (set.size === 0) return NO_AUDIT;
+  const lists = [set.rest];
+  if (ctx.principal !== undefined) lists.push(set.byPrincipal.get(ctx.principal) ?? []);
+  if (ctx.namespace !== undefined) lists.push(set.byNamespace.get(ctx.namespace) ?? []);
+  const matched = lists.flatMap((l) => l.filter((r) => r.match(ctx))).sort((a, b) => a.ordinal - b.ordinal);
+  if (matched.length === 0) return NO_AUDIT;
+  const seen = new Set<string>();
+  const refs: PolicyRef[] = [];
+  for (const r of matched) {
+    if (seen.has(r.ref.policy)) continue;
+    seen.add(r.ref.policy);
+    refs.push(r.ref);
+  }
+  return Object.freeze(refs);
+}
+
+/** The namespace in a principal's `/ns/<name>/` segment, as Istio's `source.namespace` reads it. */
+function namespaceOf(principal: string): string | undefined {
+  const i = principal.indexOf('/ns/');
+  if (i < 0) return undefined;
+  const end = principal.indexOf('/', i + 4);
+  return end <= i + 4 ? undefined : principal.slice(i + 4, end);
+}
+
+function pathOf(target: string): string {
+  let end = target.length;
+  const q = target.indexOf('?');
+  if (q >= 0) end = q;
+  const h = target.indexOf('#');
+  if (h >= 0 && h < end) end = h;
+  return end === target.length ? target : target.slice(0, end);
+}
+
+/**
+ * Compiles the policies that apply to `workload` (its namespace and the root namespace, selector
+ * labels all present and equal) for fast decisions. Throws a TypeError for a malformed workload.
+ */
+export function createPolicyEngine(
+  policies: readonly AuthorizationPolicy[],
+  workload: PolicyWorkload,
+  options: PolicyEngineOptions = {},
+): PolicyEngine {
+  if (!Array.isArray(policies))
+    throw new TypeError('createPolicyEngine: policies must be an array (from loadPolicies or parsePolicies)');
+  if (typeof workload?.namespace !== 'string' || workload.namespace === '') {
+    throw new TypeError('createPolicyEngine: workload.namespace must be a non-empty string');
+  }
+  if (typeof workload.labels !== 'object' || workload.labels === null) {
+    throw new TypeError('createPolicyEngine: workload.labels must be an object of label names to values');
+  }
+  const only = options.protocol;
+  if (only !== undefined && only !== 'http' && only !== 'tcp') {
+    throw new TypeError(`createPolicyEngine: protocol must be "http" or "tcp"; got ${JSON.stringify(only)}`);
+  }
+  const root = workload.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const selected = Object.freeze(policies.filter((p) => applies(p, workload, root)));
+  const warnings: PolicyWarning[] = [];
+  const needs: Needs = {
+    sourceIp: false,
+    remoteIp: false,
+    destinationIp: false,
+    host: false,
+    spiffeId: false,
+  };
+  const variants: { http?: Variant; tcp?: Variant } = {};
+  if (only !== 'tcp') variants.http = compileVariant(selected, 'http', needs, undefined);
+  if (only !== 'http') variants.tcp = compileVariant(selected, 'tcp', needs, warnings);
+
+  // One context, refilled per call: evaluate is synchronous, so it is never shared by two calls.
+  const ctx: RequestContext = {
+    principal: undefined,
+    spiffeId: undefined,
+    namespace: undefined,
+    trustDomain: undefined,
+    sourceIp: undefined,
+    remoteIp: undefined,
+    destinationIp: undefined,
+    destinationPort: undefined,
+    sni: undefined,
+    method: undefined,
+    path: undefined,
+    host: undefined,
+    headers: undefined,
+    auth: undefined,
+  };
+
+  const evaluate = (req: PolicyRequest): PolicyDecision => {
+    if (typeof req !== 'object' || req === null)
+      throw new TypeError('evaluate: the request must be a PolicyRequest object');
+    const v = req.protocol === 'http' ? variants.http : req.protocol === 'tcp' ? variants.tcp : undefined;
+    if (v === undefined) {
+      throw new TypeError(
+        req.protocol === 'http' || req.protocol === 'tcp'
+          ? `evaluate: this engine was created for ${only} requests; got a ${req.protocol} request`
+          : `evaluate: request.protocol must be "http" or "tcp"; got ${JSON.stringify(req.protocol)}`,
+      );
+    }
+    const sp = req.sourcePrincipal;
+    if (sp === undefined || sp === '') {
+      ctx.principal = undefined;
+      ctx.spiffeId = undefined;
+      ctx.namespace = undefined;
+      ctx.trustDomain = undefined;
+    } else {
+      const p = normalizePrincipal(sp);
+      ctx.principal = p;
+      ctx.spiffeId = needs.spiffeId ? `spiffe://${p}` : undefined;
+      ctx.namespace = namespaceOf(p);
+      const slash = p.indexOf('/');
+      ctx.trustDomain = slash < 0 ? p : p.slice(0, slash);
+    }
+    ctx.sourceIp = needs.sourceIp && req.sourceIp !== undefined ? parsePeerAddress(req.sourceIp) : undefined;
+    const remote = req.remoteIp ?? req.sourceIp;
+    ctx.remoteIp = needs.remoteIp && remote !== undefined ? parsePeerAddress(remote) : undefined;
+    ctx.destinationIp =
+      needs.destinationIp && req.destinationIp !== undefined
+        ? parsePeerAddress(req.destinationIp)
+        : undefined;
+    ctx.destinationPort = req.destinationPort;
+    ctx.sni = req.sni;
+    const http = req.protocol === 'http' ? req.http : undefined;
+    ctx.method = http?.method;
+    ctx.path = http === undefined ? undefined : pathOf(http.path);
+    ctx.host = needs.host && http !== undefined ? http.host.toLowerCase() : undefined;
+    ctx.headers = http?.headers;
+    ctx.auth = req.protocol === 'http' ? req.auth : undefined;
+
+    const audited = audits(v.audit, ctx);
+    const deny = firstMatch(v.deny, ctx);
+    let d: PolicyDecision;
+    if (deny !== undefined) d = deny.decision;
+    else if (v.allowPolicies === 0) d = v.noAllowPolicy;
+    else d = firstMatch(v.allow, ctx)?.decision ?? v.noAllowMatched;
+    return audited === NO_AUDIT ? d : Object.freeze({ ...d, audited });
+  };
+
+  return Object.freeze({ evaluate, warnings: Object.freeze(warnings), policies: selected });
+}
