@@ -1,7 +1,6 @@
 // The admin CLI as operators use it: a real `tessera server run`, and every command group driven
 // through the `tessera` binary on the server's admin socket, as root and as another uid.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,7 +10,13 @@ import { generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit
 import { parseSpiffeId, parseTrustDomain, parseX509BundlePem, X509Svid } from 'spiffe';
 import { ServerClient } from 'tessera/dist/agent/server-client.js';
 import { createCsr } from 'tessera/dist/common/csr.js';
-import { TESSERA_BIN as bin, spawnTessera, type TesseraProcess, waitForLog } from './tessera-process.js';
+import {
+  TESSERA_BIN as bin,
+  runCommand,
+  spawnTessera,
+  type TesseraProcess,
+  waitForLog,
+} from './tessera-process.js';
 
 const NOBODY = 65534;
 const NO_STACK = /\n\s+at /;
@@ -22,24 +27,11 @@ interface Result {
   stderr: string;
 }
 
-/** Runs a command to completion: `input` on stdin, optionally as another uid. */
+/** Runs a command to completion: `input` on stdin, optionally as another uid (from /, with no environment). */
 function exec(command: string, args: string[], opts: { input?: string; uid?: number } = {}): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid, cwd: '/', env: {} }),
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
-    child.stdin.end(opts.input ?? '');
+  return runCommand(command, args, {
+    ...(opts.input === undefined ? {} : { input: opts.input }),
+    ...(opts.uid === undefined ? {} : { uid: opts.uid, cwd: '/', env: {} }),
   });
 }
 

@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { createWorkloadApiClient, type X509Context } from 'spiffe';
 import {
+  runCommand,
   spawnTessera,
   spawnTesseraWithEnv,
   TESSERA_BIN,
@@ -24,28 +25,15 @@ const NOBODY = 65534;
 const OTHER = 65533;
 const isRoot = process.getuid?.() === 0;
 
-/** Runs a command to completion. */
+/** Runs a command to completion from the repository root, optionally as `uid`, with extra environment. */
 function exec(
   args: string[],
   opts: { uid?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(args[0] as string, args.slice(1), {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid }),
-      env: { ...process.env, ...opts.env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+  return runCommand(args[0] as string, args.slice(1), {
+    cwd: ROOT,
+    env: { ...process.env, ...opts.env },
+    ...(opts.uid === undefined ? {} : { uid: opts.uid }),
   });
 }
 

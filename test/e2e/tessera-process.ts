@@ -21,9 +21,19 @@ export function spawnTessera(...args: string[]): TesseraProcess {
 
 /** As spawnTessera, with extra environment variables. */
 export function spawnTesseraWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): TesseraProcess {
+  return startTessera(args, { env });
+}
+
+/** As spawnTessera, as another uid (and its gid). */
+export function spawnTesseraAs(uid: number, ...args: string[]): TesseraProcess {
+  return startTessera(args, { uid });
+}
+
+function startTessera(args: string[], o: { env?: NodeJS.ProcessEnv; uid?: number }): TesseraProcess {
   const child = spawn(process.execPath, [TESSERA_BIN, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...o.env },
+    ...(o.uid === undefined ? {} : { uid: o.uid, gid: o.uid }),
   });
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
@@ -46,5 +56,41 @@ export function waitForLog(p: TesseraProcess, re: RegExp): Promise<RegExpMatchAr
     p.child.stderr?.on('data', check);
     p.exit.then((code) => reject(new Error(`exited ${code} before ${re}: ${p.stderr()}`)));
     check();
+  });
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a command to completion: `input` on stdin; optionally as another uid (and its gid), in
+ * `cwd`, with exactly the environment `env` (default: this process's).
+ */
+export function runCommand(
+  command: string,
+  args: string[],
+  opts: { input?: string; uid?: number; cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: opts.env ?? process.env,
+      ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
+      ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid }),
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+    child.stdin.end(opts.input ?? '');
   });
 }

@@ -7,6 +7,7 @@ import { entryCommand } from './entry.js';
 import { envoyCommand } from './envoy.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { jwtCommand } from './jwt.js';
+import { proxyCommand } from './proxy.js';
 import { serverCommand } from './server.js';
 import { tokenCommand } from './token.js';
 import { x509Command } from './x509.js';
@@ -36,8 +37,9 @@ commands:
   healthcheck  exit 0 when the server is ready
   api          a Workload API client: fetch x509|jwt|bundles, watch, validate (any SPIFFE agent's socket)
   envoy        an Envoy bootstrap whose certificates come from the agent over SDS (tessera envoy bootstrap)
+  proxy        identity-based mTLS in front of an app, with AuthorizationPolicies (tessera proxy run --config …)
 
-Every command but server, api and envoy talks to the server's admin socket (--socket, default
+Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
 /run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
 
 const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
@@ -52,6 +54,7 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   healthcheck: healthcheckCommand,
   api: apiCommand,
   envoy: envoyCommand,
+  proxy: proxyCommand,
 };
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
