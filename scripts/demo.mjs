@@ -5,186 +5,30 @@
 // library; a certificate is renewed; the frontend's entry is deleted and its calls are refused once
 // its last certificate expires. Everything is removed at the end; exits 0, or 1 saying what failed.
 //   npm run build && node scripts/demo.mjs
-import { spawn } from 'node:child_process';
-import {
-  chmodSync,
-  copyFileSync,
-  linkSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  cli,
+  createDemo,
+  createEntries,
+  fail,
+  isRoot,
+  say,
+  startAgent,
+  startServer,
+  waitForEvent,
+  workloadRuns,
+} from './demo-lib.mjs';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const TESSERA = join(ROOT, 'packages/tessera/bin/tessera.js');
 const TD = 'demo.example';
 const BACKEND = `spiffe://${TD}/backend`;
 const FRONTEND = `spiffe://${TD}/frontend`;
-const AGENT_ID = `spiffe://${TD}/tessera/agent/join_token/demo-node`;
 const SVID_TTL_S = 10;
 const DEADLINE_MS = 58_000;
-const isRoot = process.getuid?.() === 0;
-const started = Date.now();
 
-/** Everything the demo starts, so that cleanup() can stop it. */
-const children = new Map();
-let tmp;
-let cleaningUp = false;
-let interrupted = false;
-
-const say = (line = '') => process.stdout.write(`${line}\n`);
+const demo = createDemo({ deadlineMs: DEADLINE_MS });
 const short = (serial) => `${serial.slice(0, 8)}…`;
 const clock = (iso) => iso.slice(11, 19);
-
-class DemoError extends Error {}
-
-/** A step that did not happen: `what` says what the demo was waiting for. */
-function fail(what) {
-  throw new DemoError(what);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child processes: the daemons (stderr kept for their logs) and the workloads (JSON lines on stdout).
-
-/** Starts `cmd args`, keeps its stderr and (for workloads) parses each stdout line as a JSON event. */
-function start(name, cmd, args, opts = {}) {
-  const child = spawn(cmd, args, {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...opts.env },
-    ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid }),
-  });
-  const p = { name, child, stderr: '', events: [], exited: false, waiters: new Set(), onEvent: opts.onEvent };
-  const notify = () => {
-    for (const w of p.waiters) w();
-  };
-  child.stderr.setEncoding('utf8').on('data', (d) => {
-    p.stderr += d;
-    notify();
-  });
-  let buf = '';
-  child.stdout.setEncoding('utf8').on('data', (d) => {
-    buf += d;
-    const lines = buf.split('\n');
-    buf = lines.pop() ?? '';
-    for (const line of lines) {
-      if (line.trim() === '') continue;
-      let event;
-      try {
-        event = JSON.parse(line);
-      } catch {
-        event = { type: 'text', text: line };
-      }
-      p.events.push(event);
-      p.onEvent?.(event);
-    }
-    notify();
-  });
-  child.on('error', (err) => {
-    p.stderr += `\n${name}: cannot start ${cmd}: ${err.message}\n`;
-  });
-  child.on('exit', (code, signal) => {
-    p.exited = true;
-    p.exitStatus = signal ?? code;
-    notify();
-    if (!cleaningUp) void report(new DemoError(`the ${name} stopped unexpectedly (${p.exitStatus})`));
-  });
-  children.set(name, p);
-  return p;
-}
-
-/**
- * Resolves with the first truthy `check()`; re-checked on every line the process writes. Fails with
- * `what` if the process exits first or after `ms` milliseconds.
- */
-function waitFor(p, check, ms, what) {
-  return new Promise((resolve, reject) => {
-    let timer;
-    const done = (fn, v) => {
-      clearTimeout(timer);
-      p.waiters.delete(test);
-      fn(v);
-    };
-    const test = () => {
-      const v = check();
-      if (v) return done(resolve, v);
-      if (p.exited)
-        return done(reject, new DemoError(`${what}: the ${p.name} exited (${p.exitStatus}) first`));
-    };
-    timer = setTimeout(() => done(reject, new DemoError(`${what}: nothing after ${ms / 1000} s`)), ms);
-    p.waiters.add(test);
-    test();
-  });
-}
-
-const waitForLog = (p, re, ms, what) => waitFor(p, () => p.stderr.match(re), ms, what);
-
-/** The first event of `p` from index `from` on that satisfies `pred`. */
-const waitForEvent = (p, pred, ms, what, from = 0) =>
-  waitFor(p, () => p.events.slice(from).find(pred), ms, what);
-
-/** Runs the tessera CLI against the server's admin socket; fails with its message on a non-zero exit. */
-function cli(socket, ...args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [TESSERA, ...args, '--socket', socket], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d) => {
-      out += d;
-    });
-    child.stderr.setEncoding('utf8').on('data', (d) => {
-      err += d;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code === 0) resolve(out);
-      else reject(new DemoError(`tessera ${args.slice(0, 2).join(' ')} exited ${code}: ${err.trim()}`));
-    });
-  });
-}
-
-/** A TCP port nobody listens on now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** An unused uid for the frontend (65533 unless /etc/passwd has it). */
-function unusedUid() {
-  let passwd = '';
-  try {
-    passwd = readFileSync('/etc/passwd', 'utf8');
-  } catch {}
-  const taken = new Set(passwd.split('\n').map((l) => Number(l.split(':')[2])));
-  for (let uid = 65533; uid > 60000; uid--) if (!taken.has(uid)) return uid;
-  return 65533;
-}
-
-/** A copy of the node binary at `path`: a hard link when the file system allows it, else a copy. */
-function nodeBinaryAt(path) {
-  try {
-    linkSync(process.execPath, path);
-  } catch {
-    copyFileSync(process.execPath, path);
-    chmodSync(path, 0o755);
-  }
-  return path;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The two workloads. Written into the temporary directory; they import the `spiffe` package of
@@ -240,8 +84,7 @@ setInterval(call, 1000);
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
-  tmp = mkdtempSync(join(tmpdir(), 'tessera-demo-'));
-  chmodSync(tmp, 0o755); // the workloads may run as other uids
+  const tmp = demo.tempDir();
   const spiffeUrl = import.meta.resolve('spiffe');
 
   say('Tessera demo: an identity server, an agent and two workloads that talk mTLS, on this machine.');
@@ -252,127 +95,40 @@ async function main() {
   say(`1. Starting the identity server (tessera server run) for the trust domain "${TD}".`);
   say(`   It keeps its CA and registry (SQLite) in the temporary directory. Workload certificates`);
   say(`   will live only ${SVID_TTL_S} seconds, so that you can watch one being renewed.`);
-  const srvDir = join(tmp, 'server');
-  mkdirSync(srvDir);
-  const adminSocket = join(srvDir, 'admin.sock');
-  const serverConfig = join(srvDir, 'server.yaml');
-  writeFileSync(
-    serverConfig,
-    [
-      `trust_domain: ${TD}`,
-      `data_dir: ${srvDir}/data`,
-      `admin_socket: ${adminSocket}`,
-      `agent_api: { address: 127.0.0.1, port: ${await freePort()} }`,
-      'health: { port: 0 }',
-      `x509_svid_ttl: ${SVID_TTL_S}s`,
-      '',
-    ].join('\n'),
-  );
-  const server = start('server', process.execPath, [TESSERA, 'server', 'run', '--config', serverConfig]);
-  const [, agentPort] = await waitForLog(
-    server,
-    /server started .*agent_api=127\.0\.0\.1:(\d+)/,
-    15_000,
-    'the server did not log "server started"',
-  );
+  const { adminSocket, agentPort } = await startServer(demo, { trustDomain: TD, svidTtlS: SVID_TTL_S });
   say(`   The server is up; agents connect to it on 127.0.0.1:${agentPort}.`);
   say();
 
   // 2. The agent.
   say('2. Starting the agent (tessera agent run), which hands identities to processes on this machine.');
-  const token = JSON.parse(
-    await cli(adminSocket, 'token', 'generate', '--agent-name', 'demo-node', '--output', 'json'),
-  ).token;
   say('   It proves who it is with a one-time join token from `tessera token generate`, and trusts the');
   say('   server through its CA certificate from `tessera bundle show`.');
-  const agentDir = join(tmp, 'agent');
-  mkdirSync(agentDir);
-  writeFileSync(join(agentDir, 'bundle.pem'), await cli(adminSocket, 'bundle', 'show'));
-  const agentSocket = join(tmp, 'run', 'agent.sock');
-  const agentConfig = join(agentDir, 'agent.yaml');
-  writeFileSync(
-    agentConfig,
-    [
-      `trust_domain: ${TD}`,
-      'server_address: 127.0.0.1',
-      `server_port: ${agentPort}`,
-      `trust_bundle_path: ${agentDir}/bundle.pem`,
-      `socket_path: ${agentSocket}`,
-      `data_dir: ${agentDir}/data`,
-      'health: { port: 0 }',
-      '',
-    ].join('\n'),
-  );
-  // `--join-token=…` in one argument: a token may begin with '-' (base64url), which the option
-  // parser would otherwise take for another option.
-  const agent = start('agent', process.execPath, [
-    TESSERA,
-    'agent',
-    'run',
-    '--config',
-    agentConfig,
-    `--join-token=${token}`,
-  ]);
-  await waitForLog(agent, /agent started/, 15_000, 'the agent did not log "agent started"');
-  say(`   The agent is attested as ${AGENT_ID}`);
+  const { agentSocket, agentId } = await startAgent(demo, {
+    trustDomain: TD,
+    adminSocket,
+    agentPort,
+    agentName: 'demo-node',
+  });
+  say(`   The agent is attested as ${agentId}`);
   say(`   and serves the SPIFFE Workload API on ${agentSocket}.`);
   say();
 
   // 3. The registrations.
-  let backendRun;
-  let frontendRun;
-  let how;
   say('3. Registering two workloads with `tessera entry create`, both parented to that agent:');
-  if (isRoot) {
-    const frontendUid = unusedUid();
-    backendRun = {
-      cmd: process.execPath,
-      uid: 65534,
-      selector: 'unix:uid:65534',
-      because: 'uid 65534 (nobody)',
-    };
-    frontendRun = {
-      cmd: process.execPath,
-      uid: frontendUid,
-      selector: `unix:uid:${frontendUid}`,
-      because: `uid ${frontendUid}`,
-    };
-    how =
-      'The agent learns the uid of each caller from the kernel (SO_PEERCRED on the socket), not from the caller.';
-  } else {
-    const b = nodeBinaryAt(join(tmp, 'backend-node'));
-    const f = nodeBinaryAt(join(tmp, 'frontend-node'));
-    backendRun = { cmd: b, selector: `unix:path:${b}`, because: `its executable ${b}` };
-    frontendRun = { cmd: f, selector: `unix:path:${f}`, because: `its executable ${f}` };
-    how =
-      'Not running as root, so the two workloads cannot run as uids of their own: each runs node under its\n' +
+  const { backend: backendRun, frontend: frontendRun } = workloadRuns(demo, ['backend', 'frontend']);
+  const how = isRoot
+    ? 'The agent learns the uid of each caller from the kernel (SO_PEERCRED on the socket), not from the caller.'
+    : 'Not running as root, so the two workloads cannot run as uids of their own: each runs node under its\n' +
       "   own file name (a hard link, or a copy), and the agent reads the caller's executable from /proc/<pid>/exe.";
-  }
-  const entryIds = {};
-  for (const [id, run, name] of [
-    [BACKEND, backendRun, 'backend'],
-    [FRONTEND, frontendRun, 'frontend'],
-  ]) {
-    const out = JSON.parse(
-      await cli(
-        adminSocket,
-        'entry',
-        'create',
-        '--spiffe-id',
-        id,
-        '--parent-id',
-        AGENT_ID,
-        '--selector',
-        run.selector,
-        '--output',
-        'json',
-      ),
-    );
-    const result = out.results[0];
-    if (result.status.code !== 0) fail(`registering ${id}: ${result.status.message}`);
-    entryIds[name] = result.entry.id;
+  const [, frontendEntry] = await createEntries(adminSocket, agentId, [
+    { id: BACKEND, selector: backendRun.selector },
+    { id: FRONTEND, selector: frontendRun.selector },
+  ]);
+  for (const [id, run] of [
+    [BACKEND, backendRun],
+    [FRONTEND, frontendRun],
+  ])
     say(`   ${id.padEnd(32)} for any process with selector ${run.selector}`);
-  }
   say(`   ${how}`);
   say();
 
@@ -381,7 +137,7 @@ async function main() {
   say('   (SPIFFE_ENDPOINT_SOCKET) and gets an X.509 certificate (an X509-SVID) and its private key.');
   const env = { SPIFFE_ENDPOINT_SOCKET: `unix://${agentSocket}` };
   writeFileSync(join(tmp, 'backend.mjs'), backendScript(spiffeUrl));
-  const backend = start('backend', backendRun.cmd, [join(tmp, 'backend.mjs')], {
+  const backend = demo.start('backend', backendRun.cmd, [join(tmp, 'backend.mjs')], {
     env,
     uid: backendRun.uid,
     onEvent: (e) => {
@@ -403,7 +159,7 @@ async function main() {
   let afterDelete = false;
   let toldNoIdentity = false;
   writeFileSync(join(tmp, 'frontend.mjs'), frontendScript(spiffeUrl, port));
-  const frontend = start('frontend', frontendRun.cmd, [join(tmp, 'frontend.mjs')], {
+  const frontend = demo.start('frontend', frontendRun.cmd, [join(tmp, 'frontend.mjs')], {
     env,
     uid: frontendRun.uid,
     onEvent: (e) => {
@@ -476,14 +232,14 @@ async function main() {
 
   // 5. The deletion.
   let held = lastSvid;
-  say(`5. Deleting the frontend's entry: tessera entry delete --entry-id ${entryIds.frontend}`);
+  say(`5. Deleting the frontend's entry: tessera entry delete --entry-id ${frontendEntry}`);
   say("   The agent will stop renewing the frontend's certificate. A certificate already handed out cannot");
   say(
     `   be recalled, so the frontend keeps using ${short(held.serial)} until it expires at ${clock(held.notAfter)}.`,
   );
   afterDelete = true;
   const fromDelete = frontend.events.length;
-  await cli(adminSocket, 'entry', 'delete', '--entry-id', entryIds.frontend);
+  await cli(adminSocket, 'entry', 'delete', '--entry-id', frontendEntry);
   if (lastSvid !== held) {
     held = lastSvid;
     say(
@@ -540,81 +296,7 @@ async function main() {
   say();
 }
 
-/** Stops every child (SIGTERM, then SIGKILL after 3 s) and removes the temporary directory. */
-async function cleanup() {
-  if (cleaningUp) return;
-  cleaningUp = true;
-  const order = ['frontend', 'backend', 'agent', 'server'];
-  for (const name of order) {
-    const p = children.get(name);
-    if (p === undefined || p.exited) continue;
-    p.child.kill('SIGTERM');
-    await new Promise((resolve) => {
-      const t = setTimeout(() => {
-        p.child.kill('SIGKILL');
-        resolve();
-      }, 3_000);
-      p.waiters.add(() => {
-        if (p.exited) {
-          clearTimeout(t);
-          resolve();
-        }
-      });
-      if (p.exited) resolve();
-    });
-  }
-  if (tmp !== undefined) rmSync(tmp, { recursive: true, force: true });
-}
-
-/** The last lines a process wrote on stderr, indented. */
-function tail(p, lines = 15) {
-  const all = p.stderr.trimEnd().split('\n');
-  return all
-    .slice(-lines)
-    .map((l) => `    ${l}`)
-    .join('\n');
-}
-
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    if (interrupted) return;
-    interrupted = true;
-    clearTimeout(watchdog);
-    say(`\nInterrupted (${signal}): stopping everything and removing ${tmp ?? 'the temporary directory'}.`);
-    cleanup().finally(() => process.exit(130));
-  });
-}
-
-const watchdog = setTimeout(() => {
-  void report(new DemoError(`the demo did not finish within ${DEADLINE_MS / 1000} s`));
-}, DEADLINE_MS);
-
-let reported = false;
-async function report(err) {
-  if (reported || interrupted) return;
-  reported = true;
-  clearTimeout(watchdog);
-  say();
-  say(`The demo FAILED: ${err instanceof DemoError ? err.message : (err?.stack ?? String(err))}`);
-  for (const p of children.values()) {
-    if (p.stderr.trim() === '') continue;
-    say(`  last lines the ${p.name} wrote on stderr:`);
-    say(tail(p));
-  }
-  say('Cleaning up.');
-  await cleanup();
-  process.exit(1);
-}
-
-try {
-  await main();
-  clearTimeout(watchdog);
-  say(
+await demo.run(main, {
+  lastStep:
     '6. Cleaning up: stopping the workloads, the agent and the server, and removing the temporary directory.',
-  );
-  await cleanup();
-  say(`Done in ${Math.round((Date.now() - started) / 1000)} s.`);
-  process.exit(0);
-} catch (err) {
-  await report(err);
-}
+});
