@@ -7,6 +7,7 @@ import { entryCommand } from './entry.js';
 import { envoyCommand } from './envoy.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { jwtCommand } from './jwt.js';
+import { policyCommand } from './policy.js';
 import { proxyCommand } from './proxy.js';
 import { serverCommand } from './server.js';
 import { tokenCommand } from './token.js';
@@ -38,6 +39,7 @@ commands:
   api          a Workload API client: fetch x509|jwt|bundles, watch, validate (any SPIFFE agent's socket)
   envoy        an Envoy bootstrap whose certificates come from the agent over SDS (tessera envoy bootstrap)
   proxy        identity-based mTLS in front of an app, with AuthorizationPolicies (tessera proxy run --config …)
+  policy       Istio AuthorizationPolicies on their own: check a request's decision, lint policy files
 
 Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
 /run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
@@ -55,6 +57,7 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   api: apiCommand,
   envoy: envoyCommand,
   proxy: proxyCommand,
+  policy: policyCommand,
 };
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */

@@ -71,6 +71,6 @@ export function loadPolicies(paths: string[]): {
     }
   }
   checkDuplicates(policies, problems);
-  if (problems.length > 0) throw new PolicyInvalidError(problems);
+  if (problems.length > 0) throw new PolicyInvalidError(problems, warnings);
   return { policies: Object.freeze(policies), warnings };
 }

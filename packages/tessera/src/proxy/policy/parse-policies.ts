@@ -82,7 +82,7 @@ export function parsePolicies(
 ): { policies: readonly AuthorizationPolicy[]; warnings: PolicyWarning[] } {
   const r = readPolicyDocuments(text, file);
   checkDuplicates(r.policies, r.problems);
-  if (r.problems.length > 0) throw new PolicyInvalidError(r.problems);
+  if (r.problems.length > 0) throw new PolicyInvalidError(r.problems, r.warnings);
   return { policies: Object.freeze(r.policies), warnings: r.warnings };
 }
 

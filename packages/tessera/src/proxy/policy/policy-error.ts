@@ -3,6 +3,7 @@
  * in one TesseraError (code ERR_POLICY_INVALID) so an operator fixes them all in one pass.
  */
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import type { PolicyWarning } from './types.js';
 
 export interface PolicyProblem {
   file: string;
@@ -26,11 +27,15 @@ export function formatPolicyProblem(p: PolicyProblem): string {
     .join(': ');
 }
 
-/** ERR_POLICY_INVALID with the problems as data; the message lists them one per line. */
+/**
+ * ERR_POLICY_INVALID with the problems as data (and the warnings found on the way, for linters);
+ * the message lists the problems one per line.
+ */
 export class PolicyInvalidError extends TesseraError {
   readonly problems: readonly PolicyProblem[];
+  readonly warnings: readonly PolicyWarning[];
 
-  constructor(problems: readonly PolicyProblem[]) {
+  constructor(problems: readonly PolicyProblem[], warnings: readonly PolicyWarning[] = []) {
     const n = problems.length;
     super(
       TesseraErrorCode.POLICY_INVALID,
@@ -39,5 +44,6 @@ export class PolicyInvalidError extends TesseraError {
         .join('\n')}`,
     );
     this.problems = Object.freeze([...problems]);
+    this.warnings = Object.freeze([...warnings]);
   }
 }
