@@ -58,12 +58,32 @@ export interface Needs {
   spiffeId: boolean;
 }
 
+/**
+ * What a rule requires of every request it matches, so that the engine finds the rule by the
+ * request instead of trying it on every one: the peer (an exact principal, a principal prefix or
+ * suffix, or an exact namespace, whichever each source requires), else the first path segment, else
+ * the method. Only necessary conditions: the rule's own test still decides.
+ */
+export type RuleIndex =
+  | {
+      readonly kind: 'peer';
+      readonly principals: readonly string[];
+      readonly principalPrefixes: readonly string[];
+      readonly principalSuffixes: readonly string[];
+      readonly namespaces: readonly string[];
+    }
+  | { readonly kind: 'path'; readonly segments: readonly string[] }
+  | { readonly kind: 'method'; readonly methods: readonly string[] };
+
 export interface CompiledMatch {
   readonly match: Predicate;
-  /** Set when the rule can only match these exact principals (an index key). */
-  readonly principals?: readonly string[];
-  /** Set when the rule can only match peers in these exact namespaces (or the principals above). */
-  readonly namespaces?: readonly string[];
+  readonly index?: RuleIndex;
+}
+
+/** The first segment of a path: `/admin/x` → `admin`, `/` → ``. */
+export function firstSegment(path: string): string {
+  const end = path.indexOf('/', 1);
+  return end < 0 ? path.slice(1) : path.slice(1, end);
 }
 
 /** A problem of the TCP rule, reported as a warning at the field's line. */
@@ -72,50 +92,87 @@ export interface RuleNote {
   readonly message: string;
 }
 
-const TRUE: Predicate = () => true;
-const FALSE: Predicate = () => false;
+/**
+ * A predicate and a rough cost, so that the conjunctions and disjunctions of a rule try the cheap
+ * tests (a Set lookup, a port) before the dear ones (prefixes, regular expressions, IP blocks).
+ */
+interface Test {
+  readonly p: Predicate;
+  readonly cost: number;
+  /** For a conjunction: its parts, so an enclosing conjunction merges them and orders them all. */
+  readonly parts?: readonly Test[];
+}
 
-function all(ps: readonly Predicate[]): Predicate {
-  if (ps.length === 0) return TRUE;
-  if (ps.length === 1) return ps[0]!;
+const byCost = (a: Test, b: Test) => a.cost - b.cost;
+const costOf = (ts: readonly Test[]) => ts.reduce((n, t) => n + t.cost, 0);
+
+function all(tests: readonly Test[]): Test {
+  const ts = tests.flatMap((t) => t.parts ?? [t]).sort(byCost);
+  const cost = costOf(ts);
+  if (ts.length === 0) return { p: () => true, cost: 0 };
+  if (ts.length === 1) return ts[0]!;
+  const ps = ts.map((t) => t.p);
   if (ps.length === 2) {
     const [a, b] = ps as [Predicate, Predicate];
-    return (c) => a(c) && b(c);
+    return { p: (c) => a(c) && b(c), cost, parts: ts };
   }
-  return (c) => {
-    for (const p of ps) if (!p(c)) return false;
-    return true;
+  return {
+    p: (c) => {
+      for (const p of ps) if (!p(c)) return false;
+      return true;
+    },
+    cost,
+    parts: ts,
   };
 }
 
-function any(ps: readonly Predicate[]): Predicate {
-  if (ps.length === 0) return FALSE;
-  if (ps.length === 1) return ps[0]!;
-  return (c) => {
-    for (const p of ps) if (p(c)) return true;
-    return false;
+function any(tests: readonly Test[]): Test {
+  const ts = [...tests].sort(byCost);
+  const cost = costOf(ts);
+  if (ts.length === 0) return { p: () => false, cost: 0 };
+  if (ts.length === 1) return ts[0]!;
+  const ps = ts.map((t) => t.p);
+  return {
+    p: (c) => {
+      for (const p of ps) if (p(c)) return true;
+      return false;
+    },
+    cost,
   };
+}
+
+function not(t: Test): Test {
+  const p = t.p;
+  return { p: (c) => !p(c), cost: t.cost };
+}
+
+/** Set lookups are cheap; every prefix, suffix or template costs a string scan. */
+function patternsCost(patterns: readonly StringPattern[]): number {
+  let cost = 1;
+  for (const p of patterns)
+    if (p.kind !== 'exact' && p.kind !== 'present') cost += p.kind === 'template' ? 8 : 4;
+  return cost;
 }
 
 type Accessor = (ctx: RequestContext) => unknown;
 
-/** A predicate true when the attribute matches any of `values`. */
-function valuesPredicate(
+/** A test true when the attribute matches any of `values`. */
+function valuesTest(
   kind: ValueKind,
   values: readonly string[],
   attribute: 'source' | 'remote' | 'destination' | Accessor,
   policyNamespace: string,
   needs: Needs,
-): Predicate {
+): Test {
   const strings = (
     patterns: StringPattern[],
     get: (c: RequestContext) => string | undefined,
     o?: MatcherOptions,
-  ) => {
+  ): Test => {
     const m = createStringMatcher(patterns, o);
-    return (c: RequestContext) => m(get(c));
+    return { p: (c) => m(get(c)), cost: patternsCost(patterns) };
   };
-  const plain = values.map(parseStringPattern);
+  const plain = () => values.map(parseStringPattern);
   switch (kind) {
     case 'principal':
       return strings(
@@ -123,16 +180,16 @@ function valuesPredicate(
         (c) => c.principal,
       );
     case 'requestPrincipal':
-      return strings(plain, (c) => c.auth?.principal);
+      return strings(plain(), (c) => c.auth?.principal);
     case 'namespace':
-      return strings(plain, (c) => c.namespace);
+      return strings(plain(), (c) => c.namespace);
     case 'trustDomain':
-      return strings(plain, (c) => c.trustDomain);
+      return strings(plain(), (c) => c.trustDomain);
     case 'host':
       needs.host = true;
-      return strings(plain, (c) => c.host, { ignoreCase: true });
+      return strings(plain(), (c) => c.host, { ignoreCase: true });
     case 'method':
-      return strings(plain, (c) => c.method);
+      return strings(plain(), (c) => c.method);
     case 'path':
       return strings(values.map(parsePathPattern), (c) => c.path);
     case 'serviceAccount': {
@@ -143,11 +200,14 @@ function valuesPredicate(
         const q = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
         return new RegExp(`^spiffe://.+/ns/${q(ns)}/(.+/|)sa/${q(sa)}(/.+)?$`);
       });
-      return (c) => c.spiffeId !== undefined && regexes.some((r) => r.test(c.spiffeId!));
+      return {
+        p: (c) => c.spiffeId !== undefined && regexes.some((r) => r.test(c.spiffeId!)),
+        cost: 8 * regexes.length,
+      };
     }
     case 'port': {
       const ports = new Set(values.map(Number));
-      return (c) => c.destinationPort !== undefined && ports.has(c.destinationPort);
+      return { p: (c) => c.destinationPort !== undefined && ports.has(c.destinationPort), cost: 1 };
     }
     case 'ip': {
       const blocks = values.map((v) => parseIpBlock(v) as IpBlock);
@@ -162,45 +222,51 @@ function valuesPredicate(
         needs.sourceIp = true;
         get = (c) => c.sourceIp;
       }
-      return (c) => {
-        const a = get(c);
-        if (a === undefined) return false;
-        for (const b of blocks) if (ipBlockContains(b, a)) return true;
-        return false;
+      return {
+        p: (c) => {
+          const a = get(c);
+          if (a === undefined) return false;
+          for (const b of blocks) if (ipBlockContains(b, a)) return true;
+          return false;
+        },
+        cost: 2 * blocks.length,
       };
     }
     default: {
       if (typeof attribute !== 'function') throw new Error(`policy: no accessor for ${kind}`);
       // A string, or (JWT claims and audiences) a list of which any element may match.
-      const m = createStringMatcher(plain);
-      return (c) => {
-        const v = attribute(c);
-        if (typeof v === 'string') return m(v);
-        if (Array.isArray(v)) {
-          for (const x of v) if (typeof x === 'string' && m(x)) return true;
-        }
-        return false;
+      const patterns = plain();
+      const m = createStringMatcher(patterns);
+      return {
+        p: (c) => {
+          const v = attribute(c);
+          if (typeof v === 'string') return m(v);
+          if (Array.isArray(v)) {
+            for (const x of v) if (typeof x === 'string' && m(x)) return true;
+          }
+          return false;
+        },
+        cost: 2 + patternsCost(patterns),
       };
     }
   }
 }
 
 /** values AND NOT notValues, for one field or condition. */
-function fieldPredicate(
+function fieldTests(
   kind: ValueKind,
   values: readonly string[] | undefined,
   notValues: readonly string[] | undefined,
   attribute: 'source' | 'remote' | 'destination' | Accessor,
   policyNamespace: string,
   needs: Needs,
-): Predicate[] {
-  const out: Predicate[] = [];
+): Test[] {
+  const out: Test[] = [];
   if (values !== undefined && values.length > 0) {
-    out.push(valuesPredicate(kind, values, attribute, policyNamespace, needs));
+    out.push(valuesTest(kind, values, attribute, policyNamespace, needs));
   }
   if (notValues !== undefined && notValues.length > 0) {
-    const p = valuesPredicate(kind, notValues, attribute, policyNamespace, needs);
-    out.push((c) => !p(c));
+    out.push(not(valuesTest(kind, notValues, attribute, policyNamespace, needs)));
   }
   return out;
 }
@@ -249,41 +315,39 @@ function conditionAttribute(key: ConditionKey): 'source' | 'remote' | 'destinati
 }
 
 /** Headers use Envoy's present_match for `*`: a header that is present matches even when empty. */
-function conditionPredicates(
+function conditionTests(
   key: ConditionKey,
   values: readonly string[] | undefined,
   notValues: readonly string[] | undefined,
   ns: string,
   needs: Needs,
-): Predicate[] {
+): Test[] {
   if (key.attribute === 'request.headers') {
     const name = key.header;
-    const predicate = (vs: readonly string[]) => {
-      const m = createStringMatcher(vs.map(parseStringPattern), { presentMatchesEmpty: true });
-      return (c: RequestContext) => m(header(c, name));
+    const test = (vs: readonly string[]): Test => {
+      const patterns = vs.map(parseStringPattern);
+      const m = createStringMatcher(patterns, { presentMatchesEmpty: true });
+      return { p: (c) => m(header(c, name)), cost: 1 + patternsCost(patterns) };
     };
-    const out: Predicate[] = [];
-    if (values !== undefined && values.length > 0) out.push(predicate(values));
-    if (notValues !== undefined && notValues.length > 0) {
-      const p = predicate(notValues);
-      out.push((c) => !p(c));
-    }
+    const out: Test[] = [];
+    if (values !== undefined && values.length > 0) out.push(test(values));
+    if (notValues !== undefined && notValues.length > 0) out.push(not(test(notValues)));
     return out;
   }
-  return fieldPredicate(key.kind, values, notValues, conditionAttribute(key), ns, needs);
+  return fieldTests(key.kind, values, notValues, conditionAttribute(key), ns, needs);
 }
 
 type FieldValues = Readonly<Record<string, readonly string[] | undefined>>;
 
-function fieldsPredicate(
+function fieldsTest(
   object: FieldValues,
   table: Readonly<Record<string, FieldSpec>>,
   path: string,
   skip: (field: string, spec: FieldSpec, path: string) => boolean,
   ns: string,
   needs: Needs,
-): Predicate {
-  const ps: Predicate[] = [];
+): Test {
+  const ts: Test[] = [];
   for (const [field, spec] of Object.entries(table)) {
     if (spec.negative) continue;
     const notField = `not${field[0]!.toUpperCase()}${field.slice(1)}`;
@@ -292,9 +356,9 @@ function fieldsPredicate(
     if (values !== undefined && skip(field, spec, `${path}.${field}`)) values = undefined;
     if (notValues !== undefined && skip(notField, spec, `${path}.${notField}`)) notValues = undefined;
     const attribute = field === 'remoteIpBlocks' ? 'remote' : 'source';
-    ps.push(...fieldPredicate(spec.kind, values, notValues, attribute, ns, needs));
+    ts.push(...fieldTests(spec.kind, values, notValues, attribute, ns, needs));
   }
-  return all(ps);
+  return all(ts);
 }
 
 /**
@@ -333,51 +397,89 @@ export function compileRule(
   };
 
   const from = (rule.from ?? []).map((f, i) =>
-    fieldsPredicate(f.source as FieldValues, SOURCE_FIELDS, `${base}.from[${i}].source`, skip, ns, needs),
+    fieldsTest(f.source as FieldValues, SOURCE_FIELDS, `${base}.from[${i}].source`, skip, ns, needs),
   );
   const to = (rule.to ?? []).map((t, i) =>
-    fieldsPredicate(
-      t.operation as FieldValues,
-      OPERATION_FIELDS,
-      `${base}.to[${i}].operation`,
-      skip,
-      ns,
-      needs,
-    ),
+    fieldsTest(t.operation as FieldValues, OPERATION_FIELDS, `${base}.to[${i}].operation`, skip, ns, needs),
   );
-  const when: Predicate[] = [];
+  const when: Test[] = [];
   (rule.when ?? []).forEach((c, i) => {
     const key = parseConditionKey(c.key);
     if (typeof key === 'string') throw new Error(`policy: ${key}`);
     if (skip(c.key, key, `${base}.when[${i}]`)) return;
-    when.push(...conditionPredicates(key, c.values, c.notValues, ns, needs));
+    when.push(...conditionTests(key, c.values, c.notValues, ns, needs));
   });
   if (void_) return undefined;
 
-  const parts: Predicate[] = [];
+  const parts: Test[] = [];
   if (from.length > 0) parts.push(any(from));
   if (to.length > 0) parts.push(any(to));
   parts.push(...when);
-  return { match: all(parts), ...indexKeys(rule) };
+  const peer = indexOf(rule, protocol);
+  return { match: all(parts).p, ...(peer === undefined ? {} : { index: peer }) };
+}
+
+function indexOf(rule: Rule, protocol: 'http' | 'tcp'): RuleIndex | undefined {
+  return peerIndex(rule) ?? (protocol === 'http' ? (pathIndex(rule) ?? methodIndex(rule)) : undefined);
 }
 
 /**
- * The exact principals or namespaces a rule requires, when every `from` entry requires some: the
- * engine then looks the rule up by the peer instead of trying it on every request.
+ * When every `from` entry requires a principal pattern (exact, prefix or suffix; not presence) or an
+ * exact namespace.
  */
-function indexKeys(rule: Rule): { principals?: string[]; namespaces?: string[] } {
-  if (rule.from === undefined || rule.from.length === 0) return {};
+function peerIndex(rule: Rule): RuleIndex | undefined {
+  if (rule.from === undefined || rule.from.length === 0) return undefined;
   const principals = new Set<string>();
+  const principalPrefixes = new Set<string>();
+  const principalSuffixes = new Set<string>();
   const namespaces = new Set<string>();
-  const exact = (vs: readonly string[] | undefined) =>
-    vs !== undefined && vs.length > 0 && vs.every((v) => !v.includes('*'));
   for (const { source } of rule.from) {
-    if (exact(source.principals)) for (const p of source.principals!) principals.add(normalizePrincipal(p));
-    else if (exact(source.namespaces)) for (const n of source.namespaces!) namespaces.add(n);
-    else return {};
+    const ps = (source.principals ?? []).map((v) => parseStringPattern(normalizePrincipal(v)));
+    if (ps.length > 0 && ps.every((p) => p.kind === 'exact' || p.kind === 'prefix' || p.kind === 'suffix')) {
+      for (const p of ps) {
+        const set =
+          p.kind === 'exact' ? principals : p.kind === 'prefix' ? principalPrefixes : principalSuffixes;
+        set.add((p as { value: string }).value);
+      }
+    } else if (source.namespaces?.every((n) => !n.includes('*'))) {
+      for (const n of source.namespaces) namespaces.add(n);
+    } else {
+      return undefined;
+    }
   }
   return {
-    ...(principals.size > 0 ? { principals: [...principals] } : {}),
-    ...(namespaces.size > 0 ? { namespaces: [...namespaces] } : {}),
+    kind: 'peer',
+    principals: [...principals],
+    principalPrefixes: [...principalPrefixes],
+    principalSuffixes: [...principalSuffixes],
+    namespaces: [...namespaces],
   };
+}
+
+/** When every `to` entry requires paths that all fix the first segment (`/admin`, `/admin/*`). */
+function pathIndex(rule: Rule): RuleIndex | undefined {
+  if (rule.to === undefined || rule.to.length === 0) return undefined;
+  const segments = new Set<string>();
+  for (const { operation } of rule.to) {
+    if (operation.paths === undefined) return undefined;
+    for (const v of operation.paths) {
+      const p = parsePathPattern(v);
+      if (p.kind === 'exact' && p.value.startsWith('/')) segments.add(firstSegment(p.value));
+      else if (p.kind === 'prefix' && p.value.startsWith('/') && p.value.indexOf('/', 1) > 0) {
+        segments.add(firstSegment(p.value));
+      } else return undefined;
+    }
+  }
+  return { kind: 'path', segments: [...segments] };
+}
+
+/** When every `to` entry requires exact methods. */
+function methodIndex(rule: Rule): RuleIndex | undefined {
+  if (rule.to === undefined || rule.to.length === 0) return undefined;
+  const methods = new Set<string>();
+  for (const { operation } of rule.to) {
+    if (operation.methods === undefined || operation.methods.some((m) => m.includes('*'))) return undefined;
+    for (const m of operation.methods) methods.add(m);
+  }
+  return { kind: 'method', methods: [...methods] };
 }

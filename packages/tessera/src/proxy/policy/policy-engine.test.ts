@@ -584,6 +584,59 @@ describe('the index by principal and namespace', () => {
     assert.equal(e.evaluate(get('/')).allowed, false);
   });
 
+  it('rules found by principal prefix or suffix, by path segment and by method match as unindexed ones do', () => {
+    const rules = [
+      doc(
+        'team',
+        'rules:\n- from:\n  - source:\n      principals: ["example.org/ns/sock-shop/*", "spiffe://example.org/vm/*"]',
+      ),
+      doc('sa', 'rules:\n- from:\n  - source:\n      principals: ["*/sa/orders"]'),
+      doc('admin', 'action: DENY\nrules:\n- to:\n  - operation:\n      paths: ["/admin/*", "/admin"]'),
+      doc('delete', 'action: DENY\nrules:\n- to:\n  - operation:\n      methods: ["DELETE"]'),
+      doc('health', 'rules:\n- to:\n  - operation:\n      paths: ["/healthz"]'),
+    ];
+    const e = engine(rules);
+    const other = 'spiffe://partner.org/ns/x/sa/y';
+    const cases: [PolicyRequest, boolean, string | undefined][] = [
+      [get('/'), true, 'sock-shop/team'],
+      [get('/', { sourcePrincipal: VM }), true, 'sock-shop/team'],
+      [get('/', { sourcePrincipal: 'spiffe://partner.org/ns/shop/sa/orders' }), true, 'sock-shop/sa'],
+      [get('/', { sourcePrincipal: other }), false, undefined],
+      [get('/', { sourcePrincipal: 'example.org/ns/sock-shop' }), false, undefined],
+      [get('/admin?x=1'), false, 'sock-shop/admin'],
+      [get('/admin/users'), false, 'sock-shop/admin'],
+      [get('/administrator'), true, 'sock-shop/team'],
+      [get('/x', { method: 'DELETE' }), false, 'sock-shop/delete'],
+      [get('/healthz', { sourcePrincipal: other }), true, 'sock-shop/health'],
+      [get('/healthz/deep', { sourcePrincipal: other }), false, undefined],
+    ];
+    for (const [req, allowed, by] of cases) {
+      const d = e.evaluate(req);
+      assert.equal(
+        d.allowed,
+        allowed,
+        `${req.sourcePrincipal} ${req.http?.method} ${req.http?.path}: ${d.reason}`,
+      );
+      assert.equal(d.decidedBy?.policy, by, `${req.sourcePrincipal} ${req.http?.path}`);
+    }
+    // On TCP a DENY rule's paths and methods are dropped: it denies every connection, index or not.
+    const t = engine(rules, CATALOGUE, { protocol: 'tcp' });
+    assert.equal(t.evaluate(tcp()).decidedBy?.policy, 'sock-shop/admin');
+  });
+
+  it('the first matching rule in load order decides across all the indexes', () => {
+    const byPath = doc('by-path', 'rules:\n- to:\n  - operation:\n      paths: ["/catalogue/*"]');
+    const byMethod = doc('by-method', 'rules:\n- to:\n  - operation:\n      methods: ["GET"]');
+    const bySuffix = doc('by-suffix', 'rules:\n- from:\n  - source:\n      principals: ["*/front-end"]');
+    const unindexed = doc('unindexed', 'rules:\n- to:\n  - operation:\n      hosts: ["*"]');
+    const all = [byPath, byMethod, bySuffix, unindexed];
+    for (let k = 0; k < all.length; k++) {
+      const order = [...all.slice(k), ...all.slice(0, k)];
+      const first = order[0]!.match(/name: (\S+)/)![1];
+      assert.equal(engine(order).evaluate(get('/catalogue/1')).decidedBy?.policy, `sock-shop/${first}`);
+    }
+  });
+
   it('1,000 exact-principal rules: each principal reaches its own rule only', () => {
     const docs = Array.from({ length: 1000 }, (_, i) =>
       doc(

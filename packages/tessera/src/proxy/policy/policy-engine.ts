@@ -9,6 +9,7 @@ import { type AuthorizationPolicy, policyName } from './authorization-policy.js'
 import {
   type CompiledMatch,
   compileRule,
+  firstSegment,
   type Needs,
   type RequestContext,
   type RuleNote,
@@ -51,13 +52,24 @@ interface CompiledRule extends CompiledMatch {
   readonly decision: PolicyDecision;
 }
 
-/** Rules of one action, indexed by the exact principal or namespace they require. */
+/**
+ * Rules of one action, indexed by what they require of the peer: an exact principal, a principal
+ * prefix or suffix (looked up by the request principal's prefix or suffix of each length in use), or
+ * an exact namespace. Lists are in load order.
+ */
 interface RuleSet {
   readonly byPrincipal: Map<string, CompiledRule[]>;
+  readonly byPrefix: Map<string, CompiledRule[]>;
+  /** The prefix lengths in byPrefix, ascending. */
+  readonly prefixLengths: number[];
+  readonly bySuffix: Map<string, CompiledRule[]>;
+  readonly suffixLengths: number[];
   readonly byNamespace: Map<string, CompiledRule[]>;
+  readonly byPathSegment: Map<string, CompiledRule[]>;
+  readonly byMethod: Map<string, CompiledRule[]>;
   /** Rules not indexed: tried on every request. */
   readonly rest: CompiledRule[];
-  readonly size: number;
+  size: number;
 }
 
 interface Variant {
@@ -84,19 +96,53 @@ function applies(policy: AuthorizationPolicy, workload: PolicyWorkload, root: st
   return true;
 }
 
-function emptySet(): {
-  byPrincipal: Map<string, CompiledRule[]>;
-  byNamespace: Map<string, CompiledRule[]>;
-  rest: CompiledRule[];
-  size: number;
-} {
-  return { byPrincipal: new Map(), byNamespace: new Map(), rest: [], size: 0 };
+function emptySet(): RuleSet {
+  return {
+    byPrincipal: new Map(),
+    byPrefix: new Map(),
+    prefixLengths: [],
+    bySuffix: new Map(),
+    suffixLengths: [],
+    byNamespace: new Map(),
+    byPathSegment: new Map(),
+    byMethod: new Map(),
+    rest: [],
+    size: 0,
+  };
 }
 
-function addTo(map: Map<string, CompiledRule[]>, key: string, rule: CompiledRule): void {
+function addTo(map: Map<string, CompiledRule[]>, key: string, rule: CompiledRule, lengths?: number[]): void {
   const list = map.get(key);
-  if (list === undefined) map.set(key, [rule]);
-  else if (list.at(-1) !== rule) list.push(rule);
+  if (list === undefined) {
+    map.set(key, [rule]);
+    if (lengths !== undefined && !lengths.includes(key.length)) {
+      lengths.push(key.length);
+      lengths.sort((a, b) => a - b);
+    }
+  } else if (list.at(-1) !== rule) list.push(rule);
+}
+
+function addRule(set: RuleSet, rule: CompiledRule): void {
+  set.size++;
+  const ix = rule.index;
+  if (ix === undefined) {
+    set.rest.push(rule);
+    return;
+  }
+  switch (ix.kind) {
+    case 'peer':
+      for (const p of ix.principals) addTo(set.byPrincipal, p, rule);
+      for (const p of ix.principalPrefixes) addTo(set.byPrefix, p, rule, set.prefixLengths);
+      for (const p of ix.principalSuffixes) addTo(set.bySuffix, p, rule, set.suffixLengths);
+      for (const n of ix.namespaces) addTo(set.byNamespace, n, rule);
+      break;
+    case 'path':
+      for (const s of ix.segments) addTo(set.byPathSegment, s, rule);
+      break;
+    case 'method':
+      for (const m of ix.methods) addTo(set.byMethod, m, rule);
+      break;
+  }
 }
 
 function decision(allowed: boolean, reason: string, decidedBy?: PolicyRef): PolicyDecision {
@@ -119,7 +165,7 @@ function compileVariant(
   needs: Needs,
   warnings: PolicyWarning[] | undefined,
 ): Variant {
-  const sets: Record<PolicyAction, ReturnType<typeof emptySet>> = {
+  const sets: Record<PolicyAction, RuleSet> = {
     ALLOW: emptySet(),
     DENY: emptySet(),
     AUDIT: emptySet(),
@@ -152,11 +198,7 @@ function compileVariant(
             ? decision(false, `denied by DENY policy ${name} rule ${i}`, ref)
             : decision(true, `allowed by ALLOW policy ${name} rule ${i}`, ref),
       };
-      const set = sets[action];
-      set.size++;
-      if (rule.principals === undefined && rule.namespaces === undefined) set.rest.push(rule);
-      for (const p of rule.principals ?? []) addTo(set.byPrincipal, p, rule);
-      for (const n of rule.namespaces ?? []) addTo(set.byNamespace, n, rule);
+      addRule(sets[action], rule);
     });
   }
   const n = allowNames.length;
@@ -190,35 +232,77 @@ function scan(
   return best;
 }
 
-/** The first matching rule in load order: the peer's indexed rules, then the others. */
-function firstMatch(set: RuleSet, ctx: RequestContext): CompiledRule | undefined {
-  if (set.size === 0) return undefined;
-  let best: CompiledRule | undefined;
-  if (set.byPrincipal.size > 0 && ctx.principal !== undefined) {
-    const list = set.byPrincipal.get(ctx.principal);
-    if (list !== undefined) best = scan(list, ctx, best);
+/**
+ * Calls `visit` with every list of `set` that may hold a rule matching the request: the peer's
+ * exact principal, each prefix and suffix of it of a length in use, its namespace, the path's first
+ * segment, the method, and the rules not indexed.
+ */
+function candidates<T>(
+  set: RuleSet,
+  ctx: RequestContext,
+  visit: (list: CompiledRule[], acc: T) => T,
+  acc: T,
+): T {
+  const p = ctx.principal;
+  if (p !== undefined) {
+    if (set.byPrincipal.size > 0) {
+      const list = set.byPrincipal.get(p);
+      if (list !== undefined) acc = visit(list, acc);
+    }
+    for (const n of set.prefixLengths) {
+      if (n > p.length) break;
+      const list = set.byPrefix.get(p.slice(0, n));
+      if (list !== undefined) acc = visit(list, acc);
+    }
+    for (const n of set.suffixLengths) {
+      if (n > p.length) break;
+      const list = set.bySuffix.get(p.slice(p.length - n));
+      if (list !== undefined) acc = visit(list, acc);
+    }
   }
   if (set.byNamespace.size > 0 && ctx.namespace !== undefined) {
     const list = set.byNamespace.get(ctx.namespace);
-    if (list !== undefined) best = scan(list, ctx, best);
+    if (list !== undefined) acc = visit(list, acc);
   }
-  return scan(set.rest, ctx, best);
+  if (set.byPathSegment.size > 0 && ctx.path !== undefined) {
+    const list = set.byPathSegment.get(firstSegment(ctx.path));
+    if (list !== undefined) acc = visit(list, acc);
+  }
+  if (set.byMethod.size > 0 && ctx.method !== undefined) {
+    const list = set.byMethod.get(ctx.method);
+    if (list !== undefined) acc = visit(list, acc);
+  }
+  return set.rest.length > 0 ? visit(set.rest, acc) : acc;
+}
+
+/** The first matching rule in load order. */
+function firstMatch(set: RuleSet, ctx: RequestContext): CompiledRule | undefined {
+  if (set.size === 0) return undefined;
+  return candidates<CompiledRule | undefined>(set, ctx, (list, best) => scan(list, ctx, best), undefined);
 }
 
 /** Every AUDIT policy with a matching rule (its first matching rule), in load order. */
 function audits(set: RuleSet, ctx: RequestContext): readonly PolicyRef[] {
   if (set.size === 0) return NO_AUDIT;
-  const lists = [set.rest];
-  if (ctx.principal !== undefined) lists.push(set.byPrincipal.get(ctx.principal) ?? []);
-  if (ctx.namespace !== undefined) lists.push(set.byNamespace.get(ctx.namespace) ?? []);
-  const matched = lists.flatMap((l) => l.filter((r) => r.match(ctx))).sort((a, b) => a.ordinal - b.ordinal);
-  if (matched.length === 0) return NO_AUDIT;
-  const seen = new Set<string>();
+  const matched = candidates<CompiledRule[] | undefined>(
+    set,
+    ctx,
+    (list, acc) => {
+      for (const r of list) {
+        if (r.match(ctx)) {
+          if (acc === undefined) acc = [];
+          acc.push(r);
+        }
+      }
+      return acc;
+    },
+    undefined,
+  );
+  if (matched === undefined) return NO_AUDIT;
+  matched.sort((a, b) => a.ordinal - b.ordinal);
   const refs: PolicyRef[] = [];
   for (const r of matched) {
-    if (seen.has(r.ref.policy)) continue;
-    seen.add(r.ref.policy);
-    refs.push(r.ref);
+    if (refs.length === 0 || refs.at(-1)!.policy !== r.ref.policy) refs.push(r.ref);
   }
   return Object.freeze(refs);
 }
