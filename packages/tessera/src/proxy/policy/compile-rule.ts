@@ -7,6 +7,7 @@
  */
 import {
   type ConditionKey,
+  checkValue,
   type FieldSpec,
   normalizePrincipal,
   OPERATION_FIELDS,
@@ -359,6 +360,54 @@ function fieldsTest(
     ts.push(...fieldTests(spec.kind, values, notValues, attribute, ns, needs));
   }
   return all(ts);
+}
+
+/**
+ * Checks rule `index` again as the loader does, for policies built by hand rather than loaded: a
+ * value the engine cannot compile must not silently never match (in a DENY rule, that would allow).
+ */
+export function checkRule(policy: AuthorizationPolicy, index: number): RuleNote[] {
+  const out: RuleNote[] = [];
+  const rule = policy.spec.rules[index];
+  const base = `spec.rules[${index}]`;
+  if (typeof rule !== 'object' || rule === null) return [{ path: base, message: 'is not a rule object' }];
+  const values = (path: string, kind: ValueKind, vs: unknown) => {
+    if (vs === undefined) return;
+    if (!Array.isArray(vs)) {
+      out.push({ path, message: 'must be a list of strings' });
+      return;
+    }
+    vs.forEach((v, i) => {
+      const bad = typeof v === 'string' ? checkValue(kind, v) : 'must be a string';
+      if (bad !== undefined) out.push({ path: `${path}[${i}]`, message: bad });
+    });
+  };
+  const fields = (path: string, object: unknown, table: Readonly<Record<string, FieldSpec>>) => {
+    if (typeof object !== 'object' || object === null) {
+      out.push({ path, message: 'must be an object' });
+      return;
+    }
+    for (const [k, v] of Object.entries(object)) {
+      const spec = table[k];
+      if (spec === undefined) out.push({ path: `${path}.${k}`, message: `unknown field "${k}"` });
+      else values(`${path}.${k}`, spec.kind, v);
+    }
+  };
+  (rule.from ?? []).forEach((f, i) => {
+    fields(`${base}.from[${i}].source`, f?.source, SOURCE_FIELDS);
+  });
+  (rule.to ?? []).forEach((t, i) => {
+    fields(`${base}.to[${i}].operation`, t?.operation, OPERATION_FIELDS);
+  });
+  (rule.when ?? []).forEach((c, i) => {
+    const key = typeof c?.key === 'string' ? parseConditionKey(c.key) : 'a condition needs a key';
+    if (typeof key === 'string') out.push({ path: `${base}.when[${i}]`, message: key });
+    else {
+      values(`${base}.when[${i}].values`, key.kind, c.values);
+      values(`${base}.when[${i}].notValues`, key.kind, c.notValues);
+    }
+  });
+  return out;
 }
 
 /**

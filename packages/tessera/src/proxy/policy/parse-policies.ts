@@ -80,6 +80,9 @@ export function parsePolicies(
   text: string,
   file: string,
 ): { policies: readonly AuthorizationPolicy[]; warnings: PolicyWarning[] } {
+  if (typeof text !== 'string' || typeof file !== 'string') {
+    throw new TypeError('parsePolicies: text and file must be strings (file names the text in messages)');
+  }
   const r = readPolicyDocuments(text, file);
   checkDuplicates(r.policies, r.problems);
   if (r.problems.length > 0) throw new PolicyInvalidError(r.problems, r.warnings);

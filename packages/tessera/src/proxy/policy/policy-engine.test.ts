@@ -2,7 +2,9 @@
 // every kind of match, Istio's TCP rule, and the index not changing which rule decides.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {
+  type AuthorizationPolicy,
   createPolicyEngine,
   type PolicyEngineOptions,
   type PolicyRequest,
@@ -661,6 +663,37 @@ describe('the index by principal and namespace', () => {
 });
 
 describe('createPolicyEngine arguments', () => {
+  it('a policy built by hand with a value the loader refuses is ERR_POLICY_INVALID, not a rule that never matches', () => {
+    const [loaded] = parsePolicies(
+      doc('deny-bad', 'action: DENY\nrules:\n- from:\n  - source:\n      ipBlocks: ["10.0.0.0/8"]'),
+      'hand.yaml',
+    ).policies;
+    const rule = loaded!.spec.rules[0]!;
+    const bad: AuthorizationPolicy = {
+      ...loaded!,
+      spec: {
+        ...loaded!.spec,
+        rules: [
+          {
+            ...rule,
+            from: [{ source: { ipBlocks: ['10.0.0.0/40'] } }],
+            when: [{ key: 'source.ipp', values: ['x'] }],
+          },
+        ],
+      },
+    };
+    assert.throws(
+      () => createPolicyEngine([bad], CATALOGUE),
+      (err: unknown) =>
+        isTesseraError(err, TesseraErrorCode.POLICY_INVALID) &&
+        /hand\.yaml:\d+: sock-shop\/deny-bad: spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\]: "10\.0\.0\.0\/40" has a bad prefix length/.test(
+          err.message,
+        ) &&
+        /spec\.rules\[0\]\.when\[0\]: unknown key "source\.ipp"/.test(err.message),
+    );
+    assert.throws(() => parsePolicies(undefined as unknown as string, 'x.yaml'), { name: 'TypeError' });
+  });
+
   it('a malformed workload is a TypeError naming the field', () => {
     const { policies } = parsePolicies(ALLOW_ALL, 'a.yaml');
     assert.throws(() => createPolicyEngine(policies, { namespace: '', labels: {} }), {

@@ -8,6 +8,7 @@ import { normalizePrincipal } from './attributes.js';
 import { type AuthorizationPolicy, policyName } from './authorization-policy.js';
 import {
   type CompiledMatch,
+  checkRule,
   compileRule,
   firstSegment,
   type Needs,
@@ -15,6 +16,7 @@ import {
   type RuleNote,
 } from './compile-rule.js';
 import { parsePeerAddress } from './ip-block.js';
+import { PolicyInvalidError, type PolicyProblem } from './policy-error.js';
 import type {
   PolicyAction,
   PolicyDecision,
@@ -326,7 +328,8 @@ function pathOf(target: string): string {
 
 /**
  * Compiles the policies that apply to `workload` (its namespace and the root namespace, selector
- * labels all present and equal) for fast decisions. Throws a TypeError for a malformed workload.
+ * labels all present and equal) for fast decisions. Throws a TypeError for a malformed workload, and
+ * ERR_POLICY_INVALID for a policy built by hand with a value the loader would have refused.
  */
 export function createPolicyEngine(
   policies: readonly AuthorizationPolicy[],
@@ -347,6 +350,33 @@ export function createPolicyEngine(
   }
   const root = workload.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
   const selected = Object.freeze(policies.filter((p) => applies(p, workload, root)));
+  const problems: PolicyProblem[] = [];
+  for (const p of selected) {
+    const name = policyName(p);
+    const at = (path: string) => p.origin?.lines?.[path] ?? p.origin?.line;
+    const action: string = p.spec.action;
+    if (action !== 'ALLOW' && action !== 'DENY' && action !== 'AUDIT') {
+      problems.push({
+        file: p.origin?.file ?? '',
+        line: at('spec.action'),
+        policy: name,
+        path: 'spec.action',
+        message: `"${action}" is not ALLOW, DENY or AUDIT`,
+      });
+    }
+    for (let i = 0; i < p.spec.rules.length; i++) {
+      for (const n of checkRule(p, i)) {
+        problems.push({
+          file: p.origin?.file ?? '',
+          line: at(n.path),
+          policy: name,
+          path: n.path,
+          message: n.message,
+        });
+      }
+    }
+  }
+  if (problems.length > 0) throw new PolicyInvalidError(problems);
   const warnings: PolicyWarning[] = [];
   const needs: Needs = {
     sourceIp: false,
