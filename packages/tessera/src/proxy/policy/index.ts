@@ -11,6 +11,7 @@ export type {
 } from './authorization-policy.js';
 export { POLICY_API_VERSIONS, policyName } from './authorization-policy.js';
 export { loadPolicies } from './load-policies.js';
+export { normalizePath } from './normalize-path.js';
 export { parsePolicies } from './parse-policies.js';
 export type { PolicyEngine, PolicyEngineOptions } from './policy-engine.js';
 export { createPolicyEngine, DEFAULT_ROOT_NAMESPACE } from './policy-engine.js';

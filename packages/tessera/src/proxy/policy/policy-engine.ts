@@ -16,6 +16,7 @@ import {
   type RuleNote,
 } from './compile-rule.js';
 import { parsePeerAddress } from './ip-block.js';
+import { policyPath } from './normalize-path.js';
 import { PolicyInvalidError, type PolicyProblem } from './policy-error.js';
 import type {
   PolicyAction,
@@ -317,15 +318,6 @@ function namespaceOf(principal: string): string | undefined {
   return end <= i + 4 ? undefined : principal.slice(i + 4, end);
 }
 
-function pathOf(target: string): string {
-  let end = target.length;
-  const q = target.indexOf('?');
-  if (q >= 0) end = q;
-  const h = target.indexOf('#');
-  if (h >= 0 && h < end) end = h;
-  return end === target.length ? target : target.slice(0, end);
-}
-
 /**
  * Compiles the policies that apply to `workload` (its namespace and the root namespace, selector
  * labels all present and equal) for fast decisions. Throws a TypeError for a malformed workload, and
@@ -443,7 +435,7 @@ export function createPolicyEngine(
     ctx.sni = req.sni;
     const http = req.protocol === 'http' ? req.http : undefined;
     ctx.method = http?.method;
-    ctx.path = http === undefined ? undefined : pathOf(http.path);
+    ctx.path = http === undefined ? undefined : policyPath(http.path);
     ctx.host = needs.host && http !== undefined ? http.host.toLowerCase() : undefined;
     ctx.headers = http?.headers;
     ctx.auth = req.protocol === 'http' ? req.auth : undefined;
