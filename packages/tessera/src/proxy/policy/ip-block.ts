@@ -10,27 +10,36 @@ export interface IpAddress {
   readonly words: readonly number[];
 }
 
-/** A block: the address with the host bits cleared, and the prefix length. */
+/** A block: the address with the host bits cleared, the prefix length, and each word's mask. */
 export interface IpBlock {
   readonly v6: boolean;
   readonly words: readonly number[];
   readonly prefix: number;
+  readonly masks: readonly number[];
 }
 
-const V4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-
+/** Dotted-quad IPv4 as one word; no leading zeros (as Go's netip, which Istio validates with). */
 function parseV4Word(text: string): number | undefined {
-  const m = V4.exec(text);
-  if (m === null) return undefined;
   let word = 0;
-  for (let i = 1; i <= 4; i++) {
-    const part = m[i]!;
-    if (part.length > 1 && part.startsWith('0')) return undefined;
-    const n = Number(part);
-    if (n > 255) return undefined;
-    word = word * 256 + n;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2e) {
+      if (digits === 0 || dots === 3) return undefined;
+      word = word * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+      continue;
+    }
+    if (c < 0x30 || c > 0x39 || (digits > 0 && part === 0)) return undefined;
+    part = part * 10 + (c - 0x30);
+    if (part > 255) return undefined;
+    digits++;
   }
-  return word;
+  return dots === 3 && digits > 0 ? word * 256 + part : undefined;
 }
 
 function parseV6Words(text: string): number[] | undefined {
@@ -117,7 +126,8 @@ export function parseIpBlock(text: string): IpBlock | string {
     prefix = Number(p);
   }
   const words = addr.words.map((w, i) => mask(w, prefix - 32 * i));
-  return { v6: addr.v6, words, prefix };
+  const masks = addr.words.map((_, i) => mask(0xffffffff, prefix - 32 * i));
+  return { v6: addr.v6, words, prefix, masks };
 }
 
 /** Whether `addr` is inside `block` (an IPv4 address is never inside an IPv6 block, and back). */
@@ -125,7 +135,7 @@ export function ipBlockContains(block: IpBlock, addr: IpAddress): boolean {
   if (block.v6 !== addr.v6) return false;
   const n = block.words.length;
   for (let i = 0; i < n; i++) {
-    if (mask(addr.words[i]!, block.prefix - 32 * i) !== block.words[i]) return false;
+    if ((addr.words[i]! & block.masks[i]!) >>> 0 !== block.words[i]) return false;
   }
   return true;
 }

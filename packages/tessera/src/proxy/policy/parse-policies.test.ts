@@ -202,6 +202,20 @@ describe('parsePolicies: problems', () => {
       /values\[0\]: "10\.0\.0\.0\/40" has a bad prefix length "40"; it must be a number from 0 to 32$/,
     );
     assert.match(
+      problem(`${HEAD}spec:\n  rules:\n  - when:\n    - key: destination.ip\n      values: ["010.0.0.1"]\n`),
+      /"010\.0\.0\.1" is not an IP address or CIDR block/,
+    );
+    for (const ok of ['0.0.0.0/0', '::/0', '::ffff:10.0.0.0/104', 'fe80::1', '2001:db8:0:0:0:0:0:1/128']) {
+      assert.equal(
+        parsePolicies(
+          `${HEAD}spec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: ["${ok}"]\n`,
+          'ok.yaml',
+        ).policies.length,
+        1,
+        ok,
+      );
+    }
+    assert.match(
       problem(`${HEAD}spec:\n  rules:\n  - to:\n    - operation:\n        ports: ["80a"]\n`),
       /"80a" is not a port; a port is a number from 1 to 65535$/,
     );
