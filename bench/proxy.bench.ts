@@ -155,6 +155,8 @@ interface Measured {
   cpu: Record<string, number>;
   /** Of which in the kernel (system time), per child process. */
   system: Record<string, number>;
+  /** % of one core in interrupts and softirqs (network processing charged to no process). */
+  irqPct: number;
   /** % of one core that other processes on the machine used meanwhile. */
   othersPct: number;
   /** % of all cores busy. */
@@ -279,14 +281,17 @@ health: {port: 0}
       cpu[k] = Math.max(0, t1.user + t1.system - t0.user - t0.system);
       system[k] = Math.max(0, t1.system - t0.system);
     }
-    // Busy core-seconds on the machine that none of these processes spent: someone else's load.
+    // Busy core-seconds on the machine that neither these processes nor interrupts (the loopback
+    // traffic's softirqs) spent: someone else's load.
     const window = (m1.total - m0.total) / availableParallelism();
     const ours = Object.values(cpu).reduce((a, b) => a + b, 0);
+    const irq = m1.irq - m0.irq;
     return {
       wrk,
       cpu,
       system,
-      othersPct: Math.max(0, (m1.busy - m0.busy - ours) / window) * 100,
+      irqPct: (irq / window) * 100,
+      othersPct: Math.max(0, (m1.busy - m0.busy - ours - irq) / window) * 100,
       machinePct: ((m1.busy - m0.busy) / (m1.total - m0.total)) * 100,
     };
   };
@@ -356,6 +361,7 @@ health: {port: 0}
   const header = [
     'run',
     ...who,
+    'irq',
     'others',
     'machine',
     'outbound µs/req',
@@ -366,6 +372,7 @@ health: {port: 0}
   const lines = runs.map(({ name, m }) => [
     name,
     ...who.map((w) => fmt(((m.cpu[w] ?? Number.NaN) / m.wrk.seconds) * 100)),
+    fmt(m.irqPct),
     fmt(m.othersPct),
     `${fmt(m.machinePct)}%`,
     ...['outbound', 'inbound', 'app'].map((w) => fmt(((m.cpu[w] ?? Number.NaN) / m.wrk.requests) * 1e6, 1)),
@@ -375,7 +382,7 @@ health: {port: 0}
   const pad = (cells: string[]) =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   console.log(
-    `\nCPU in each measured run, % of one core (${availableParallelism()} cores; from /proc): bench = this process (the fake Workload APIs), others = every other process on the machine, machine = share of all cores busy; proxies in kernel = share of the two proxies' CPU spent in system time (loopback TCP, syscalls)`,
+    `\nCPU in each measured run, % of one core (${availableParallelism()} cores; from /proc): bench = this process (the fake Workload APIs), irq = interrupts and softirqs (mostly loopback TCP, charged to no process), others = every other process on the machine, machine = share of all cores busy; proxies in kernel = share of the two proxies' CPU spent in system time (loopback TCP, syscalls)`,
   );
   console.log(pad(header));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));
