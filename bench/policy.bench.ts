@@ -1,7 +1,7 @@
 // npm run bench policy: the AuthorizationPolicy engine with 1,000 policies loaded, 960 of them applying
-// to the workload (a mix of exact and prefix principals, namespaces, paths, methods, IP blocks, DENY
-// and AUDIT rules; most are found through the engine's index, the IP-block ones are tried on every
-// request), deciding
+// to the workload (a mix of exact and prefix principals, namespaces, paths, methods, IP blocks, header
+// conditions, DENY and AUDIT rules; most are found through the engine's index, the header ones are
+// tried on every request), deciding
 // requests that are allowed by an exact-principal rule, allowed by a prefix rule, denied by a DENY
 // rule, and denied because no ALLOW rule matches (the slowest: every rule not indexed is tried).
 //
@@ -56,15 +56,22 @@ function policy(i: number): { yaml: string; applies: boolean } {
       yaml: `${head(`deny-admin-${i}`, 'shop')}${CATALOGUE}  action: DENY\n  rules:\n  - from:\n    - source:\n        notPrincipals: ["example.org/ns/admin/*"]\n    to:\n    - operation:\n        methods: ["POST", "PUT", "DELETE"]\n        paths: ["/admin/${i}/*"]\n`,
     };
   }
-  if (i < 925) {
+  if (i < 912) {
     // DENY deletes from a quarantined namespace (exact namespace, indexed), in the root namespace.
     return {
       applies: true,
       yaml: `${head(`deny-quarantine-${i}`, 'istio-system')}  action: DENY\n  rules:\n  - from:\n    - source:\n        namespaces: ["quarantine-${i}"]\n    to:\n    - operation:\n        methods: ["DELETE"]\n`,
     };
   }
+  if (i < 925) {
+    // DENY debug requests (a header condition): not indexable, tried on every request.
+    return {
+      applies: true,
+      yaml: `${head(`deny-debug-${i}`, 'shop')}  action: DENY\n  rules:\n  - when:\n    - key: request.headers[x-debug-${i}]\n      values: ["*"]\n`,
+    };
+  }
   if (i < 950) {
-    // DENY addresses (ipBlocks): not indexable, tried on every request.
+    // DENY address blocks (indexed by the address's first octet or 16 bits).
     return {
       applies: true,
       yaml: `${head(`deny-cidr-${i}`, 'shop')}  action: DENY\n  rules:\n  - from:\n    - source:\n        ipBlocks: ["203.0.${i % 256}.0/24", "2001:db8:${i.toString(16)}::/48"]\n`,

@@ -62,8 +62,9 @@ export interface Needs {
 /**
  * What a rule requires of every request it matches, so that the engine finds the rule by the
  * request instead of trying it on every one: the peer (an exact principal, a principal prefix or
- * suffix, or an exact namespace, whichever each source requires), else the first path segment, else
- * the method. Only necessary conditions: the rule's own test still decides.
+ * suffix, or an exact namespace, whichever each source requires), else the peer address's bucket
+ * (see ipBucket), else the first path segment, else the method. Only necessary conditions: the
+ * rule's own test still decides.
  */
 export type RuleIndex =
   | {
@@ -73,12 +74,18 @@ export type RuleIndex =
       readonly principalSuffixes: readonly string[];
       readonly namespaces: readonly string[];
     }
+  | { readonly kind: 'ip'; readonly buckets: readonly string[] }
   | { readonly kind: 'path'; readonly segments: readonly string[] }
   | { readonly kind: 'method'; readonly methods: readonly string[] };
 
 export interface CompiledMatch {
   readonly match: Predicate;
   readonly index?: RuleIndex;
+}
+
+/** An address's bucket: its first octet (IPv4) or first 16 bits (IPv6). */
+export function ipBucket(a: IpAddress): string {
+  return a.v6 ? `6:${a.words[0]! >>> 16}` : `4:${a.words[0]! >>> 24}`;
 }
 
 /** The first segment of a path: `/admin/x` → `admin`, `/` → ``. */
@@ -469,7 +476,11 @@ export function compileRule(
 }
 
 function indexOf(rule: Rule, protocol: 'http' | 'tcp'): RuleIndex | undefined {
-  return peerIndex(rule) ?? (protocol === 'http' ? (pathIndex(rule) ?? methodIndex(rule)) : undefined);
+  return (
+    peerIndex(rule) ??
+    ipIndex(rule) ??
+    (protocol === 'http' ? (pathIndex(rule) ?? methodIndex(rule)) : undefined)
+  );
 }
 
 /**
@@ -503,6 +514,21 @@ function peerIndex(rule: Rule): RuleIndex | undefined {
     principalSuffixes: [...principalSuffixes],
     namespaces: [...namespaces],
   };
+}
+
+/** When every `from` entry requires ipBlocks of at least /8 (IPv4) or /16 (IPv6). */
+function ipIndex(rule: Rule): RuleIndex | undefined {
+  if (rule.from === undefined || rule.from.length === 0) return undefined;
+  const buckets = new Set<string>();
+  for (const { source } of rule.from) {
+    if (source.ipBlocks === undefined) return undefined;
+    for (const v of source.ipBlocks) {
+      const b = parseIpBlock(v);
+      if (typeof b === 'string' || b.prefix < (b.v6 ? 16 : 8)) return undefined;
+      buckets.add(ipBucket(b));
+    }
+  }
+  return { kind: 'ip', buckets: [...buckets] };
 }
 
 /** When every `to` entry requires paths that all fix the first segment (`/admin`, `/admin/*`). */

@@ -305,6 +305,10 @@ describe('sources', () => {
     assert.equal(e.evaluate(get('/', { sourceIp: '2001:db9::7' })).allowed, false);
     assert.equal(e.evaluate(get('/', { sourceIp: '::ffff:10.1.2.3' })).allowed, true, 'IPv4-mapped');
     assert.equal(e.evaluate(get('/')).allowed, false, 'no address');
+    const wide = allowFrom('ipBlocks: ["0.0.0.0/1", "192.168.0.0/16", "::/0"]');
+    for (const ip of ['10.1.2.3', '192.168.7.7', '2001:db8::1'])
+      assert.equal(wide.evaluate(get('/', { sourceIp: ip })).allowed, true, ip);
+    assert.equal(wide.evaluate(get('/', { sourceIp: '172.16.0.1' })).allowed, false);
     const remote = allowFrom('remoteIpBlocks: ["203.0.113.0/24"]');
     assert.equal(remote.evaluate(get('/', { sourceIp: '10.0.0.1', remoteIp: '203.0.113.9' })).allowed, true);
     assert.equal(

@@ -11,6 +11,7 @@ import {
   checkRule,
   compileRule,
   firstSegment,
+  ipBucket,
   type Needs,
   type RequestContext,
   type RuleNote,
@@ -68,6 +69,7 @@ interface RuleSet {
   readonly bySuffix: Map<string, CompiledRule[]>;
   readonly suffixLengths: number[];
   readonly byNamespace: Map<string, CompiledRule[]>;
+  readonly byIpBucket: Map<string, CompiledRule[]>;
   readonly byPathSegment: Map<string, CompiledRule[]>;
   readonly byMethod: Map<string, CompiledRule[]>;
   /** Rules not indexed: tried on every request. */
@@ -107,6 +109,7 @@ function emptySet(): RuleSet {
     bySuffix: new Map(),
     suffixLengths: [],
     byNamespace: new Map(),
+    byIpBucket: new Map(),
     byPathSegment: new Map(),
     byMethod: new Map(),
     rest: [],
@@ -138,6 +141,9 @@ function addRule(set: RuleSet, rule: CompiledRule): void {
       for (const p of ix.principalPrefixes) addTo(set.byPrefix, p, rule, set.prefixLengths);
       for (const p of ix.principalSuffixes) addTo(set.bySuffix, p, rule, set.suffixLengths);
       for (const n of ix.namespaces) addTo(set.byNamespace, n, rule);
+      break;
+    case 'ip':
+      for (const b of ix.buckets) addTo(set.byIpBucket, b, rule);
       break;
     case 'path':
       for (const s of ix.segments) addTo(set.byPathSegment, s, rule);
@@ -237,8 +243,8 @@ function scan(
 
 /**
  * Calls `visit` with every list of `set` that may hold a rule matching the request: the peer's
- * exact principal, each prefix and suffix of it of a length in use, its namespace, the path's first
- * segment, the method, and the rules not indexed.
+ * exact principal, each prefix and suffix of it of a length in use, its namespace, its address's
+ * bucket, the path's first segment, the method, and the rules not indexed.
  */
 function candidates<T>(
   set: RuleSet,
@@ -265,6 +271,10 @@ function candidates<T>(
   }
   if (set.byNamespace.size > 0 && ctx.namespace !== undefined) {
     const list = set.byNamespace.get(ctx.namespace);
+    if (list !== undefined) acc = visit(list, acc);
+  }
+  if (set.byIpBucket.size > 0 && ctx.sourceIp !== undefined) {
+    const list = set.byIpBucket.get(ipBucket(ctx.sourceIp));
     if (list !== undefined) acc = visit(list, acc);
   }
   if (set.byPathSegment.size > 0 && ctx.path !== undefined) {
