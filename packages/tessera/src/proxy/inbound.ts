@@ -24,6 +24,7 @@ import {
 import type { DaemonLogger } from '../common/log.js';
 import type { InboundConfig } from './config.js';
 import { splitHostPort } from './config.js';
+import { normalizePath } from './policy/index.js';
 import type { PolicyDecision, PolicyRequest } from './policy/types.js';
 import { forwardedClientCert, XFCC_HEADER, xfccElement } from './xfcc.js';
 
@@ -188,9 +189,22 @@ export function createInboundListener(
       const socket = req.socket as TLSSocket;
       const headers = req.headers as IncomingHttpHeaders;
       const host = (headers[':authority'] as string | undefined) ?? headers.host ?? '';
+      // As Envoy under Istio: the path is normalized once (%XX of unreserved characters decoded,
+      // `\` as `/`, `.` and `..` resolved), then matched AND forwarded in that form, so that
+      // /public/../admin cannot slip past a policy on /admin. A target that cannot be normalized
+      // (%00, not origin-form) is refused.
+      const target = req.url?.startsWith('/') === true ? normalizePath(req.url) : undefined;
+      if (target === undefined) {
+        log.info('request refused: a request target that cannot be normalized', {
+          principal: peerSpiffeId(socket)?.toString(),
+        });
+        res.writeHead(400, { 'content-type': 'text/plain' });
+        res.end('Bad Request');
+        return;
+      }
       const request: PolicyRequest = {
         ...baseRequest(socket, 'http'),
-        http: { method: req.method ?? 'GET', path: req.url ?? '/', host, headers },
+        http: { method: req.method ?? 'GET', path: target, host, headers },
       };
       const bearer = /^Bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
       if (bearer !== undefined && deps.authenticate !== undefined) {
@@ -234,7 +248,7 @@ export function createInboundListener(
       const up = httpRequest({
         agent,
         method: req.method,
-        path: req.url,
+        path: target,
         headers: out,
         ...(unixPath === undefined
           ? { host: upstream?.host, port: upstream?.port }

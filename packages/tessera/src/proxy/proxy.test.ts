@@ -272,6 +272,21 @@ health: {port: 0}
     assert.equal(allowed?.rule, 0);
   });
 
+  it('paths are normalized before the policy and forwarded as matched: no /catalogue/../orders bypass', async () => {
+    const before = app.seen.length;
+    const dotdot = await get(port.out as number, '/catalogue/../orders');
+    assert.equal(dotdot.status, 403);
+    const encoded = await get(port.out as number, '/%74ags');
+    assert.equal(encoded.status, 200);
+    assert.equal(app.seen.at(-1)?.url, '/tags', 'the app gets the path the policy matched');
+    const dotted = await get(port.out as number, '/catalogue/./42');
+    assert.equal(dotted.status, 200);
+    assert.equal(app.seen.at(-1)?.url, '/catalogue/42');
+    const nul = await get(port.out as number, '/tags%00');
+    assert.equal(nul.status, 400);
+    assert.equal(app.seen.length, before + 2);
+  });
+
   it('a client header cannot forge x-forwarded-client-cert: sanitize_set replaces it', async () => {
     await get(port.out as number, '/tags', { headers: { 'x-forwarded-client-cert': `URI=${OTHER}` } });
     const xfcc = String(app.seen.at(-1)?.headers['x-forwarded-client-cert']);
