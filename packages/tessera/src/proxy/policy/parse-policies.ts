@@ -527,18 +527,18 @@ class PolicyReader {
   }
 
   /** `from` / `to`: a non-empty list of `{source: …}` / `{operation: …}`. */
-  #list<T>(
+  #list<K extends 'source' | 'operation', T>(
     e: Entry,
-    inner: 'source' | 'operation',
+    inner: K,
     read: (node: Node | null, path: string, line: number | undefined) => T | undefined,
-  ): { [k in typeof inner]: T }[] | undefined {
+  ): Record<K, T>[] | undefined {
     if (!isSeq(e.value)) {
       return this.#fail(e.path, e.line, `must be a list (- ${inner}: {…}); got ${describe(e.value)}`);
     }
     if (e.value.items.length === 0) {
       return this.#fail(e.path, e.line, `must not be empty: leave "${e.key}" out to match any ${inner}`);
     }
-    const out: { [k in typeof inner]: T }[] = [];
+    const out: Record<K, T>[] = [];
     e.value.items.forEach((item, i) => {
       const path = `${e.path}[${i}]`;
       const line = this.#lineOf(item as Node) ?? e.line;
@@ -551,7 +551,7 @@ class PolicyReader {
         return;
       }
       const v = read(x.value, x.path, x.line);
-      if (v !== undefined) out.push({ [inner]: v } as { [k in typeof inner]: T });
+      if (v !== undefined) out.push({ [inner]: v } as Record<K, T>);
     });
     return out;
   }
