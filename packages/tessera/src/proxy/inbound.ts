@@ -168,7 +168,7 @@ export function createInboundListener(
       }
       const app = netConnect(
         unixPath === undefined
-          ? { host: upstream?.host as string, port: upstream?.port as number }
+          ? { host: upstream?.host as string, port: upstream?.port as number, noDelay: true }
           : { path: unixPath },
       );
       track(app);
@@ -183,7 +183,9 @@ export function createInboundListener(
     });
     server = tcp;
   } else {
-    const agent = new HttpAgent({ keepAlive: true, scheduling: 'lifo' });
+    // Nagle's algorithm off on every proxied socket, as Envoy does: with it, the last segment of a
+    // response waits for the peer's delayed ACK (~40 ms a request, measured in bench/proxy.bench.ts).
+    const agent = new HttpAgent({ keepAlive: true, scheduling: 'lifo', noDelay: true });
     const h2 = createSpiffeHttp2Server(tlsConfig, { allowHTTP1: true });
     h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
       const socket = req.socket as TLSSocket;
@@ -275,13 +277,29 @@ export function createInboundListener(
       res.on('close', () => {
         if (!res.writableFinished) up.destroy();
       });
-      (req as IncomingMessage).pipe(up);
+      // A request without a body (most GETs) is ended at once: piping an empty body costs a
+      // measurable share of a small request.
+      const h = headers;
+      if (
+        h['content-length'] === undefined &&
+        h['transfer-encoding'] === undefined &&
+        req.readableLength === 0 &&
+        (req.method === 'GET' || req.method === 'HEAD')
+      ) {
+        req.resume();
+        up.end();
+      } else {
+        (req as IncomingMessage).pipe(up);
+      }
     });
     h2.on('close', () => agent.destroy());
     server = h2;
   }
   server.on('secureConnection', track);
-  server.on('connection', track);
+  server.on('connection', (s: Socket) => {
+    s.setNoDelay(true);
+    track(s);
+  });
   return {
     name,
     server,

@@ -61,7 +61,9 @@ export function createOutboundListener(
     s.once('close', () => connections.delete(s));
   };
 
-  const server = createServer((local) => {
+  // Nagle's algorithm off, as Envoy does: with it, the end of each response through the tunnel
+  // waited for a delayed ACK (16 KiB responses went from ~700 to ~7,000/s in bench/proxy.bench.ts).
+  const server = createServer({ noDelay: true }, (local) => {
     track(local);
     local.on('error', () => {});
     if (!deps.hasIdentity()) {
@@ -84,6 +86,7 @@ export function createOutboundListener(
       local.destroy();
       return;
     }
+    remoteSocket.setNoDelay(true);
     track(remoteSocket);
     const timer = setTimeout(() => {
       log.warn('connection to the upstream timed out', {
