@@ -14,7 +14,7 @@
 // and prints their hot spots (profiling slows the proxies: those figures are not the benchmark's).
 // Without wrk the bench says how to install it and exits 0: benchmarks never fail the build.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -48,19 +48,11 @@ const NOISY_PCT = 25; // other processes above this share of a core make a run's
 const PROFILE_DIR = process.env.PROXY_BENCH_PROFILE ? resolve(process.env.PROXY_BENCH_PROFILE) : undefined;
 
 const TESSERA_BIN = fileURLToPath(new URL('../../packages/tessera/bin/tessera.js', import.meta.url));
+const SCENARIO_POLICY = fileURLToPath(
+  new URL('../../examples/vm/catalogue-allow-vm-auth.yaml', import.meta.url),
+);
 const CATALOGUE = 'spiffe://example.org/ns/sock-shop/sa/catalogue';
 const CLIENT = 'spiffe://example.org/vm/catalog-client';
-// The seed policy of the proxy's tests: the client may GET the catalogue.
-const SEED_POLICY = `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalogue-allow-vm-auth, namespace: sock-shop}
-spec:
-  selector: {matchLabels: {app: catalogue}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["${CLIENT}"]}}]
-    to: [{operation: {methods: ["GET"], paths: ["/catalogue", "/catalogue/*", "/tags"]}}]
-`;
 
 // The upstream app: fixed bodies, content-length set, node's defaults otherwise. Prints its port.
 const APP_SOURCE = `
@@ -197,7 +189,8 @@ try {
   const inboundPort = await freePort();
   const outboundPort = await freePort();
   mkdirSync(join(tmp.path, 'policies'));
-  writeFileSync(join(tmp.path, 'policies', 'catalogue.yaml'), SEED_POLICY);
+  // The scenario's policy: the client may GET the catalogue.
+  copyFileSync(SCENARIO_POLICY, join(tmp.path, 'policies', 'catalogue.yaml'));
   writeFileSync(
     join(tmp.path, 'inbound.yaml'),
     `workload_api_socket: unix://${apiCatalogue.socketPath}

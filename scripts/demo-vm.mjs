@@ -5,7 +5,7 @@
 // calling it through outbound proxies. Allowed and denied requests, a client with no certificate,
 // then the VM offboarded by deleting its entry. Exits 0, or 1 saying what failed.
 //   npm run build && node scripts/demo-vm.mjs
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -16,6 +16,7 @@ import {
   fail,
   freePort,
   isRoot,
+  ROOT,
   say,
   startAgent,
   startServer,
@@ -33,17 +34,11 @@ const DEADLINE_MS = 45_000;
 /** How long offboarding may take before the demo calls it a failure. */
 const OFFBOARD_LIMIT_MS = 5_000;
 const DENIED = 'RBAC: access denied';
-
-const POLICY = `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalogue-allow-vm-auth, namespace: sock-shop}
-spec:
-  selector: {matchLabels: {app: catalogue}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["${CLIENT}"]}}]
-    to: [{operation: {methods: ["GET"], paths: ["/catalogue", "/catalogue/*", "/tags"]}}]
-`;
+/** The issue's policy, as applied in the cluster (comments dropped when shown). */
+const POLICY = readFileSync(join(ROOT, 'examples/vm/catalogue-allow-vm-auth.yaml'), 'utf8')
+  .split('\n')
+  .filter((line) => !line.startsWith('#'))
+  .join('\n');
 
 const demo = createDemo({ deadlineMs: DEADLINE_MS, tmpPrefix: 'tessera-demo-vm-' });
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

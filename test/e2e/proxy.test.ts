@@ -4,11 +4,12 @@
 // catalog-client identity) and 65532 (another VM identity). Identities come from the agent over
 // the Workload API, attested by uid; the policy is the Istio AuthorizationPolicy of the issue.
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, type IncomingHttpHeaders, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
 import { freePort, makeTempDir, type TempDir } from '@tessera/testkit';
 import {
   runCommand,
@@ -27,17 +28,10 @@ const CLIENT = 'spiffe://example.org/vm/catalog-client';
 const OTHER = 'spiffe://example.org/vm/other-client';
 const AGENT_ID = 'spiffe://example.org/tessera/agent/join_token/vm-1';
 const isRoot = process.getuid?.() === 0;
-
-const POLICY = `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalogue-allow-vm-auth, namespace: sock-shop}
-spec:
-  selector: {matchLabels: {app: catalogue}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["spiffe://example.org/vm/catalog-client"]}}]
-    to: [{operation: {methods: ["GET"], paths: ["/catalogue", "/catalogue/*", "/tags"]}}]
-`;
+/** The issue's policy, as it is applied in the cluster. */
+const SCENARIO_POLICY = fileURLToPath(
+  new URL('../../../examples/vm/catalogue-allow-vm-auth.yaml', import.meta.url),
+);
 
 interface Reply {
   status: number;
@@ -143,7 +137,7 @@ describe('tessera proxy: the VM-to-mesh scenario', {
 
     const policyDir = join(tmp.path, 'policies');
     mkdirSync(policyDir);
-    writeFileSync(join(policyDir, 'catalogue.yaml'), POLICY);
+    copyFileSync(SCENARIO_POLICY, join(policyDir, 'catalogue.yaml'));
     const auditDir = join(tmp.path, 'audit');
     mkdirSync(auditDir, { mode: 0o777 });
     chmodSync(auditDir, 0o777);
