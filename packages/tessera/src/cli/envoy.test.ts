@@ -5,28 +5,13 @@ import { execFile } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
-import { main } from './main.js';
+import { tessera } from './main.test.util.js';
 
 const bin = fileURLToPath(new URL('../../bin/tessera.js', import.meta.url));
 
 const ID = 'spiffe://example.org/vm/catalog-client';
 const OUTBOUND =
   '127.0.0.1:15001=catalogue.sock-shop.svc:8080@spiffe://example.org/ns/sock-shop/sa/catalogue';
-
-/** The CLI in this process, as the binary runs it: the exit code and what it printed. */
-async function tessera(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(args, {
-    out: (line) => {
-      stdout += `${line}\n`;
-    },
-    err: (line) => {
-      stderr += `${line}\n`;
-    },
-  });
-  return { code, stdout, stderr };
-}
 
 const bootstrap = (...args: string[]) => tessera('envoy', 'bootstrap', ...args);
 

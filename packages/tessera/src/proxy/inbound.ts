@@ -24,6 +24,7 @@ import {
 import type { DaemonLogger } from '../common/log.js';
 import type { InboundConfig } from './config.js';
 import { splitHostPort } from './config.js';
+import { createConnectionSet } from './connections.js';
 import { normalizePath } from './policy/index.js';
 import type { PolicyDecision, PolicyRequest } from './policy/types.js';
 import { forwardedClientCert, XFCC_HEADER, xfccElement } from './xfcc.js';
@@ -128,11 +129,8 @@ export function createInboundListener(
     authorizer: trustAuthorizer(config.trust_domains),
     logger: log,
   };
-  const connections = new Set<Socket>();
-  const track = (s: Socket) => {
-    connections.add(s);
-    s.once('close', () => connections.delete(s));
-  };
+  const connections = createConnectionSet();
+  const track = connections.track;
   const ownId = () => {
     try {
       return deps.identity.getX509Svid().id.toString();
@@ -303,13 +301,7 @@ export function createInboundListener(
   return {
     name,
     server,
-    dropConnections() {
-      for (const s of connections) s.destroy();
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of connections) s.destroy();
-      }),
+    dropConnections: connections.dropAll,
+    close: () => connections.closeServer(server),
   };
 }
