@@ -67,6 +67,36 @@ const server = http.createServer((req, res) => {
 server.listen(0, '127.0.0.1', () => console.log('listening ' + server.address().port));
 `;
 
+// The floor: the least any pair of Node proxies can do on this path, with none of Tessera's work
+// (no Workload API, no SPIFFE verification beyond OpenSSL's chain check, no policy, no XFCC, no
+// audit): a plain-to-TLS tunnel and an HTTPS-terminating reverse proxy with a keep-alive agent,
+// certificates from files. Measured in the same run, it tells what Node itself costs.
+const FLOOR_OUTBOUND_SOURCE = `
+const net = require('node:net'), tls = require('node:tls'), fs = require('node:fs');
+const [listen, upstream, cert, key, ca] = process.argv.slice(1);
+net.createServer({ noDelay: true }, (local) => {
+  const remote = tls.connect({ host: '127.0.0.1', port: Number(upstream), cert: fs.readFileSync(cert), key: fs.readFileSync(key), ca: fs.readFileSync(ca), checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'] });
+  remote.setNoDelay(true);
+  local.pipe(remote).pipe(local);
+  local.on('error', () => remote.destroy());
+  remote.on('error', () => local.destroy());
+}).listen(Number(listen), '127.0.0.1', () => console.log('listening'));
+`;
+const FLOOR_INBOUND_SOURCE = `
+const https = require('node:https'), http = require('node:http'), fs = require('node:fs');
+const [listen, app, cert, key, ca] = process.argv.slice(1);
+const agent = new http.Agent({ keepAlive: true, noDelay: true });
+const server = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key), ca: fs.readFileSync(ca), requestCert: true, rejectUnauthorized: true, noDelay: true }, (req, res) => {
+  const up = http.request({ agent, host: '127.0.0.1', port: Number(app), method: req.method, path: req.url, headers: req.headers }, (r) => {
+    res.writeHead(r.statusCode, r.headers);
+    r.pipe(res);
+  });
+  up.on('error', () => res.destroy());
+  req.pipe(up);
+});
+server.listen(Number(listen), '127.0.0.1', () => console.log('listening'));
+`;
+
 interface Proc {
   name: string;
   child: ChildProcess;
@@ -177,6 +207,14 @@ try {
   apiClient = await FakeWorkloadApi.start(join(tmp.path, 'wl-client.sock'));
   apiCatalogue.setX509Svids([{ svid: svid(ca, CATALOGUE), bundle }]);
   apiClient.setX509Svids([{ svid: svid(ca, CLIENT), bundle }]);
+  // The floor's certificates, as files.
+  const pem = (name: string, id: string) => {
+    const issued = ca.issueX509Svid(id);
+    writeFileSync(join(tmp.path, `${name}.crt`), issued.certificatesPem);
+    writeFileSync(join(tmp.path, `${name}.key`), issued.privateKeyPem, { mode: 0o600 });
+    return [join(tmp.path, `${name}.crt`), join(tmp.path, `${name}.key`), join(tmp.path, 'ca.crt')];
+  };
+  writeFileSync(join(tmp.path, 'ca.crt'), ca.root.toString());
 
   const app = startProc('app', ['-e', APP_SOURCE]);
   procs.push(app);
@@ -253,10 +291,34 @@ health: {port: 0}
   if (denied.status !== 403)
     throw new Error(`bench: POST through the proxies gave ${denied.status}, not 403: is the policy checked?`);
 
+  const floorInboundPort = await freePort();
+  const floorOutboundPort = await freePort();
+  const floorInbound = startProc('floor inbound', [
+    '-e',
+    FLOOR_INBOUND_SOURCE,
+    String(floorInboundPort),
+    String(appPort),
+    ...pem('floor-inbound', CATALOGUE),
+  ]);
+  const floorOutbound = startProc('floor outbound', [
+    '-e',
+    FLOOR_OUTBOUND_SOURCE,
+    String(floorOutboundPort),
+    String(floorInboundPort),
+    ...pem('floor-outbound', CLIENT),
+  ]);
+  procs.push(floorInbound, floorOutbound);
+  await until('the floor proxies to pass a request', procs, async () => {
+    const r = await get(floorOutboundPort, '/catalogue/small');
+    return r.status === 200 && r.length === SMALL;
+  });
+
   const pids: Record<string, number> = {
     outbound: outbound.child.pid as number,
     inbound: inbound.child.pid as number,
     app: app.child.pid as number,
+    'floor out': floorOutbound.child.pid as number,
+    'floor in': floorInbound.child.pid as number,
   };
   const measure = async (url: string, connections: number, seconds: number): Promise<Measured> => {
     await runWrk(url, { connections, threads: THREADS, seconds: WARMUP_S });
@@ -304,6 +366,11 @@ health: {port: 0}
       reference: direct,
       goal: GOAL,
     });
+    runs.push({
+      name: `floor    GET ${label}, ${CONNECTIONS} conns`,
+      m: await measure(`http://127.0.0.1:${floorOutboundPort}${path}`, CONNECTIONS, DURATION_S),
+      reference: direct,
+    });
   }
   const serial = `direct   GET ${SMALL} B, 1 conn`;
   runs.push({ name: serial, m: await measure(`http://127.0.0.1:${appPort}/catalogue/small`, 1, SERIAL_S) });
@@ -338,6 +405,19 @@ health: {port: 0}
     Number.isFinite(v)
       ? v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d })
       : '-';
+  console.log(
+    "\ntessera proxies against the Node floor (the same hops with none of Tessera's work), same run",
+  );
+  for (const size of [`${SMALL} B`, `${LARGE / 1024} KiB`]) {
+    const ours = byName.get(`proxied  GET ${size}, ${CONNECTIONS} conns`)?.m.wrk.requestsPerSec ?? Number.NaN;
+    const floor =
+      byName.get(`floor    GET ${size}, ${CONNECTIONS} conns`)?.m.wrk.requestsPerSec ?? Number.NaN;
+    const direct =
+      byName.get(`direct   GET ${size}, ${CONNECTIONS} conns`)?.m.wrk.requestsPerSec ?? Number.NaN;
+    console.log(
+      `  GET ${size}: tessera ${fmt(ours)}/s = ${fmt((ours / floor) * 100)}% of the floor's ${fmt(floor)}/s; the floor itself is ${fmt((floor / direct) * 100)}% of direct`,
+    );
+  }
   console.log('\nlatency added by the proxies (proxied − direct)');
   for (const r of runs) {
     const ref = r.reference === undefined ? undefined : byName.get(r.reference);
@@ -350,7 +430,7 @@ health: {port: 0}
   }
 
   // Who spent the cores: % of one core over the measured window, and CPU µs per request.
-  const who = ['wrk', 'outbound', 'inbound', 'app', 'bench'];
+  const who = ['wrk', 'outbound', 'inbound', 'floor out', 'floor in', 'app', 'bench'];
   const header = [
     'run',
     ...who,
