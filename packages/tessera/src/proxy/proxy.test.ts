@@ -149,7 +149,8 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
     echoPort = (echo.address() as { port: number }).port;
     unixApp = createServer((req, res) => res.writeHead(200).end(`unix ${req.url}`));
     await new Promise<void>((r) => unixApp.listen(join(tmp.path, 'app.sock'), () => r()));
-    for (const k of ['http', 'tcp', 'unix', 'out', 'outWrong', 'outTcp']) port[k] = await freePort();
+    for (const k of ['http', 'tcp', 'unix', 'down', 'nowhere', 'out', 'outWrong', 'outTcp'])
+      port[k] = await freePort();
     writeFileSync(join(policyDir, 'catalogue.yaml'), SEED_POLICY);
     writeFileSync(
       join(policyDir, 'more.yaml'),
@@ -178,6 +179,7 @@ spec:
   selector: {matchLabels: {app: catalogue}}
   rules:
   - to: [{operation: {ports: ["${port.unix}"], paths: ["/u/*"]}}]
+  - to: [{operation: {ports: ["${port.nowhere}"]}}]
 `,
     );
     inbound = await startProxy(
@@ -192,6 +194,7 @@ inbound:
   - {name: catalogue, listen: "127.0.0.1:${port.http}", upstream: "127.0.0.1:${app.port}"}
   - {name: echo, listen: "127.0.0.1:${port.tcp}", upstream: "127.0.0.1:${echoPort}", protocol: tcp}
   - {name: unix, listen: "127.0.0.1:${port.unix}", upstream: "unix:${join(tmp.path, 'app.sock')}"}
+  - {name: down, listen: "127.0.0.1:${port.down}", upstream: "127.0.0.1:${port.nowhere}"}
 health: {port: 0}
 `),
       { logger: createLogger({ level: 'debug', format: 'json', write: (l) => inboundLogs.push(l) }) },
@@ -427,6 +430,55 @@ health: {port: 0}
     assert.equal(bad.body, 'Jwt verification fails');
     const none = await get(port.out as number, '/private');
     assert.equal(none.status, 403);
+  });
+
+  it('bad input on the inbound port — plain bytes, garbage HTTP over mTLS, an app that is down — gets a clear answer and the proxy goes on', async () => {
+    const plain = netConnect(port.http as number, '127.0.0.1');
+    plain.on('error', () => {});
+    plain.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+    await once(plain, 'close');
+    const tlsOptions = tlsClientOptions({
+      svid: { getX509Svid: () => clientSvid },
+      bundles: new X509BundleSet([bundle]),
+      authorizer: authorizeAny(),
+    });
+    const garbage = await new Promise<string>((resolve) => {
+      let got = '';
+      const s = tls.connect({ ...tlsOptions, host: '127.0.0.1', port: port.http as number }, () =>
+        s.write('\u0000\u0001 not http at all\r\n\r\n'),
+      );
+      s.on('data', (d) => {
+        got += d.toString();
+      });
+      s.on('error', () => resolve(got));
+      s.on('close', () => resolve(got));
+    });
+    assert.match(garbage, /^HTTP\/1\.1 400 /);
+    const down = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const session = http2.connect(`https://127.0.0.1:${port.down}`, tlsOptions);
+      const s = session.request({ ':path': '/anything' });
+      let body = '';
+      let status = 0;
+      s.on('response', (h) => {
+        status = Number(h[':status']);
+      });
+      s.setEncoding('utf8');
+      s.on('data', (d: string) => {
+        body += d;
+      });
+      s.on('end', () => {
+        session.close();
+        resolve({ status, body });
+      });
+      s.on('error', reject);
+      s.end();
+    });
+    assert.equal(down.status, 503);
+    assert.match(down.body, /^upstream connect error/);
+    assert.ok(
+      inboundLogs.some((l) => l.includes('upstream request failed') && l.includes(String(port.nowhere))),
+    );
+    assert.equal((await get(port.out as number, '/tags')).status, 200, 'the proxy still serves');
   });
 
   it('rotating both SVIDs while requests flow drops none; new connections present the new certificate', async () => {
