@@ -139,18 +139,23 @@ export function createInboundListener(
     }
   };
 
+  // Built property by property: object spreads cost a measurable share of a small request.
   const baseRequest = (socket: TLSSocket, protocol: 'http' | 'tcp'): PolicyRequest => {
-    const ip = plainIp(socket.remoteAddress);
-    const principal = peerSpiffeId(socket)?.toString();
-    const sni = typeof socket.servername === 'string' ? socket.servername : undefined;
-    return {
+    const request: { -readonly [K in keyof PolicyRequest]: PolicyRequest[K] } = {
       protocol,
-      ...(principal === undefined ? {} : { sourcePrincipal: principal }),
-      ...(ip === undefined ? {} : { sourceIp: ip, remoteIp: ip }),
-      ...(socket.localAddress === undefined ? {} : { destinationIp: plainIp(socket.localAddress) as string }),
       destinationPort: policyPort,
-      ...(sni === undefined ? {} : { sni }),
     };
+    const principal = peerSpiffeId(socket)?.toString();
+    if (principal !== undefined) request.sourcePrincipal = principal;
+    const ip = plainIp(socket.remoteAddress);
+    if (ip !== undefined) {
+      request.sourceIp = ip;
+      request.remoteIp = ip;
+    }
+    const local = plainIp(socket.localAddress);
+    if (local !== undefined) request.destinationIp = local;
+    if (typeof socket.servername === 'string') request.sni = socket.servername;
+    return request;
   };
 
   let server: Server;
@@ -202,14 +207,14 @@ export function createInboundListener(
         res.end('Bad Request');
         return;
       }
-      const request: PolicyRequest = {
-        ...baseRequest(socket, 'http'),
-        http: { method: req.method ?? 'GET', path: target, host, headers },
+      const request = baseRequest(socket, 'http') as {
+        -readonly [K in keyof PolicyRequest]: PolicyRequest[K];
       };
+      request.http = { method: req.method ?? 'GET', path: target, host, headers };
       const bearer = /^Bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
       if (bearer !== undefined && deps.authenticate !== undefined) {
         try {
-          (request as { auth?: PolicyRequest['auth'] }).auth = deps.authenticate(bearer);
+          request.auth = deps.authenticate(bearer);
         } catch (err) {
           log.info('request refused: JWT-SVID did not verify', {
             principal: request.sourcePrincipal,
@@ -234,8 +239,9 @@ export function createInboundListener(
         return;
       }
       const out: Record<string, string | string[]> = {};
-      for (const [k, v] of Object.entries(headers)) {
-        if (v === undefined || k.startsWith(':') || HOP_BY_HOP.has(k)) continue;
+      for (const k in headers) {
+        const v = headers[k];
+        if (v === undefined || k.charCodeAt(0) === 58 /* : */ || HOP_BY_HOP.has(k)) continue;
         out[k] = v;
       }
       out.host = host;
@@ -256,8 +262,11 @@ export function createInboundListener(
       });
       up.on('response', (r) => {
         const back: Record<string, string | string[]> = {};
-        for (const [k, v] of Object.entries(r.headers))
+        const from = r.headers;
+        for (const k in from) {
+          const v = from[k];
           if (v !== undefined && !HOP_BY_HOP.has(k)) back[k] = v;
+        }
         res.writeHead(r.statusCode ?? 502, back);
         r.pipe(res as unknown as NodeJS.WritableStream);
       });

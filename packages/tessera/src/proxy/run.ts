@@ -204,11 +204,22 @@ export async function startProxy(
         return { allowed: false, reason: 'denied: no policies are configured', audited: [] };
       return policies.decide(protocol, request);
     };
+    const counters = new Map<string, () => void>();
     const onDecision = (listener: string, request: PolicyRequest, decision: PolicyDecision) => {
-      metrics.inc('tessera_proxy_decisions_total', 'Policy decisions by listener and outcome.', {
-        listener,
-        decision: decision.allowed ? 'allow' : 'deny',
-      });
+      const outcome = decision.allowed ? 'allow' : 'deny';
+      let count = counters.get(`${listener}\0${outcome}`);
+      if (count === undefined) {
+        count = metrics.counter(
+          'tessera_proxy_decisions_total',
+          'Policy decisions by listener and outcome.',
+          {
+            listener,
+            decision: outcome,
+          },
+        );
+        counters.set(`${listener}\0${outcome}`, count);
+      }
+      count();
       if (audit === undefined) return;
       if (config.audit.decisions === 'denied' && decision.allowed && decision.audited.length === 0) return;
       audit.record('policy.decision', {
