@@ -2,9 +2,11 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/config-schema.js';
 import { isTesseraError } from '../common/errors.js';
+import { createLogger } from '../common/log.js';
 import { loadProxyConfig, type ProxyConfig } from '../proxy/config.js';
 import { createPolicyEngine, loadPolicies } from '../proxy/policy/index.js';
-import { type RunningProxy, startProxy } from '../proxy/run.js';
+import { startProxy } from '../proxy/run.js';
+import { isProxyWorker, runProxyPrimary, runProxyWorker } from '../proxy/workers.js';
 import type { Io } from './main.js';
 
 const USAGE = `usage: tessera proxy run|validate --config <proxy.yaml>
@@ -74,9 +76,12 @@ export async function proxyCommand(args: string[], io: Io): Promise<number> {
     }
     return 0;
   }
-  let proxy: RunningProxy;
+  const log = createLogger({ level: config.log.level, format: config.log.format });
+  let running: { stop(): Promise<void> };
   try {
-    proxy = await startProxy(config);
+    if (isProxyWorker()) running = await runProxyWorker(config, log);
+    else if (config.workers > 1) running = await runProxyPrimary(config, log);
+    else running = await startProxy(config, { logger: log });
   } catch (err) {
     if (isTesseraError(err)) {
       io.err(`tessera proxy: ${err.message}`);
@@ -88,6 +93,6 @@ export async function proxyCommand(args: string[], io: Io): Promise<number> {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
   });
-  await proxy.stop();
+  await running.stop();
   return 0;
 }

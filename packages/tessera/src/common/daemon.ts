@@ -61,7 +61,7 @@ export async function startHealthServer(o: {
   role: Role;
   address: string;
   port: number;
-  metrics: Metrics;
+  metrics: Pick<Metrics, 'render'>;
   ready: () => boolean;
 }): Promise<{ port: number; close(): Promise<void> }> {
   const health = createServer((req, res) => {

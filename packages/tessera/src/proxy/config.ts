@@ -143,6 +143,9 @@ export const PROXY_CONFIG_SCHEMA = {
         },
       },
     },
+    // Processes serving the listeners (node:cluster shares each listening socket among them): one
+    // proxy process uses one core, so set this to the cores the proxy may use.
+    workers: { kind: 'int', default: 1, min: 1, max: 64 },
     log: LOG_FIELD,
     health: healthField(8089),
   },
@@ -180,6 +183,7 @@ export interface ProxyConfig {
   readonly jwt: { readonly audiences: readonly string[]; readonly forward_original_token: boolean };
   readonly inbound: readonly InboundConfig[];
   readonly outbound: readonly OutboundConfig[];
+  readonly workers: number;
   readonly log: LogConfig;
   readonly health: HealthConfig;
 }

@@ -24,7 +24,9 @@ const fail = (message: string, cause?: unknown) => startupError('proxy', message
 export interface RunningProxy {
   /** Bound ports by listener name (useful with port 0). */
   readonly ports: ReadonlyMap<string, number>;
-  readonly healthPort: number;
+  /** The health port, or undefined for a worker (the primary serves health for all of them). */
+  readonly healthPort: number | undefined;
+  readonly metrics: Metrics;
   readonly policies: PolicyStore | undefined;
   readonly identity: X509Source;
   /** True while the Workload API gives this workload an identity. */
@@ -36,6 +38,10 @@ export interface StartProxyOptions {
   logger?: DaemonLogger;
   /** Give up starting if no SVID arrived in this time; default: wait (and say why every 10 s). */
   identityTimeoutMs?: number;
+  /** False in a worker process: the primary serves /live, /ready and /metrics. Default true. */
+  serveHealth?: boolean;
+  /** Told when the workload gains or loses its identity (a worker tells its primary). */
+  onIdentityChange?: (hasIdentity: boolean) => void;
 }
 
 function listenOn(server: Server, listen: string, name: string): Promise<number> {
@@ -174,7 +180,10 @@ export async function startProxy(
       1,
     );
     identity.on('update', () => {
-      if (!hasIdentity) log.info('identity back', { spiffe_id: identity.getX509Svid().id.toString() });
+      if (!hasIdentity) {
+        log.info('identity back', { spiffe_id: identity.getX509Svid().id.toString() });
+        options.onIdentityChange?.(true);
+      }
       hasIdentity = true;
       metrics.set(
         'tessera_proxy_identity',
@@ -185,6 +194,7 @@ export async function startProxy(
     identity.on('watchError', (err: SpiffeError) => {
       if (err.code !== ErrorCode.WORKLOADAPI_PERMISSION_DENIED || !hasIdentity) return;
       hasIdentity = false;
+      options.onIdentityChange?.(false);
       metrics.set(
         'tessera_proxy_identity',
         'Whether the Workload API currently gives this workload an identity.',
@@ -280,21 +290,26 @@ export async function startProxy(
     }
     policies?.watch();
 
-    const health = await startHealthServer({
-      role: 'proxy',
-      address: config.health.address,
-      port: config.health.port,
-      metrics,
-      ready: () => hasIdentity,
-    });
-    closers.push(() => health.close());
+    let healthPort: number | undefined;
+    if (options.serveHealth !== false) {
+      const health = await startHealthServer({
+        role: 'proxy',
+        address: config.health.address,
+        port: config.health.port,
+        metrics,
+        ready: () => hasIdentity,
+      });
+      closers.push(() => health.close());
+      healthPort = health.port;
+    }
     log.info('proxy ready', {
       listeners: [...ports].map(([n, p]) => `${n}:${p}`).join(' '),
       policies: policies?.size ?? 0,
     });
     return {
       ports,
-      healthPort: health.port,
+      healthPort,
+      metrics,
       policies,
       identity,
       hasIdentity: () => hasIdentity,
