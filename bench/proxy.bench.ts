@@ -10,6 +10,7 @@
 // proxies compete for the cores, and CPU per request says where the time goes.
 //
 // Knobs (environment): PROXY_BENCH_SECONDS (measured seconds per run, default 10);
+// PROXY_BENCH_INBOUND_WORKERS (the inbound proxy's `workers:`, default 1);
 // PROXY_BENCH_PROFILE=<dir> runs the proxies under `node --cpu-prof`, keeps the profiles in <dir>
 // and prints their hot spots (profiling slows the proxies: those figures are not the benchmark's).
 // Without wrk the bench says how to install it and exits 0: benchmarks never fail the build.
@@ -39,6 +40,8 @@ const CONNECTIONS = 32;
 const THREADS = 1; // one wrk thread saturates a node app many times over and leaves a core to the rest
 const WARMUP_S = 2;
 const DURATION_S = Number(process.env.PROXY_BENCH_SECONDS ?? 10);
+/** `workers:` of the inbound proxy (PROXY_BENCH_INBOUND_WORKERS); its CPU column then counts only the primary. */
+const INBOUND_WORKERS = Number(process.env.PROXY_BENCH_INBOUND_WORKERS ?? 1);
 const SERIAL_S = Math.max(2, Math.round(DURATION_S / 2)); // one connection: latency without queueing
 const SMALL = 100;
 const LARGE = 16 * 1024;
@@ -238,6 +241,7 @@ policies: [${join(tmp.path, 'policies')}]
 audit: {path: ${join(tmp.path, 'audit.log')}, decisions: denied}
 inbound:
   - {name: catalogue, listen: "127.0.0.1:${inboundPort}", upstream: "127.0.0.1:${appPort}"}
+workers: ${INBOUND_WORKERS}
 health: {port: 0}
 `,
   );
