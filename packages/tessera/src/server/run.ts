@@ -208,7 +208,10 @@ export async function startServer(
       datastore,
       ttlMs: config.x509_svid_ttl,
       now,
+      onRenewError: (err) =>
+        logger.error('server: renewing the server SVID failed; retrying in 1s', { error: err.message }),
     });
+    cleanups.push(() => identity.close());
     const cores = availableParallelism();
     const signing = new SigningPool(config.ca.signing_threads ?? (cores > 1 ? Math.min(cores, 8) : 0));
     cleanups.push(() => signing.close());

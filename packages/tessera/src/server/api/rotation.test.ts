@@ -7,6 +7,7 @@ import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import { createCsr, makeTempDir, type TempDir } from '@tessera/testkit';
 import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, verifyX509Svid, X509Svid } from 'spiffe';
 import { ServerClient } from '../../agent/server-client.js';
@@ -126,5 +127,53 @@ describe('CA rotation with second-scale TTLs', () => {
       audit,
       /"event":"authority.activated","kind":"x509","authority_id":"[0-9a-f]{40}","trigger":"schedule"/,
     );
+  });
+});
+
+describe('the server SVID on the agent API', () => {
+  let tmp: TempDir;
+  let server: RunningServer;
+
+  before(async () => {
+    tmp = await makeTempDir('server-svid-');
+    // The CA's rotation loop runs every 10 s here; the server SVID lives 2 s.
+    server = await startTestServer(tmp.path, ['x509_svid_ttl: 2s']);
+  });
+
+  after(async () => {
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  /** The certificate the agent API presents in a real TLS handshake. */
+  const presented = () =>
+    new Promise<X509Certificate>((resolve, reject) => {
+      const socket = tlsConnect(
+        { host: '127.0.0.1', port: server.agentApiPort, rejectUnauthorized: false, ALPNProtocols: ['h2'] },
+        () => {
+          const raw = socket.getPeerCertificate().raw;
+          socket.destroy();
+          resolve(new X509Certificate(raw));
+        },
+      );
+      socket.on('error', reject);
+    });
+
+  it('is renewed at half-life even when its TTL is shorter than the rotation loop, and is never presented expired', async () => {
+    const serials = new Set<string>();
+    const end = Date.now() + 5_000;
+    while (Date.now() < end) {
+      const cert = await presented();
+      const now = Date.now();
+      assert.ok(
+        new Date(cert.validTo).getTime() > now,
+        `the agent API presented an expired SVID (serial ${cert.serialNumber}, notAfter ${cert.validTo})`,
+      );
+      assert.equal(cert.subjectAltName, 'URI:spiffe://example.org/tessera/server');
+      serials.add(cert.serialNumber);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // 5 s at a 2 s TTL renewed each second: at least four SVIDs were presented.
+    assert.ok(serials.size >= 4, `only ${serials.size} server SVIDs were presented in 5 s`);
   });
 });

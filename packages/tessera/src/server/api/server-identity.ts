@@ -25,9 +25,12 @@ export class ServerIdentity extends EventEmitter implements X509SvidSource {
   readonly #datastore: Datastore;
   readonly #ttlMs: number;
   readonly #now: () => Date;
+  readonly #onRenewError: (err: Error) => void;
   #svid!: X509Svid;
   #signer = '';
   #renewAt = 0;
+  #renewTimer: NodeJS.Timeout | undefined;
+  #closed = false;
   #bundle!: SpiffeBundle;
 
   private constructor(o: {
@@ -36,8 +39,10 @@ export class ServerIdentity extends EventEmitter implements X509SvidSource {
     datastore: Datastore;
     ttlMs: number;
     now: () => Date;
+    onRenewError?: (err: Error) => void;
   }) {
     super();
+    this.#onRenewError = o.onRenewError ?? (() => undefined);
     this.trustDomain = o.trustDomain;
     this.#authority = o.authority;
     this.#datastore = o.datastore;
@@ -51,6 +56,8 @@ export class ServerIdentity extends EventEmitter implements X509SvidSource {
     datastore: Datastore;
     ttlMs: number;
     now: () => Date;
+    /** Told when a renewal by the timer failed; it is retried a second later. */
+    onRenewError?: (err: Error) => void;
   }): Promise<ServerIdentity> {
     const s = new ServerIdentity(o);
     await s.refreshBundle();
@@ -86,8 +93,13 @@ export class ServerIdentity extends EventEmitter implements X509SvidSource {
     if (changed) this.emit('update');
   }
 
-  /** Re-issues the server SVID at half-life, or at once when another authority became active. */
+  /**
+   * Re-issues the server SVID at half-life, or at once when another authority became active. Its own
+   * timer calls this at half-life, so an SVID shorter than the CA rotation loop's interval never
+   * expires in between; the loop calls it after an activation.
+   */
   maybeRenew(): boolean {
+    if (this.#closed) return false;
     const signer = this.#authority.x509.certificate.fingerprint256;
     if (signer === this.#signer && this.#now().getTime() < this.#renewAt) return false;
     this.#issue();
@@ -107,6 +119,26 @@ export class ServerIdentity extends EventEmitter implements X509SvidSource {
     this.#svid = new X509Svid(parseSpiffeId(serverId(this.trustDomain)), issued.chain, privateKey);
     this.#signer = authority.certificate.fingerprint256;
     this.#renewAt = now.getTime() + (issued.expiresAt.getTime() - now.getTime()) / 2;
+    clearTimeout(this.#renewTimer);
+    this.#renewTimer = setTimeout(() => this.#renewFromTimer(), Math.max(0, this.#renewAt - now.getTime()));
+    this.#renewTimer.unref();
     this.emit('update');
+  }
+
+  #renewFromTimer(): void {
+    try {
+      this.maybeRenew();
+    } catch (err) {
+      // Signing failed (the authority is being replaced): try again shortly rather than let it lapse.
+      this.#onRenewError(err as Error);
+      this.#renewTimer = setTimeout(() => this.#renewFromTimer(), 1000);
+      this.#renewTimer.unref();
+    }
+  }
+
+  /** Stops the renewal timer. */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#renewTimer);
   }
 }
