@@ -30,7 +30,7 @@ import type { PolicyRequest } from './types.js';
 export interface RequestContext {
   /** The peer's principal in Istio's form (no `spiffe://`). */
   principal: string | undefined;
-  /** The peer's SPIFFE ID (`spiffe://…`), when a service-account match needs it. */
+  /** The peer's SPIFFE ID (`spiffe://…`). */
   spiffeId: string | undefined;
   namespace: string | undefined;
   trustDomain: string | undefined;
@@ -56,7 +56,6 @@ export interface Needs {
   remoteIp: boolean;
   destinationIp: boolean;
   host: boolean;
-  spiffeId: boolean;
 }
 
 /**
@@ -74,7 +73,7 @@ export type RuleIndex =
       readonly principalSuffixes: readonly string[];
       readonly namespaces: readonly string[];
     }
-  | { readonly kind: 'ip'; readonly buckets: readonly string[] }
+  | { readonly kind: 'ip'; readonly buckets: readonly number[] }
   | { readonly kind: 'path'; readonly segments: readonly string[] }
   | { readonly kind: 'method'; readonly methods: readonly string[] };
 
@@ -83,9 +82,12 @@ export interface CompiledMatch {
   readonly index?: RuleIndex;
 }
 
-/** An address's bucket: its first octet (IPv4) or first 16 bits (IPv6). */
-export function ipBucket(a: IpAddress): string {
-  return a.v6 ? `6:${a.words[0]! >>> 16}` : `4:${a.words[0]! >>> 24}`;
+/**
+ * An address's bucket: its first octet (IPv4, 0–255) or 256 + its first 16 bits (IPv6). A number,
+ * so that looking it up hashes nothing.
+ */
+export function ipBucket(a: IpAddress): number {
+  return a.v6 ? 256 + (a.words[0]! >>> 16) : a.words[0]! >>> 24;
 }
 
 /** The first segment of a path: `/admin/x` → `admin`, `/` → ``. */
@@ -201,7 +203,6 @@ function valuesTest(
     case 'path':
       return strings(values.map(parsePathPattern), (c) => c.path);
     case 'serviceAccount': {
-      needs.spiffeId = true;
       // Istio's form: spiffe://<td>/ns/<ns>/[…/]sa/<sa>[/…]; a bare name is in the policy's namespace.
       const regexes = values.map((v) => {
         const [ns, sa] = v.includes('/') ? (v.split('/') as [string, string]) : [policyNamespace, v];
@@ -279,16 +280,23 @@ function fieldTests(
   return out;
 }
 
+/**
+ * A request header, own properties only: headers objects (Node's among them) inherit from
+ * Object.prototype, whose `constructor` or `toString` is no header.
+ */
 function header(c: RequestContext, name: string): string | undefined {
-  const v = c.headers?.[name];
-  if (v === undefined) return undefined;
-  return typeof v === 'string' ? v : v.join(',');
+  const h = c.headers;
+  if (h === undefined) return undefined;
+  const v = h[name];
+  // Checked only when something was found: most headers asked for are absent.
+  if (v === undefined || !Object.hasOwn(h, name)) return undefined;
+  return typeof v === 'string' ? v : Array.isArray(v) ? v.join(',') : undefined;
 }
 
 function claim(c: RequestContext, path: readonly string[]): unknown {
   let v: unknown = c.auth?.claims;
   for (const k of path) {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    if (typeof v !== 'object' || v === null || Array.isArray(v) || !Object.hasOwn(v, k)) return undefined;
     v = (v as Record<string, unknown>)[k];
   }
   return v;
@@ -519,7 +527,7 @@ function peerIndex(rule: Rule): RuleIndex | undefined {
 /** When every `from` entry requires ipBlocks of at least /8 (IPv4) or /16 (IPv6). */
 function ipIndex(rule: Rule): RuleIndex | undefined {
   if (rule.from === undefined || rule.from.length === 0) return undefined;
-  const buckets = new Set<string>();
+  const buckets = new Set<number>();
   for (const { source } of rule.from) {
     if (source.ipBlocks === undefined) return undefined;
     for (const v of source.ipBlocks) {

@@ -468,6 +468,25 @@ describe('operations and conditions', () => {
     assert.equal(rp.evaluate(get('/', { auth })).allowed, true);
     assert.equal(rp.evaluate(get('/')).allowed, false);
   });
+
+  it('a header or claim named like a member of Object.prototype is absent unless the request has it', () => {
+    // Node's req.headers inherits from Object.prototype: its `constructor` is not a header.
+    const headers = Object.assign({}, { accept: '*/*' });
+    for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+      const deny = engine([
+        doc('deny', `action: DENY\nrules:\n- when:\n  - key: request.headers[${name}]\n    values: ["*"]`),
+      ]);
+      assert.equal(deny.evaluate(get('/', { headers })).allowed, true, `${name}: absent`);
+      // Header names are case-insensitive; Node gives them in lower case.
+      const own = JSON.parse(`{"${name.toLowerCase()}": "x"}`) as Record<string, string>;
+      assert.equal(deny.evaluate(get('/', { headers: own })).allowed, false, `${name}: present`);
+      const claim = allowWhen(`key: request.auth.claims[${name}]\n    values: ["*"]`);
+      const auth = { principal: 'iss/sub', audiences: [], claims: { sub: 'sub' } };
+      assert.equal(claim.evaluate(get('/', { auth })).allowed, false, `claim ${name}: absent`);
+      const withClaim = { ...auth, claims: JSON.parse(`{"${name}": "x"}`) as Record<string, unknown> };
+      assert.equal(claim.evaluate(get('/', { auth: withClaim })).allowed, true, `claim ${name}: present`);
+    }
+  });
 });
 
 describe("Istio's TCP rule for HTTP-only fields", () => {

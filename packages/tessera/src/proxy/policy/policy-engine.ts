@@ -16,7 +16,7 @@ import {
   type RequestContext,
   type RuleNote,
 } from './compile-rule.js';
-import { parsePeerAddress } from './ip-block.js';
+import { type IpAddress, parsePeerAddress } from './ip-block.js';
 import { policyPath } from './normalize-path.js';
 import { PolicyInvalidError, type PolicyProblem } from './policy-error.js';
 import type {
@@ -69,7 +69,7 @@ interface RuleSet {
   readonly bySuffix: Map<string, CompiledRule[]>;
   readonly suffixLengths: number[];
   readonly byNamespace: Map<string, CompiledRule[]>;
-  readonly byIpBucket: Map<string, CompiledRule[]>;
+  readonly byIpBucket: Map<number, CompiledRule[]>;
   readonly byPathSegment: Map<string, CompiledRule[]>;
   readonly byMethod: Map<string, CompiledRule[]>;
   /** Rules not indexed: tried on every request. */
@@ -77,10 +77,31 @@ interface RuleSet {
   size: number;
 }
 
+/**
+ * What the engine derives from one source principal, once: its parts, and for each action the lists
+ * of rules indexed under it (by exact principal, its prefixes and suffixes, its namespace).
+ */
+interface Peer {
+  readonly principal: string;
+  readonly spiffeId: string;
+  readonly namespace: string | undefined;
+  readonly trustDomain: string;
+  readonly deny: readonly CompiledRule[][];
+  readonly allow: readonly CompiledRule[][];
+  readonly audit: readonly CompiledRule[][];
+}
+
+/** How many peers (and addresses) an engine remembers; past it the memory is cleared and filled again. */
+const PEER_CACHE_SIZE = 10_000;
+
+const NO_LISTS: readonly CompiledRule[][] = Object.freeze([]);
+
 interface Variant {
   readonly deny: RuleSet;
   readonly allow: RuleSet;
   readonly audit: RuleSet;
+  /** Peers seen, by the request's `sourcePrincipal` exactly as given (the rules never change). */
+  readonly peers: Map<string, Peer>;
   /** How many ALLOW policies apply (an ALLOW policy whose rules cannot match still applies). */
   readonly allowPolicies: number;
   readonly noAllowPolicy: PolicyDecision;
@@ -117,11 +138,16 @@ function emptySet(): RuleSet {
   };
 }
 
-function addTo(map: Map<string, CompiledRule[]>, key: string, rule: CompiledRule, lengths?: number[]): void {
+function addTo<K extends string | number>(
+  map: Map<K, CompiledRule[]>,
+  key: K,
+  rule: CompiledRule,
+  lengths?: number[],
+): void {
   const list = map.get(key);
   if (list === undefined) {
     map.set(key, [rule]);
-    if (lengths !== undefined && !lengths.includes(key.length)) {
+    if (lengths !== undefined && typeof key === 'string' && !lengths.includes(key.length)) {
       lengths.push(key.length);
       lengths.sort((a, b) => a - b);
     }
@@ -215,6 +241,7 @@ function compileVariant(
     deny: sets.DENY,
     allow: sets.ALLOW,
     audit: sets.AUDIT,
+    peers: new Map(),
     allowPolicies: n,
     noAllowPolicy: decision(
       true,
@@ -242,75 +269,97 @@ function scan(
 }
 
 /**
- * Calls `visit` with every list of `set` that may hold a rule matching the request: the peer's
- * exact principal, each prefix and suffix of it of a length in use, its namespace, its address's
- * bucket, the path's first segment, the method, and the rules not indexed.
+ * The lists of `set` indexed under a peer: its exact principal, each prefix and suffix of it of a
+ * length in use, its namespace. Computed once per peer (see Peer).
  */
-function candidates<T>(
+function peerLists(set: RuleSet, principal: string, namespace: string | undefined): CompiledRule[][] {
+  const out: CompiledRule[][] = [];
+  const add = (list: CompiledRule[] | undefined) => {
+    if (list !== undefined) out.push(list);
+  };
+  add(set.byPrincipal.get(principal));
+  for (const n of set.prefixLengths) {
+    if (n > principal.length) break;
+    add(set.byPrefix.get(principal.slice(0, n)));
+  }
+  for (const n of set.suffixLengths) {
+    if (n > principal.length) break;
+    add(set.bySuffix.get(principal.slice(principal.length - n)));
+  }
+  if (namespace !== undefined) add(set.byNamespace.get(namespace));
+  return out;
+}
+
+/** The request's keys into the indexes that are not about the peer, computed once per request. */
+interface RequestKeys {
+  bucket: number | undefined;
+  segment: string | undefined;
+}
+
+/**
+ * Puts in `out` every list of `set` that may hold a rule matching the request: the peer's lists,
+ * then those of its address's bucket, the path's first segment and the method, and the rules not
+ * indexed. Returns how many; `out` is the engine's scratch array (evaluate is synchronous).
+ */
+function candidates(
   set: RuleSet,
+  peer: readonly CompiledRule[][],
   ctx: RequestContext,
-  visit: (list: CompiledRule[], acc: T) => T,
-  acc: T,
-): T {
-  const p = ctx.principal;
-  if (p !== undefined) {
-    if (set.byPrincipal.size > 0) {
-      const list = set.byPrincipal.get(p);
-      if (list !== undefined) acc = visit(list, acc);
-    }
-    for (const n of set.prefixLengths) {
-      if (n > p.length) break;
-      const list = set.byPrefix.get(p.slice(0, n));
-      if (list !== undefined) acc = visit(list, acc);
-    }
-    for (const n of set.suffixLengths) {
-      if (n > p.length) break;
-      const list = set.bySuffix.get(p.slice(p.length - n));
-      if (list !== undefined) acc = visit(list, acc);
-    }
+  keys: RequestKeys,
+  out: CompiledRule[][],
+): number {
+  let n = 0;
+  for (const list of peer) out[n++] = list;
+  if (set.byIpBucket.size > 0 && keys.bucket !== undefined) {
+    const list = set.byIpBucket.get(keys.bucket);
+    if (list !== undefined) out[n++] = list;
   }
-  if (set.byNamespace.size > 0 && ctx.namespace !== undefined) {
-    const list = set.byNamespace.get(ctx.namespace);
-    if (list !== undefined) acc = visit(list, acc);
-  }
-  if (set.byIpBucket.size > 0 && ctx.sourceIp !== undefined) {
-    const list = set.byIpBucket.get(ipBucket(ctx.sourceIp));
-    if (list !== undefined) acc = visit(list, acc);
-  }
-  if (set.byPathSegment.size > 0 && ctx.path !== undefined) {
-    const list = set.byPathSegment.get(firstSegment(ctx.path));
-    if (list !== undefined) acc = visit(list, acc);
+  if (set.byPathSegment.size > 0 && keys.segment !== undefined) {
+    const list = set.byPathSegment.get(keys.segment);
+    if (list !== undefined) out[n++] = list;
   }
   if (set.byMethod.size > 0 && ctx.method !== undefined) {
     const list = set.byMethod.get(ctx.method);
-    if (list !== undefined) acc = visit(list, acc);
+    if (list !== undefined) out[n++] = list;
   }
-  return set.rest.length > 0 ? visit(set.rest, acc) : acc;
+  if (set.rest.length > 0) out[n++] = set.rest;
+  return n;
 }
 
 /** The first matching rule in load order. */
-function firstMatch(set: RuleSet, ctx: RequestContext): CompiledRule | undefined {
+function firstMatch(
+  set: RuleSet,
+  peer: readonly CompiledRule[][],
+  ctx: RequestContext,
+  keys: RequestKeys,
+  scratch: CompiledRule[][],
+): CompiledRule | undefined {
   if (set.size === 0) return undefined;
-  return candidates<CompiledRule | undefined>(set, ctx, (list, best) => scan(list, ctx, best), undefined);
+  const n = candidates(set, peer, ctx, keys, scratch);
+  let best: CompiledRule | undefined;
+  for (let i = 0; i < n; i++) best = scan(scratch[i]!, ctx, best);
+  return best;
 }
 
 /** Every AUDIT policy with a matching rule (its first matching rule), in load order. */
-function audits(set: RuleSet, ctx: RequestContext): readonly PolicyRef[] {
+function audits(
+  set: RuleSet,
+  peer: readonly CompiledRule[][],
+  ctx: RequestContext,
+  keys: RequestKeys,
+  scratch: CompiledRule[][],
+): readonly PolicyRef[] {
   if (set.size === 0) return NO_AUDIT;
-  const matched = candidates<CompiledRule[] | undefined>(
-    set,
-    ctx,
-    (list, acc) => {
-      for (const r of list) {
-        if (r.match(ctx)) {
-          if (acc === undefined) acc = [];
-          acc.push(r);
-        }
+  const n = candidates(set, peer, ctx, keys, scratch);
+  let matched: CompiledRule[] | undefined;
+  for (let i = 0; i < n; i++) {
+    for (const r of scratch[i]!) {
+      if (r.match(ctx)) {
+        if (matched === undefined) matched = [];
+        matched.push(r);
       }
-      return acc;
-    },
-    undefined,
-  );
+    }
+  }
   if (matched === undefined) return NO_AUDIT;
   matched.sort((a, b) => a.ordinal - b.ordinal);
   const refs: PolicyRef[] = [];
@@ -385,7 +434,6 @@ export function createPolicyEngine(
     remoteIp: false,
     destinationIp: false,
     host: false,
-    spiffeId: false,
   };
   const variants: { http?: Variant; tcp?: Variant } = {};
   if (only !== 'tcp') variants.http = compileVariant(selected, 'http', needs, undefined);
@@ -409,6 +457,40 @@ export function createPolicyEngine(
     auth: undefined,
   };
 
+  const keys: RequestKeys = { bucket: undefined, segment: undefined };
+  const scratch: CompiledRule[][] = [];
+
+  /** Derives and remembers what the engine needs of a source principal (see Peer). */
+  const remember = (v: Variant, sourcePrincipal: string): Peer => {
+    const principal = normalizePrincipal(sourcePrincipal);
+    const namespace = namespaceOf(principal);
+    const slash = principal.indexOf('/');
+    const peer: Peer = {
+      principal,
+      spiffeId: `spiffe://${principal}`,
+      namespace,
+      trustDomain: slash < 0 ? principal : principal.slice(0, slash),
+      deny: peerLists(v.deny, principal, namespace),
+      allow: peerLists(v.allow, principal, namespace),
+      audit: peerLists(v.audit, principal, namespace),
+    };
+    if (v.peers.size >= PEER_CACHE_SIZE) v.peers.clear();
+    v.peers.set(sourcePrincipal, peer);
+    return peer;
+  };
+
+  // Addresses parsed, by their text: a connection's requests all come from one address.
+  const addresses = new Map<string, IpAddress | undefined>();
+  const address = (text: string): IpAddress | undefined => {
+    let a = addresses.get(text);
+    if (a === undefined && !addresses.has(text)) {
+      a = parsePeerAddress(text);
+      if (addresses.size >= PEER_CACHE_SIZE) addresses.clear();
+      addresses.set(text, a);
+    }
+    return a;
+  };
+
   const evaluate = (req: PolicyRequest): PolicyDecision => {
     if (typeof req !== 'object' || req === null)
       throw new TypeError('evaluate: the request must be a PolicyRequest object');
@@ -421,26 +503,16 @@ export function createPolicyEngine(
       );
     }
     const sp = req.sourcePrincipal;
-    if (sp === undefined || sp === '') {
-      ctx.principal = undefined;
-      ctx.spiffeId = undefined;
-      ctx.namespace = undefined;
-      ctx.trustDomain = undefined;
-    } else {
-      const p = normalizePrincipal(sp);
-      ctx.principal = p;
-      ctx.spiffeId = needs.spiffeId ? `spiffe://${p}` : undefined;
-      ctx.namespace = namespaceOf(p);
-      const slash = p.indexOf('/');
-      ctx.trustDomain = slash < 0 ? p : p.slice(0, slash);
-    }
-    ctx.sourceIp = needs.sourceIp && req.sourceIp !== undefined ? parsePeerAddress(req.sourceIp) : undefined;
+    const peer = sp === undefined || sp === '' ? undefined : (v.peers.get(sp) ?? remember(v, sp));
+    ctx.principal = peer?.principal;
+    ctx.spiffeId = peer?.spiffeId;
+    ctx.namespace = peer?.namespace;
+    ctx.trustDomain = peer?.trustDomain;
+    ctx.sourceIp = needs.sourceIp && req.sourceIp !== undefined ? address(req.sourceIp) : undefined;
     const remote = req.remoteIp ?? req.sourceIp;
-    ctx.remoteIp = needs.remoteIp && remote !== undefined ? parsePeerAddress(remote) : undefined;
+    ctx.remoteIp = needs.remoteIp && remote !== undefined ? address(remote) : undefined;
     ctx.destinationIp =
-      needs.destinationIp && req.destinationIp !== undefined
-        ? parsePeerAddress(req.destinationIp)
-        : undefined;
+      needs.destinationIp && req.destinationIp !== undefined ? address(req.destinationIp) : undefined;
     ctx.destinationPort = req.destinationPort;
     ctx.sni = req.sni;
     const http = req.protocol === 'http' ? req.http : undefined;
@@ -449,13 +521,15 @@ export function createPolicyEngine(
     ctx.host = needs.host && http !== undefined ? http.host.toLowerCase() : undefined;
     ctx.headers = http?.headers;
     ctx.auth = req.protocol === 'http' ? req.auth : undefined;
+    keys.bucket = ctx.sourceIp === undefined ? undefined : ipBucket(ctx.sourceIp);
+    keys.segment = ctx.path === undefined ? undefined : firstSegment(ctx.path);
 
-    const audited = audits(v.audit, ctx);
-    const deny = firstMatch(v.deny, ctx);
+    const audited = audits(v.audit, peer?.audit ?? NO_LISTS, ctx, keys, scratch);
+    const deny = firstMatch(v.deny, peer?.deny ?? NO_LISTS, ctx, keys, scratch);
     let d: PolicyDecision;
     if (deny !== undefined) d = deny.decision;
     else if (v.allowPolicies === 0) d = v.noAllowPolicy;
-    else d = firstMatch(v.allow, ctx)?.decision ?? v.noAllowMatched;
+    else d = firstMatch(v.allow, peer?.allow ?? NO_LISTS, ctx, keys, scratch)?.decision ?? v.noAllowMatched;
     return audited === NO_AUDIT ? d : Object.freeze({ ...d, audited });
   };
 

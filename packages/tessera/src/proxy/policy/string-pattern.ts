@@ -85,6 +85,9 @@ export interface MatcherOptions {
 /** A predicate true when the input matches any of the patterns; an absent input matches none. */
 export type StringMatcher = (input: string | undefined) => boolean;
 
+/** Up to this many exact values are compared in turn rather than looked up in a Set. */
+const SMALL_EXACT = 8;
+
 export function createStringMatcher(
   patterns: readonly StringPattern[],
   options: MatcherOptions = {},
@@ -116,13 +119,19 @@ export function createStringMatcher(
   }
   const emptyPresent = options.presentMatchesEmpty === true;
   if (present) return (s) => s !== undefined && (emptyPresent || s !== '');
-  if (prefixes.length === 0 && suffixes.length === 0 && regexes.length === 0) {
-    if (exact.size === 1) {
-      const only = [...exact][0]!;
-      return (s) => s === only;
-    }
-    return (s) => s !== undefined && exact.has(s);
-  }
+  // A few values are compared one by one: a Set would hash the input first, and inputs (paths,
+  // principals) are new strings on every request, whose hash V8 has not computed yet.
+  const few = exact.size <= SMALL_EXACT ? [...exact] : undefined;
+  const isExact: StringMatcher =
+    few === undefined
+      ? (s) => s !== undefined && exact.has(s)
+      : few.length === 1
+        ? (s) => s === few[0]
+        : (s) => {
+            for (const v of few) if (s === v) return true;
+            return false;
+          };
+  if (prefixes.length === 0 && suffixes.length === 0 && regexes.length === 0) return isExact;
   // V8's startsWith/endsWith compare character by character (~3 ns each), and inputs often share a
   // long start with the patterns (example.org/ns/…): the character at the far end of the pattern
   // rejects most inputs first.
@@ -130,7 +139,7 @@ export function createStringMatcher(
   const suf = suffixes.map((v) => ({ v, n: v.length, c: v.charCodeAt(0) }));
   return (s) => {
     if (s === undefined) return false;
-    if (exact.size > 0 && exact.has(s)) return true;
+    if (exact.size > 0 && isExact(s)) return true;
     const len = s.length;
     for (const p of pre) {
       if (len >= p.n && (p.n === 0 || s.charCodeAt(p.n - 1) === p.c) && s.startsWith(p.v)) return true;
