@@ -594,6 +594,30 @@ describe('the index by principal and namespace', () => {
     }
   });
 
+  it('peers remembered past the size of the memory still get the same decisions, on HTTP and TCP', () => {
+    const e = engine([
+      doc('front', `rules:\n- from:\n  - source:\n      principals: ["${FRONT}"]`),
+      doc('team', 'rules:\n- from:\n  - source:\n      principals: ["example.org/ns/team/*"]'),
+    ]);
+    const decide = (principal: string) => e.evaluate(get('/', { sourcePrincipal: principal })).allowed;
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < 12_000; i++) {
+        assert.equal(decide(`spiffe://example.org/ns/team/sa/s${i}`), true);
+        if (i % 1000 === 0) {
+          assert.equal(decide(FRONT), true);
+          assert.equal(decide(ORDERS), false);
+          assert.equal(e.evaluate(tcp({ sourcePrincipal: ORDERS })).allowed, false);
+          assert.equal(
+            e.evaluate(tcp({ sourcePrincipal: `spiffe://example.org/ns/team/sa/s${i}` })).allowed,
+            true,
+          );
+        }
+      }
+    }
+    // The same principal with and without spiffe:// is one peer for the rules.
+    assert.equal(decide('example.org/ns/sock-shop/sa/front-end'), true);
+  });
+
   it('a rule mixing principal and namespace sources is found by either', () => {
     const e = engine([
       doc(
