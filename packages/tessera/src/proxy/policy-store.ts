@@ -68,11 +68,23 @@ export class PolicyStore extends EventEmitter<PolicyStoreEvents> {
     return engines;
   }
 
-  /** Decides with the policies in force now. */
+  /**
+   * Decides with the policies in force now. Fails closed: a request the engine cannot evaluate is
+   * denied, and the error logged, rather than let through or let crash the proxy.
+   */
   decide(protocol: 'http' | 'tcp', request: PolicyRequest): PolicyDecision {
     const engine = this.#engines[protocol];
     if (engine === undefined) throw new TypeError(`policy: no ${protocol} listener was configured`);
-    return engine.evaluate(request);
+    try {
+      return engine.evaluate(request);
+    } catch (err) {
+      const reason = `denied: the policy engine failed on this request: ${(err as Error).message}`;
+      this.#log.error('policy evaluation failed; the request is denied', {
+        principal: request.sourcePrincipal,
+        error: (err as Error).message,
+      });
+      return { allowed: false, reason, audited: [] };
+    }
   }
 
   /** How many policies are loaded (all namespaces). */
