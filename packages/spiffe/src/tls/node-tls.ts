@@ -258,8 +258,9 @@ function finish<S extends tls.Server>(server: S, config: SpiffeTlsConfig): Spiff
 export function createSpiffeTlsServer(
   config: SpiffeTlsConfig,
   listener?: (socket: tls.TLSSocket) => void,
+  options: Pick<tls.TlsOptions, 'handshakeTimeout'> = {},
 ): SpiffeServer<tls.Server> {
-  return finish(tls.createServer(tlsServerOptions(config), listener), config);
+  return finish(tls.createServer({ ...options, ...tlsServerOptions(config) }, listener), config);
 }
 
 /** As createSpiffeTlsServer, for HTTPS; `peerSpiffeId(req.socket)` in the handler. */

@@ -121,6 +121,10 @@ export const PROXY_CONFIG_SCHEMA = {
           // Trust domains whose clients may connect (verified against their bundle); default: every
           // bundle the agent provides, own and federated. Policies then decide.
           trust_domains: { kind: 'list', of: { kind: 'string', check: checkTrustDomain } },
+          // A client that has not finished its TLS handshake by then is disconnected.
+          handshake_timeout: { kind: 'duration', default: '10s', min: '100ms' },
+          // A connection with no bytes either way for this long is closed (Envoy's idle_timeout).
+          idle_timeout: { kind: 'duration', default: '1h', min: '100ms' },
         },
       },
     },
@@ -140,6 +144,8 @@ export const PROXY_CONFIG_SCHEMA = {
           // The TLS server name sent; default: the upstream host when it is a DNS name.
           sni: { kind: 'string' },
           connect_timeout: { kind: 'duration', default: '5s' },
+          // A connection with no bytes either way for this long is closed (Envoy's idle_timeout).
+          idle_timeout: { kind: 'duration', default: '1h', min: '100ms' },
         },
       },
     },
@@ -159,6 +165,10 @@ export interface InboundConfig {
   readonly policy_port?: number;
   readonly forward_client_cert: 'sanitize_set' | 'append_forward';
   readonly trust_domains: readonly string[];
+  /** Milliseconds. */
+  readonly handshake_timeout: number;
+  /** Milliseconds. */
+  readonly idle_timeout: number;
 }
 
 export interface OutboundConfig {
@@ -171,6 +181,8 @@ export interface OutboundConfig {
   readonly sni?: string;
   /** Milliseconds. */
   readonly connect_timeout: number;
+  /** Milliseconds. */
+  readonly idle_timeout: number;
 }
 
 export interface ProxyConfig {

@@ -160,36 +160,54 @@ export function createInboundListener(
 
   let server: Server;
   if (config.protocol === 'tcp') {
-    const tcp = createSpiffeTlsServer(tlsConfig, (socket) => {
-      const request = baseRequest(socket, 'tcp');
-      const decision = deps.decide('tcp', request);
-      deps.onDecision(name, request, decision);
-      if (!decision.allowed) {
-        log.info('connection denied', { principal: request.sourcePrincipal, reason: decision.reason });
-        socket.destroy();
-        return;
-      }
-      const app = netConnect(
-        unixPath === undefined
-          ? { host: upstream?.host as string, port: upstream?.port as number, noDelay: true }
-          : { path: unixPath },
-      );
-      track(app);
-      const fail = (err: Error) => {
-        log.warn('upstream connection failed', { upstream: config.upstream, error: err.message });
-        socket.destroy();
-        app.destroy();
-      };
-      app.on('error', fail);
-      socket.on('error', () => app.destroy());
-      socket.pipe(app).pipe(socket);
-    });
+    const tcp = createSpiffeTlsServer(
+      tlsConfig,
+      (socket) => {
+        const request = baseRequest(socket, 'tcp');
+        const decision = deps.decide('tcp', request);
+        deps.onDecision(name, request, decision);
+        if (!decision.allowed) {
+          log.info('connection denied', { principal: request.sourcePrincipal, reason: decision.reason });
+          socket.destroy();
+          return;
+        }
+        const app = netConnect(
+          unixPath === undefined
+            ? { host: upstream?.host as string, port: upstream?.port as number, noDelay: true }
+            : { path: unixPath },
+        );
+        track(app);
+        const fail = (err: Error) => {
+          log.warn('upstream connection failed', { upstream: config.upstream, error: err.message });
+          socket.destroy();
+          app.destroy();
+        };
+        app.on('error', fail);
+        socket.on('error', () => app.destroy());
+        // Either way counts: socket timeouts are reset by reads and by writes.
+        socket.setTimeout(config.idle_timeout, () => {
+          log.debug('idle connection closed', {
+            principal: request.sourcePrincipal,
+            idle_ms: config.idle_timeout,
+          });
+          socket.destroy();
+          app.destroy();
+        });
+        socket.pipe(app).pipe(socket);
+      },
+      { handshakeTimeout: config.handshake_timeout },
+    );
     server = tcp;
   } else {
     // Nagle's algorithm off on every proxied socket, as Envoy does: with it, the last segment of a
     // response waits for the peer's delayed ACK (~40 ms a request, measured in bench/proxy.bench.ts).
     const agent = new HttpAgent({ keepAlive: true, scheduling: 'lifo', noDelay: true });
-    const h2 = createSpiffeHttp2Server(tlsConfig, { allowHTTP1: true });
+    const h2 = createSpiffeHttp2Server(tlsConfig, {
+      allowHTTP1: true,
+      handshakeTimeout: config.handshake_timeout,
+    });
+    // Idle connections are closed: HTTP/2 sessions and HTTP/1.1 sockets alike (node's server timeout).
+    h2.setTimeout(config.idle_timeout);
     h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
       const socket = req.socket as TLSSocket;
       const headers = req.headers as IncomingHttpHeaders;

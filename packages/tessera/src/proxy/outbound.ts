@@ -109,6 +109,12 @@ export function createOutboundListener(
       if (hadError) remoteSocket.destroy();
       else remoteSocket.end();
     });
+    // Bytes either way reset it: what is read from one side is written to the other.
+    local.setTimeout(config.idle_timeout, () => {
+      log.debug('idle connection closed', { upstream: config.upstream, idle_ms: config.idle_timeout });
+      local.destroy();
+      remoteSocket.destroy();
+    });
     local.pipe(remoteSocket).pipe(local);
   });
   server.on('error', (err) => log.error('listener error', { error: err.message }));

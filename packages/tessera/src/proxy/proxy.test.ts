@@ -149,7 +149,19 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
     echoPort = (echo.address() as { port: number }).port;
     unixApp = createServer((req, res) => res.writeHead(200).end(`unix ${req.url}`));
     await new Promise<void>((r) => unixApp.listen(join(tmp.path, 'app.sock'), () => r()));
-    for (const k of ['http', 'tcp', 'unix', 'down', 'nowhere', 'out', 'outWrong', 'outTcp'])
+    for (const k of [
+      'http',
+      'tcp',
+      'unix',
+      'down',
+      'nowhere',
+      'out',
+      'outWrong',
+      'outTcp',
+      'idle',
+      'idleTcp',
+      'idleOut',
+    ])
       port[k] = await freePort();
     writeFileSync(join(policyDir, 'catalogue.yaml'), SEED_POLICY);
     writeFileSync(
@@ -195,6 +207,8 @@ inbound:
   - {name: echo, listen: "127.0.0.1:${port.tcp}", upstream: "127.0.0.1:${echoPort}", protocol: tcp}
   - {name: unix, listen: "127.0.0.1:${port.unix}", upstream: "unix:${join(tmp.path, 'app.sock')}"}
   - {name: down, listen: "127.0.0.1:${port.down}", upstream: "127.0.0.1:${port.nowhere}"}
+  - {name: idle, listen: "127.0.0.1:${port.idle}", upstream: "127.0.0.1:${app.port}", handshake_timeout: 300ms, idle_timeout: 400ms}
+  - {name: idle-tcp, listen: "127.0.0.1:${port.idleTcp}", upstream: "127.0.0.1:${echoPort}", protocol: tcp, idle_timeout: 400ms}
 health: {port: 0}
 `),
       { logger: createLogger({ level: 'debug', format: 'json', write: (l) => inboundLogs.push(l) }) },
@@ -216,6 +230,11 @@ outbound:
     listen: "127.0.0.1:${port.outTcp}"
     upstream: "127.0.0.1:${port.tcp}"
     server_trust_domain: example.org
+  - name: idle-out
+    listen: "127.0.0.1:${port.idleOut}"
+    upstream: "127.0.0.1:${port.tcp}"
+    server_trust_domain: example.org
+    idle_timeout: 400ms
 health: {port: 0}
 `),
       { logger: createLogger({ level: 'error', write: () => {} }) },
@@ -479,6 +498,58 @@ health: {port: 0}
       inboundLogs.some((l) => l.includes('upstream request failed') && l.includes(String(port.nowhere))),
     );
     assert.equal((await get(port.out as number, '/tags')).status, 200, 'the proxy still serves');
+  });
+
+  it('a client that does not finish its TLS handshake is disconnected at handshake_timeout, and the log says so', {
+    timeout: 20_000,
+  }, async () => {
+    const s = netConnect(port.idle as number, '127.0.0.1');
+    s.on('error', () => {});
+    await once(s, 'connect');
+    await once(s, 'close');
+    assert.ok(
+      inboundLogs.some((l) => l.includes('TLS handshake') && /timeout/i.test(l)),
+      'a log line names the handshake timeout',
+    );
+  });
+
+  it('connections idle for idle_timeout are closed: HTTP/1.1 keep-alive, HTTP/2, TCP, and the outbound', {
+    timeout: 20_000,
+  }, async () => {
+    const tlsOptions = tlsClientOptions({
+      svid: { getX509Svid: () => clientSvid },
+      bundles: new X509BundleSet([bundle]),
+      authorizer: authorizeAny(),
+    });
+    // HTTP/1.1 with keep-alive: one answered request, then nothing until the proxy closes.
+    const h1 = tls.connect({ ...tlsOptions, host: '127.0.0.1', port: port.idle as number });
+    h1.on('error', () => {});
+    await once(h1, 'secureConnect');
+    h1.write('GET /catalogue HTTP/1.1\r\nhost: catalogue\r\nconnection: keep-alive\r\n\r\n');
+    const [first] = (await once(h1, 'data')) as [Buffer];
+    assert.match(first.toString(), /^HTTP\/1\.1 200 /);
+    await once(h1, 'close');
+    // HTTP/2: the session is closed.
+    const session = http2.connect(`https://127.0.0.1:${port.idle}`, tlsOptions);
+    session.on('error', () => {});
+    const stream = session.request({ ':path': '/catalogue' });
+    const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+    assert.equal(headers[':status'], 200);
+    stream.resume();
+    await once(session, 'close');
+    // TCP through the inbound: an echo, then the connection is closed.
+    const raw = tls.connect({ ...tlsOptions, host: '127.0.0.1', port: port.idleTcp as number });
+    raw.on('error', () => {});
+    await once(raw, 'secureConnect');
+    raw.write('ping');
+    assert.equal(((await once(raw, 'data')) as [Buffer])[0].toString(), 'ping');
+    await once(raw, 'close');
+    // The outbound's local side (to an inbound that would keep the connection an hour).
+    const local = netConnect(port.idleOut as number, '127.0.0.1');
+    local.on('error', () => {});
+    local.write('pong');
+    assert.equal(((await once(local, 'data')) as [Buffer])[0].toString(), 'pong');
+    await once(local, 'close');
   });
 
   it('rotating both SVIDs while requests flow drops none; new connections present the new certificate', async () => {
