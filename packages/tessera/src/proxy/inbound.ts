@@ -7,9 +7,11 @@ import {
   request as httpRequest,
   type IncomingHttpHeaders,
   type IncomingMessage,
+  STATUS_CODES,
 } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { connect as netConnect, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
   type Authorizer,
@@ -69,6 +71,35 @@ const HOP_BY_HOP = new Set([
 
 const DENIED_BODY = 'RBAC: access denied';
 const JWT_FAILED_BODY = 'Jwt verification fails';
+const UPSTREAM_FAILED_BODY =
+  'upstream connect error or disconnect/reset before headers. reset reason: connection failure';
+
+/** An answer the proxy gives itself, without the app. */
+interface LocalReply {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string | number>>;
+  readonly body: string;
+}
+
+const localReply = (status: number, body: string, extra: Record<string, string> = {}): LocalReply =>
+  Object.freeze({
+    status,
+    headers: { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...extra },
+    body,
+  });
+const BAD_REQUEST = localReply(400, 'Bad Request');
+const JWT_FAILED = localReply(401, JWT_FAILED_BODY, { 'www-authenticate': 'Bearer realm="tessera"' });
+const DENIED = localReply(403, DENIED_BODY);
+const UPSTREAM_FAILED = localReply(503, UPSTREAM_FAILED_BODY);
+const upgradeRefused = (protocol: string) =>
+  localReply(403, `upgrade to ${JSON.stringify(protocol)} is not proxied: only websocket is`);
+
+/** A LocalReply as HTTP/1.1 bytes, for a socket taken over by an upgrade; the connection then ends. */
+function rawResponse(r: LocalReply): string {
+  let head = `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? ''}\r\n`;
+  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
+  return `${head}connection: close\r\n\r\n${r.body}`;
+}
 
 /** Node reports IPv4 peers on a dual-stack socket as ::ffff:a.b.c.d; policies are written with a.b.c.d. */
 export function plainIp(address: string | undefined): string | undefined {
@@ -208,27 +239,35 @@ export function createInboundListener(
     });
     // Idle connections are closed: HTTP/2 sessions and HTTP/1.1 sockets alike (node's server timeout).
     h2.setTimeout(config.idle_timeout);
-    h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
-      const socket = req.socket as TLSSocket;
-      const headers = req.headers as IncomingHttpHeaders;
-      const host = (headers[':authority'] as string | undefined) ?? headers.host ?? '';
+    const upstreamTarget =
+      unixPath === undefined ? { host: upstream?.host, port: upstream?.port } : { socketPath: unixPath };
+
+    /**
+     * Normalizes, authenticates and decides one HTTP request: the request as the policies saw it and
+     * the path to forward, or the answer the proxy gives itself (400, 401, 403).
+     */
+    const admit = (
+      socket: TLSSocket,
+      method: string,
+      url: string | undefined,
+      headers: IncomingHttpHeaders,
+      host: string,
+    ): { request: PolicyRequest; target: string } | LocalReply => {
       // As Envoy under Istio: the path is normalized once (%XX of unreserved characters decoded,
       // `\` as `/`, `.` and `..` resolved), then matched AND forwarded in that form, so that
       // /public/../admin cannot slip past a policy on /admin. A target that cannot be normalized
       // (%00, not origin-form) is refused.
-      const target = req.url?.startsWith('/') === true ? normalizePath(req.url) : undefined;
+      const target = url?.startsWith('/') === true ? normalizePath(url) : undefined;
       if (target === undefined) {
         log.info('request refused: a request target that cannot be normalized', {
           principal: peerSpiffeId(socket)?.toString(),
         });
-        res.writeHead(400, { 'content-type': 'text/plain' });
-        res.end('Bad Request');
-        return;
+        return BAD_REQUEST;
       }
       const request = baseRequest(socket, 'http') as {
         -readonly [K in keyof PolicyRequest]: PolicyRequest[K];
       };
-      request.http = { method: req.method ?? 'GET', path: target, host, headers };
+      request.http = { method, path: target, host, headers };
       const bearer = /^Bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
       if (bearer !== undefined && deps.authenticate !== undefined) {
         try {
@@ -238,9 +277,7 @@ export function createInboundListener(
             principal: request.sourcePrincipal,
             reason: (err as Error).message,
           });
-          res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer realm="tessera"' });
-          res.end(JWT_FAILED_BODY);
-          return;
+          return JWT_FAILED;
         }
       }
       const decision = deps.decide('http', request);
@@ -248,14 +285,22 @@ export function createInboundListener(
       if (!decision.allowed) {
         log.info('request denied', {
           principal: request.sourcePrincipal,
-          method: request.http?.method,
-          path: request.http?.path,
+          method,
+          path: target,
           reason: decision.reason,
         });
-        res.writeHead(403, { 'content-type': 'text/plain', 'content-length': DENIED_BODY.length });
-        res.end(DENIED_BODY);
-        return;
+        return DENIED;
       }
+      return { request, target };
+    };
+
+    /** The headers sent to the app: end-to-end ones, the host, x-forwarded-proto and the XFCC. */
+    const upstreamHeaders = (
+      socket: TLSSocket,
+      headers: IncomingHttpHeaders,
+      host: string,
+      request: PolicyRequest,
+    ): Record<string, string | string[]> => {
       const out: Record<string, string | string[]> = {};
       for (const k in headers) {
         const v = headers[k];
@@ -269,14 +314,26 @@ export function createInboundListener(
         out[XFCC_HEADER] = forwardedClientCert(config.forward_client_cert, headers[XFCC_HEADER], element);
       else delete out[XFCC_HEADER];
       out['x-forwarded-proto'] = 'https';
+      return out;
+    };
+
+    h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
+      const socket = req.socket as TLSSocket;
+      const headers = req.headers as IncomingHttpHeaders;
+      const host = (headers[':authority'] as string | undefined) ?? headers.host ?? '';
+      const admitted = admit(socket, req.method ?? 'GET', req.url, headers, host);
+      if ('status' in admitted) {
+        res.writeHead(admitted.status, admitted.headers);
+        res.end(admitted.body);
+        return;
+      }
+      const { request, target } = admitted;
       const up = httpRequest({
         agent,
         method: req.method,
         path: target,
-        headers: out,
-        ...(unixPath === undefined
-          ? { host: upstream?.host, port: upstream?.port }
-          : { socketPath: unixPath }),
+        headers: upstreamHeaders(socket, headers, host, request),
+        ...upstreamTarget,
       });
       up.on('response', (r) => {
         const back: Record<string, string | string[]> = {};
@@ -291,10 +348,8 @@ export function createInboundListener(
       up.on('error', (err) => {
         log.warn('upstream request failed', { upstream: config.upstream, error: err.message });
         if (!res.headersSent) {
-          res.writeHead(503, { 'content-type': 'text/plain' });
-          res.end(
-            'upstream connect error or disconnect/reset before headers. reset reason: connection failure',
-          );
+          res.writeHead(UPSTREAM_FAILED.status, UPSTREAM_FAILED.headers);
+          res.end(UPSTREAM_FAILED.body);
         } else {
           res.destroy();
         }
@@ -316,6 +371,78 @@ export function createInboundListener(
       } else {
         (req as IncomingMessage).pipe(up);
       }
+    });
+
+    // HTTP/1.1 upgrades (WebSocket), as Istio enables them in Envoy: the upgrade request is decided
+    // like any request; once the app answers 101 the two sockets are joined. Other protocols are
+    // refused with 403, as Envoy refuses upgrades it is not configured for.
+    h2.on('upgrade', (req: IncomingMessage, duplex: Duplex, head: Buffer) => {
+      const socket = duplex as TLSSocket;
+      socket.on('error', () => {});
+      const refuse = (r: LocalReply) => socket.end(rawResponse(r));
+      const protocol = req.headers.upgrade ?? '';
+      if (protocol.toLowerCase() !== 'websocket') {
+        log.info('upgrade refused: only websocket is proxied', {
+          principal: peerSpiffeId(socket)?.toString(),
+          upgrade: protocol,
+        });
+        refuse(upgradeRefused(protocol));
+        return;
+      }
+      const host = req.headers.host ?? '';
+      const admitted = admit(socket, req.method ?? 'GET', req.url, req.headers, host);
+      if ('status' in admitted) {
+        refuse(admitted);
+        return;
+      }
+      const out = upstreamHeaders(socket, req.headers, host, admitted.request);
+      out.connection = 'upgrade';
+      out.upgrade = protocol;
+      const up = httpRequest({
+        agent: false,
+        method: req.method,
+        path: admitted.target,
+        headers: out,
+        ...upstreamTarget,
+      });
+      up.on('upgrade', (r: IncomingMessage, app: Socket, appHead: Buffer) => {
+        track(app);
+        app.setNoDelay(true);
+        let answer = `HTTP/1.1 ${r.statusCode ?? 101} ${r.statusMessage ?? ''}\r\n`;
+        for (let i = 0; i < r.rawHeaders.length; i += 2)
+          answer += `${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}\r\n`;
+        socket.write(`${answer}\r\n`);
+        if (appHead.length > 0) socket.write(appHead);
+        if (head.length > 0) app.write(head);
+        const close = () => {
+          socket.destroy();
+          app.destroy();
+        };
+        app.on('error', close);
+        app.on('close', close);
+        socket.on('close', close);
+        socket.setTimeout(config.idle_timeout, () => {
+          log.debug('idle upgraded connection closed', { principal: admitted.request.sourcePrincipal });
+          close();
+        });
+        app.pipe(socket).pipe(app);
+      });
+      // The app did not switch protocols: its answer goes back, and the connection ends with it.
+      up.on('response', (r: IncomingMessage) => {
+        let answer = `HTTP/1.1 ${r.statusCode ?? 502} ${r.statusMessage ?? ''}\r\n`;
+        for (let i = 0; i < r.rawHeaders.length; i += 2) {
+          const k = (r.rawHeaders[i] as string).toLowerCase();
+          if (HOP_BY_HOP.has(k) || k === 'content-length') continue;
+          answer += `${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}\r\n`;
+        }
+        socket.write(`${answer}connection: close\r\n\r\n`);
+        r.pipe(socket);
+      });
+      up.on('error', (err) => {
+        log.warn('upstream upgrade request failed', { upstream: config.upstream, error: err.message });
+        refuse(UPSTREAM_FAILED);
+      });
+      up.end();
     });
     h2.on('close', () => agent.destroy());
     server = h2;

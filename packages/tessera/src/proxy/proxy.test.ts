@@ -6,10 +6,18 @@ import assert from 'node:assert/strict';
 import { createHash, type X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { Agent, createServer, type IncomingHttpHeaders, request, type Server } from 'node:http';
+import {
+  Agent,
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  request,
+  type Server,
+} from 'node:http';
 import * as http2 from 'node:http2';
 import { createServer as createNetServer, type Server as NetServer, connect as netConnect } from 'node:net';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import * as tls from 'node:tls';
 import { freePort, makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
@@ -60,8 +68,15 @@ interface Seen {
   headers: IncomingHttpHeaders;
 }
 
-function startApp(): Promise<{ server: Server; port: number; seen: Seen[] }> {
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const wsAccept = (key: string) =>
+  createHash('sha1')
+    .update(key + WS_GUID)
+    .digest('base64');
+
+function startApp(): Promise<{ server: Server; port: number; seen: Seen[]; upgrades: Seen[] }> {
   const seen: Seen[] = [];
+  const upgrades: Seen[] = [];
   const server = createServer((req, res) => {
     seen.push({ method: req.method, url: req.url, headers: req.headers });
     const body = JSON.stringify({
@@ -71,9 +86,25 @@ function startApp(): Promise<{ server: Server; port: number; seen: Seen[] }> {
     });
     res.writeHead(200, { 'content-type': 'application/json', 'x-app': 'catalogue' }).end(body);
   });
+  // A WebSocket endpoint: the handshake answered as RFC 6455 says, then every byte echoed.
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    upgrades.push({ method: req.method, url: req.url, headers: req.headers });
+    if (req.url === '/catalogue/refuse') {
+      socket.end(
+        'HTTP/1.1 426 Upgrade Required\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nno thanks',
+      );
+      return;
+    }
+    const key = String(req.headers['sec-websocket-key']);
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${wsAccept(key)}\r\n\r\n`,
+    );
+    if (head.length > 0) socket.write(head);
+    socket.pipe(socket);
+  });
   return new Promise((resolve) =>
     server.listen(0, '127.0.0.1', () =>
-      resolve({ server, port: (server.address() as { port: number }).port, seen }),
+      resolve({ server, port: (server.address() as { port: number }).port, seen, upgrades }),
     ),
   );
 }
@@ -550,6 +581,81 @@ health: {port: 0}
     local.write('pong');
     assert.equal(((await once(local, 'data')) as [Buffer])[0].toString(), 'pong');
     await once(local, 'close');
+  });
+
+  /** Sends a WebSocket upgrade request over mTLS (with `head` right after it) and reads the answer's head. */
+  async function upgrade(
+    path: string,
+    o: { protocol?: string; head?: string; svid?: X509Svid } = {},
+  ): Promise<{ socket: tls.TLSSocket; head: string; rest: Buffer }> {
+    const socket = tls.connect({
+      ...tlsClientOptions({
+        svid: { getX509Svid: () => o.svid ?? clientSvid },
+        bundles: new X509BundleSet([bundle]),
+        authorizer: authorizeAny(),
+      }),
+      host: '127.0.0.1',
+      port: port.http as number,
+    });
+    socket.on('error', () => {});
+    await once(socket, 'secureConnect');
+    socket.write(
+      `GET ${path} HTTP/1.1\r\nhost: catalogue\r\nconnection: Upgrade\r\nupgrade: ${o.protocol ?? 'websocket'}\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n${o.head ?? ''}`,
+    );
+    let got = Buffer.alloc(0);
+    for (;;) {
+      const end = got.indexOf('\r\n\r\n');
+      if (end >= 0) return { socket, head: got.subarray(0, end).toString(), rest: got.subarray(end + 4) };
+      const [chunk] = (await once(socket, 'data')) as [Buffer];
+      got = Buffer.concat([got, chunk]);
+    }
+  }
+
+  it('WebSocket: an allowed upgrade reaches the app with the caller in XFCC, and bytes flow both ways', async () => {
+    const before = app.upgrades.length;
+    const { socket, head, rest } = await upgrade('/catalogue/live', { head: 'early' });
+    assert.match(head, /^HTTP\/1\.1 101 /);
+    assert.match(
+      head,
+      new RegExp(
+        `sec-websocket-accept: ${wsAccept('dGhlIHNhbXBsZSBub25jZQ==').replace(/[+/=]/g, '\\$&')}`,
+        'i',
+      ),
+    );
+    const seen = app.upgrades[before];
+    assert.equal(seen?.url, '/catalogue/live');
+    assert.match(String(seen?.headers['x-forwarded-client-cert']), new RegExp(`URI=${CLIENT}$`));
+    assert.equal(seen?.headers.upgrade, 'websocket');
+    // The bytes sent with the request come back (the app echoes), then a later message does.
+    let echoed = rest.toString();
+    while (echoed.length < 'early'.length) echoed += ((await once(socket, 'data')) as [Buffer])[0].toString();
+    assert.equal(echoed, 'early');
+    socket.write('later');
+    assert.equal(((await once(socket, 'data')) as [Buffer])[0].toString(), 'later');
+    socket.end();
+    await once(socket, 'close');
+  });
+
+  it('WebSocket: a denied upgrade gets 403 RBAC: access denied; other protocols 403; an app that declines answers itself', async () => {
+    const before = app.upgrades.length;
+    const denied = await upgrade('/orders/live');
+    assert.match(denied.head, /^HTTP\/1\.1 403 /);
+    assert.equal(denied.rest.toString(), 'RBAC: access denied');
+    await once(denied.socket, 'close');
+    const other = await upgrade('/catalogue/live', { svid: svid(OTHER) });
+    assert.match(other.head, /^HTTP\/1\.1 403 /);
+    const h2c = await upgrade('/catalogue/live', { protocol: 'h2c' });
+    assert.match(h2c.head, /^HTTP\/1\.1 403 /);
+    assert.match(h2c.rest.toString(), /upgrade to "h2c" is not proxied: only websocket is/);
+    assert.equal(app.upgrades.length, before, 'the app saw none of them');
+    const declined = await upgrade('/catalogue/refuse');
+    assert.match(declined.head, /^HTTP\/1\.1 426 /);
+    let body = declined.rest.toString();
+    declined.socket.on('data', (d: Buffer) => {
+      body += d.toString();
+    });
+    await once(declined.socket, 'close');
+    assert.equal(body, 'no thanks');
   });
 
   it('rotating both SVIDs while requests flow drops none; new connections present the new certificate', async () => {
