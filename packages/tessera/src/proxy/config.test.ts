@@ -94,5 +94,11 @@ outbound:
     assert.match(both, /outbound\[0\]: must say who the server is with exactly one of/);
     assert.match(both, /outbound\[1\]: must say who the server is/);
     assert.match(both, /two listeners on 127\.0\.0\.1:1/);
+    assert.match(
+      problems(
+        'policies: [/p]\ninbound: [{listen: "127.0.0.1:1", upstream: "127.0.0.1:2", protocol: tcp, upstream_protocol: http2}]\n',
+      ).join('\n'),
+      /inbound\[0\]\.upstream_protocol: applies to protocol: http listeners/,
+    );
   });
 });

@@ -110,6 +110,9 @@ export const PROXY_CONFIG_SCHEMA = {
           listen: listenField,
           upstream: { kind: 'string', required: true, check: checkUpstream },
           protocol: { kind: 'enum', values: ['http', 'tcp'], default: 'http' },
+          // What the app speaks (protocol: http): HTTP/1.1, or HTTP/2 in cleartext with prior
+          // knowledge (h2c), which gRPC servers need: trailers and streams go through.
+          upstream_protocol: { kind: 'enum', values: ['http1', 'http2'], default: 'http1' },
           // The port policies see as destination.port / `ports`: the app's port, as in Istio.
           // Default: the upstream's port, or the listening port for a Unix-socket upstream.
           policy_port: { kind: 'int', min: 1, max: 65535 },
@@ -162,6 +165,7 @@ export interface InboundConfig {
   readonly listen: string;
   readonly upstream: string;
   readonly protocol: 'http' | 'tcp';
+  readonly upstream_protocol: 'http1' | 'http2';
   readonly policy_port?: number;
   readonly forward_client_cert: 'sanitize_set' | 'append_forward';
   readonly trust_domains: readonly string[];
@@ -217,6 +221,14 @@ function checkProxyConfig(config: ProxyConfig, file: string): ProxyConfig {
         line: undefined,
         message:
           'must say who the server is with exactly one of server_spiffe_ids (one or more SPIFFE IDs) or server_trust_domain',
+      });
+  });
+  config.inbound.forEach((l, i) => {
+    if (l.protocol === 'tcp' && l.upstream_protocol !== 'http1')
+      problems.push({
+        path: `inbound[${i}].upstream_protocol`,
+        line: undefined,
+        message: 'applies to protocol: http listeners; a tcp listener passes bytes as they are',
       });
   });
   if (config.inbound.length > 0 && config.policies.length === 0)

@@ -7,9 +7,17 @@ import {
   request as httpRequest,
   type IncomingHttpHeaders,
   type IncomingMessage,
+  type OutgoingHttpHeaders,
   STATUS_CODES,
 } from 'node:http';
-import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  connect as http2Connect,
+  constants as http2Constants,
+} from 'node:http2';
 import { connect as netConnect, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -93,6 +101,48 @@ const DENIED = localReply(403, DENIED_BODY);
 const UPSTREAM_FAILED = localReply(503, UPSTREAM_FAILED_BODY);
 const upgradeRefused = (protocol: string) =>
   localReply(403, `upgrade to ${JSON.stringify(protocol)} is not proxied: only websocket is`);
+
+/** Headers without pseudo-headers and hop-by-hop ones. */
+function endToEnd(from: IncomingHttpHeaders | OutgoingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const k in from) {
+    const v = from[k];
+    if (v !== undefined && k.charCodeAt(0) !== 58 /* : */ && !HOP_BY_HOP.has(k)) out[k] = v;
+  }
+  return out;
+}
+
+interface H2cSession {
+  /** The open session, or a new one when there is none (or it ended). */
+  get(): ClientHttp2Session;
+  close(): void;
+}
+
+/** HTTP/2 with prior knowledge to the app over TCP or a Unix socket: one session, reopened on demand. */
+function h2cSession(target: { host?: string; port?: number; socketPath?: string }): H2cSession {
+  let session: ClientHttp2Session | undefined;
+  return {
+    get() {
+      if (session !== undefined && !session.closed && !session.destroyed) return session;
+      const s = http2Connect('http://app', {
+        createConnection: () =>
+          target.socketPath === undefined
+            ? netConnect({ host: target.host as string, port: target.port as number, noDelay: true })
+            : netConnect({ path: target.socketPath }),
+      });
+      // A failed session fails its streams, which answer their clients; nothing else to do here.
+      s.on('error', () => {});
+      s.on('close', () => {
+        if (session === s) session = undefined;
+      });
+      session = s;
+      return s;
+    },
+    close() {
+      session?.close();
+    },
+  };
+}
 
 /** A LocalReply as HTTP/1.1 bytes, for a socket taken over by an upgrade; the connection then ends. */
 function rawResponse(r: LocalReply): string {
@@ -317,6 +367,68 @@ export function createInboundListener(
       return out;
     };
 
+    /** The app could not be reached or reset: Envoy's 503 if nothing was answered yet, else a reset. */
+    const upstreamFailed = (res: Http2ServerResponse, err: Error) => {
+      log.warn('upstream request failed', { upstream: config.upstream, error: err.message });
+      if (!res.headersSent) {
+        res.writeHead(UPSTREAM_FAILED.status, UPSTREAM_FAILED.headers);
+        res.end(UPSTREAM_FAILED.body);
+      } else {
+        res.destroy();
+      }
+    };
+
+    // An app that speaks HTTP/2 in cleartext (gRPC): one session, each request a stream on it.
+    const h2c = config.upstream_protocol === 'http2' ? h2cSession(upstreamTarget) : undefined;
+
+    /** Forwards one admitted request as a stream to the h2c app; its answer and trailers come back. */
+    const forwardH2c = (
+      session: H2cSession,
+      req: Http2ServerRequest | IncomingMessage,
+      res: Http2ServerResponse,
+      socket: TLSSocket,
+      headers: IncomingHttpHeaders,
+      host: string,
+      request: PolicyRequest,
+      target: string,
+      noBody: boolean,
+    ) => {
+      const out: OutgoingHttpHeaders = upstreamHeaders(socket, headers, host, request);
+      delete out.host;
+      out[':method'] = req.method;
+      out[':path'] = target;
+      out[':authority'] = host;
+      out[':scheme'] = 'http';
+      // The one TE value HTTP/2 allows, which gRPC servers look for.
+      if (/(^|,)\s*trailers\s*(,|$)/i.test(String(headers.te ?? ''))) out.te = 'trailers';
+      const failed = (err: Error) => upstreamFailed(res, err);
+      let stream: ClientHttp2Stream;
+      try {
+        stream = session.get().request(out, { endStream: noBody });
+      } catch (err) {
+        failed(err as Error);
+        return;
+      }
+      stream.on('response', (h, flags) => {
+        const status = Number(h[':status']) || 502;
+        if ((flags & http2Constants.NGHTTP2_FLAG_END_STREAM) !== 0 && req.httpVersionMajor === 2) {
+          // Headers that end the stream (gRPC's trailers-only answer, its status in them) are sent
+          // on as one HEADERS frame that ends the stream: gRPC clients read the status only there.
+          res.stream.respond({ ...endToEnd(h), ':status': status }, { endStream: true });
+          return;
+        }
+        res.writeHead(status, endToEnd(h));
+        stream.pipe(res as unknown as NodeJS.WritableStream);
+      });
+      stream.on('trailers', (t) => res.addTrailers(endToEnd(t) as Record<string, string>));
+      stream.on('error', failed);
+      res.on('close', () => {
+        if (!res.writableFinished && !stream.closed) stream.close(http2Constants.NGHTTP2_CANCEL);
+      });
+      if (noBody) req.resume();
+      else (req as IncomingMessage).pipe(stream);
+    };
+
     h2.on('request', (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse) => {
       const socket = req.socket as TLSSocket;
       const headers = req.headers as IncomingHttpHeaders;
@@ -328,6 +440,17 @@ export function createInboundListener(
         return;
       }
       const { request, target } = admitted;
+      // A request without a body (most GETs) is ended at once: piping an empty body costs a
+      // measurable share of a small request.
+      const noBody =
+        headers['content-length'] === undefined &&
+        headers['transfer-encoding'] === undefined &&
+        req.readableLength === 0 &&
+        (req.method === 'GET' || req.method === 'HEAD');
+      if (h2c !== undefined) {
+        forwardH2c(h2c, req, res, socket, headers, host, request, target, noBody);
+        return;
+      }
       const up = httpRequest({
         agent,
         method: req.method,
@@ -336,36 +459,14 @@ export function createInboundListener(
         ...upstreamTarget,
       });
       up.on('response', (r) => {
-        const back: Record<string, string | string[]> = {};
-        const from = r.headers;
-        for (const k in from) {
-          const v = from[k];
-          if (v !== undefined && !HOP_BY_HOP.has(k)) back[k] = v;
-        }
-        res.writeHead(r.statusCode ?? 502, back);
+        res.writeHead(r.statusCode ?? 502, endToEnd(r.headers));
         r.pipe(res as unknown as NodeJS.WritableStream);
       });
-      up.on('error', (err) => {
-        log.warn('upstream request failed', { upstream: config.upstream, error: err.message });
-        if (!res.headersSent) {
-          res.writeHead(UPSTREAM_FAILED.status, UPSTREAM_FAILED.headers);
-          res.end(UPSTREAM_FAILED.body);
-        } else {
-          res.destroy();
-        }
-      });
+      up.on('error', (err) => upstreamFailed(res, err));
       res.on('close', () => {
         if (!res.writableFinished) up.destroy();
       });
-      // A request without a body (most GETs) is ended at once: piping an empty body costs a
-      // measurable share of a small request.
-      const h = headers;
-      if (
-        h['content-length'] === undefined &&
-        h['transfer-encoding'] === undefined &&
-        req.readableLength === 0 &&
-        (req.method === 'GET' || req.method === 'HEAD')
-      ) {
+      if (noBody) {
         req.resume();
         up.end();
       } else {
@@ -444,7 +545,10 @@ export function createInboundListener(
       });
       up.end();
     });
-    h2.on('close', () => agent.destroy());
+    h2.on('close', () => {
+      agent.destroy();
+      h2c?.close();
+    });
     server = h2;
   }
   server.on('secureConnection', track);

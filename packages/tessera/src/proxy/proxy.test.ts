@@ -20,9 +20,12 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import * as tls from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
 import { freePort, makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
 import {
   authorizeAny,
+  authorizeId,
+  grpcChannelCredentials,
   parseJwtBundle,
   parseTrustDomain,
   parseX509SvidRaw,
@@ -67,6 +70,19 @@ interface Seen {
   url: string | undefined;
   headers: IncomingHttpHeaders;
 }
+
+/** A gRPC service of raw bytes (no protobuf needed to carry them): Get, Missing (NOT_FOUND), Delete. */
+const bytes = (b: Buffer) => b;
+const method = (name: string) => ({
+  path: `/catalogue.Catalogue/${name}`,
+  requestStream: false,
+  responseStream: false,
+  requestSerialize: bytes,
+  requestDeserialize: bytes,
+  responseSerialize: bytes,
+  responseDeserialize: bytes,
+});
+const CATALOGUE_SERVICE = { Get: method('Get'), Missing: method('Missing'), Delete: method('Delete') };
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const wsAccept = (key: string) =>
@@ -154,6 +170,8 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
   let echo: NetServer;
   let echoPort: number;
   let unixApp: Server;
+  let grpcApp: grpc.Server;
+  const grpcSeen: { method: string; xfcc: string }[] = [];
   let inbound: RunningProxy;
   let outbound: RunningProxy;
   let clientSvid: X509Svid;
@@ -180,7 +198,34 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
     echoPort = (echo.address() as { port: number }).port;
     unixApp = createServer((req, res) => res.writeHead(200).end(`unix ${req.url}`));
     await new Promise<void>((r) => unixApp.listen(join(tmp.path, 'app.sock'), () => r()));
+    grpcApp = new grpc.Server();
+    const unary =
+      (reply: (req: Buffer) => Buffer | grpc.StatusObject) =>
+      (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+        grpcSeen.push({
+          method: call.getPath(),
+          xfcc: String(call.metadata.get('x-forwarded-client-cert')[0]),
+        });
+        const r = reply(call.request);
+        if (Buffer.isBuffer(r)) cb(null, r);
+        else cb(r);
+      };
+    grpcApp.addService(CATALOGUE_SERVICE, {
+      Get: unary((req) => Buffer.concat([Buffer.from('item:'), req])),
+      Missing: unary(() => ({
+        code: grpc.status.NOT_FOUND,
+        details: 'no such item',
+        metadata: new grpc.Metadata(),
+      })),
+      Delete: unary(() => Buffer.from('deleted')),
+    });
+    port.grpcApp = await new Promise<number>((resolve, reject) =>
+      grpcApp.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
     for (const k of [
+      'grpc',
       'http',
       'tcp',
       'unix',
@@ -223,6 +268,15 @@ spec:
   rules:
   - to: [{operation: {ports: ["${port.unix}"], paths: ["/u/*"]}}]
   - to: [{operation: {ports: ["${port.nowhere}"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalogue-grpc, namespace: sock-shop}
+spec:
+  selector: {matchLabels: {app: catalogue}}
+  rules:
+  - from: [{source: {principals: ["${CLIENT}"]}}]
+    to: [{operation: {ports: ["${port.grpcApp}"], methods: ["POST"], paths: ["/catalogue.Catalogue/Get", "/catalogue.Catalogue/Missing"]}}]
 `,
     );
     inbound = await startProxy(
@@ -239,6 +293,7 @@ inbound:
   - {name: unix, listen: "127.0.0.1:${port.unix}", upstream: "unix:${join(tmp.path, 'app.sock')}"}
   - {name: down, listen: "127.0.0.1:${port.down}", upstream: "127.0.0.1:${port.nowhere}"}
   - {name: idle, listen: "127.0.0.1:${port.idle}", upstream: "127.0.0.1:${app.port}", handshake_timeout: 300ms, idle_timeout: 400ms}
+  - {name: grpc, listen: "127.0.0.1:${port.grpc}", upstream: "127.0.0.1:${port.grpcApp}", upstream_protocol: http2}
   - {name: idle-tcp, listen: "127.0.0.1:${port.idleTcp}", upstream: "127.0.0.1:${echoPort}", protocol: tcp, idle_timeout: 400ms}
 health: {port: 0}
 `),
@@ -278,6 +333,7 @@ health: {port: 0}
     app?.server.close();
     echo?.close();
     unixApp?.close();
+    grpcApp?.forceShutdown();
     await apiCatalogue?.close();
     await apiClient?.close();
     await tmp?.cleanup();
@@ -581,6 +637,39 @@ health: {port: 0}
     local.write('pong');
     assert.equal(((await once(local, 'data')) as [Buffer])[0].toString(), 'pong');
     await once(local, 'close');
+  });
+
+  it('gRPC to an h2c app (upstream_protocol: http2): calls answered with their trailers, a method the policy does not allow is PERMISSION_DENIED', async () => {
+    const Client = grpc.makeGenericClientConstructor(CATALOGUE_SERVICE, 'Catalogue');
+    const client = new Client(
+      `127.0.0.1:${port.grpc}`,
+      grpcChannelCredentials({
+        svid: { getX509Svid: () => clientSvid },
+        bundles: new X509BundleSet([bundle]),
+        authorizer: authorizeId(CATALOGUE),
+      }),
+    );
+    type Unary = (req: Buffer, cb: (err: grpc.ServiceError | null, value?: Buffer) => void) => void;
+    const call = (name: string, body: string) =>
+      new Promise<{ value?: string; code?: number; details?: string }>((resolve) => {
+        const fn = (client as unknown as Record<string, Unary>)[name] as Unary;
+        fn.call(client, Buffer.from(body), (err, value) =>
+          resolve(err ? { code: err.code, details: err.details } : { value: value?.toString() }),
+        );
+      });
+    try {
+      const before = grpcSeen.length;
+      assert.deepEqual(await call('Get', '42'), { value: 'item:42' });
+      assert.equal(grpcSeen[before]?.method, '/catalogue.Catalogue/Get');
+      assert.match(grpcSeen[before]?.xfcc ?? '', new RegExp(`URI=${CLIENT}$`), 'the app sees the caller');
+      // The status travels in the app's trailers: relayed, not lost.
+      assert.deepEqual(await call('Missing', 'x'), { code: grpc.status.NOT_FOUND, details: 'no such item' });
+      const denied = await call('Delete', '42');
+      assert.equal(denied.code, grpc.status.PERMISSION_DENIED, JSON.stringify(denied));
+      assert.equal(grpcSeen.length, before + 2, 'the denied call never reached the app');
+    } finally {
+      client.close();
+    }
   });
 
   /** Sends a WebSocket upgrade request over mTLS (with `head` right after it) and reads the answer's head. */
