@@ -226,6 +226,7 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
     );
     for (const k of [
       'grpc',
+      'grpcOut',
       'http',
       'tcp',
       'unix',
@@ -316,6 +317,11 @@ outbound:
     listen: "127.0.0.1:${port.outTcp}"
     upstream: "127.0.0.1:${port.tcp}"
     server_trust_domain: example.org
+  - name: grpc
+    listen: "127.0.0.1:${port.grpcOut}"
+    upstream: "127.0.0.1:${port.grpc}"
+    server_spiffe_ids: ["${CATALOGUE}"]
+    protocol: http2
   - name: idle-out
     listen: "127.0.0.1:${port.idleOut}"
     upstream: "127.0.0.1:${port.tcp}"
@@ -639,36 +645,52 @@ health: {port: 0}
     await once(local, 'close');
   });
 
-  it('gRPC to an h2c app (upstream_protocol: http2): calls answered with their trailers, a method the policy does not allow is PERMISSION_DENIED', async () => {
+  it('gRPC to an h2c app (upstream_protocol: http2), with SPIFFE credentials or in plain text through the outbound proxy: answers with their trailers, a method the policy does not allow is PERMISSION_DENIED', async () => {
     const Client = grpc.makeGenericClientConstructor(CATALOGUE_SERVICE, 'Catalogue');
-    const client = new Client(
-      `127.0.0.1:${port.grpc}`,
-      grpcChannelCredentials({
-        svid: { getX509Svid: () => clientSvid },
-        bundles: new X509BundleSet([bundle]),
-        authorizer: authorizeId(CATALOGUE),
-      }),
-    );
+    const clients = {
+      'grpc-js with SPIFFE credentials': new Client(
+        `127.0.0.1:${port.grpc}`,
+        grpcChannelCredentials({
+          svid: { getX509Svid: () => clientSvid },
+          bundles: new X509BundleSet([bundle]),
+          authorizer: authorizeId(CATALOGUE),
+        }),
+      ),
+      'grpc-js in plain text through the outbound proxy': new Client(
+        `127.0.0.1:${port.grpcOut}`,
+        grpc.credentials.createInsecure(),
+      ),
+    };
     type Unary = (req: Buffer, cb: (err: grpc.ServiceError | null, value?: Buffer) => void) => void;
-    const call = (name: string, body: string) =>
-      new Promise<{ value?: string; code?: number; details?: string }>((resolve) => {
-        const fn = (client as unknown as Record<string, Unary>)[name] as Unary;
-        fn.call(client, Buffer.from(body), (err, value) =>
-          resolve(err ? { code: err.code, details: err.details } : { value: value?.toString() }),
-        );
-      });
     try {
-      const before = grpcSeen.length;
-      assert.deepEqual(await call('Get', '42'), { value: 'item:42' });
-      assert.equal(grpcSeen[before]?.method, '/catalogue.Catalogue/Get');
-      assert.match(grpcSeen[before]?.xfcc ?? '', new RegExp(`URI=${CLIENT}$`), 'the app sees the caller');
-      // The status travels in the app's trailers: relayed, not lost.
-      assert.deepEqual(await call('Missing', 'x'), { code: grpc.status.NOT_FOUND, details: 'no such item' });
-      const denied = await call('Delete', '42');
-      assert.equal(denied.code, grpc.status.PERMISSION_DENIED, JSON.stringify(denied));
-      assert.equal(grpcSeen.length, before + 2, 'the denied call never reached the app');
+      for (const [name, client] of Object.entries(clients)) {
+        const call = (method: string, body: string) =>
+          new Promise<{ value?: string; code?: number; details?: string }>((resolve) => {
+            const fn = (client as unknown as Record<string, Unary>)[method] as Unary;
+            fn.call(client, Buffer.from(body), (err, value) =>
+              resolve(err ? { code: err.code, details: err.details } : { value: value?.toString() }),
+            );
+          });
+        const before = grpcSeen.length;
+        assert.deepEqual(await call('Get', '42'), { value: 'item:42' }, name);
+        assert.equal(grpcSeen[before]?.method, '/catalogue.Catalogue/Get', name);
+        assert.match(
+          grpcSeen[before]?.xfcc ?? '',
+          new RegExp(`URI=${CLIENT}$`),
+          `${name}: the app sees the caller`,
+        );
+        // The status travels in the app's trailers: relayed, not lost.
+        assert.deepEqual(
+          await call('Missing', 'x'),
+          { code: grpc.status.NOT_FOUND, details: 'no such item' },
+          name,
+        );
+        const denied = await call('Delete', '42');
+        assert.equal(denied.code, grpc.status.PERMISSION_DENIED, `${name}: ${JSON.stringify(denied)}`);
+        assert.equal(grpcSeen.length, before + 2, `${name}: the denied call never reached the app`);
+      }
     } finally {
-      client.close();
+      for (const c of Object.values(clients)) c.close();
     }
   });
 
