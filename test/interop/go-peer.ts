@@ -146,6 +146,16 @@ export interface GoClientResult {
   stderr: string;
 }
 
+/** Runs the Go peer once with `args`; its exit code and output. */
+function runGo(args: string[]): Promise<GoClientResult> {
+  return new Promise((resolve) => {
+    execFile(GO_BINARY, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
+      resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
+    });
+  });
+}
+
 /** Runs `interop tls-client` once against `address`. */
 export function runGoClient(
   files: GoPeerFiles,
@@ -153,15 +163,25 @@ export function runGoClient(
   address: string,
   message: string,
 ): Promise<GoClientResult> {
-  return new Promise((resolve) => {
-    execFile(
-      GO_BINARY,
-      ['tls-client', ...flags(files, authorize), '--addr', address, '--message', message],
-      { timeout: 30_000 },
-      (err, stdout, stderr) => {
-        const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
-        resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
-      },
-    );
-  });
+  return runGo(['tls-client', ...flags(files, authorize), '--addr', address, '--message', message]);
+}
+
+/** Runs `interop grpc-client` once: a grpc-go client with go-spiffe credentials calling `method`. */
+export function runGoGrpcClient(
+  files: GoPeerFiles,
+  authorize: Authorize,
+  address: string,
+  method: string,
+  message: string,
+): Promise<GoClientResult> {
+  return runGo([
+    'grpc-client',
+    ...flags(files, authorize),
+    '--addr',
+    address,
+    '--method',
+    method,
+    '--message',
+    message,
+  ]);
 }

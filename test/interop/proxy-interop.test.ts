@@ -1,4 +1,4 @@
-// tessera proxy against go-spiffe's tlsconfig (test/interop/go, tls-server / tls-client): a
+// tessera proxy against go-spiffe's tlsconfig (test/interop/go, tls-server / tls-client / grpc-client): a
 // go-spiffe mTLS client reaches an app behind our inbound proxy (and is refused by its policy when it
 // is not the allowed identity), and our outbound proxy reaches a go-spiffe mTLS server, which sees
 // the workload's SPIFFE ID as the client. Identities reach the proxies over a Workload API socket.
@@ -8,13 +8,21 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from 'spiffe';
 import { FakeWorkloadApi } from 'spiffe/testing';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { parseProxyConfig } from 'tessera/dist/proxy/config.js';
 import { type RunningProxy, startProxy } from 'tessera/dist/proxy/run.js';
-import { type GoPeerFiles, type GoServer, runGoClient, startGoServer, writePeerFiles } from './go-peer.js';
+import {
+  type GoPeerFiles,
+  type GoServer,
+  runGoClient,
+  runGoGrpcClient,
+  startGoServer,
+  writePeerFiles,
+} from './go-peer.js';
 import { interopUnavailable } from './verdicts.js';
 
 const skip = interopUnavailable('tessera proxy against go-spiffe');
@@ -26,10 +34,23 @@ const GO_OTHER = 'spiffe://example.org/vm/other-client';
 const GO_SERVER = 'spiffe://example.org/ns/payments/sa/ledger';
 const quiet = createLogger({ level: 'error', write: () => undefined });
 
+/** A gRPC service of raw bytes for grpc-js (the Go client sends bytes too): Get, Missing, Delete. */
+const bytes = (b: Buffer) => b;
+const method = (name: string) => ({
+  path: `/catalogue.Catalogue/${name}`,
+  requestStream: false,
+  responseStream: false,
+  requestSerialize: bytes,
+  requestDeserialize: bytes,
+  responseSerialize: bytes,
+  responseDeserialize: bytes,
+});
+
 describe('tessera proxy against go-spiffe mTLS peers', { skip, timeout: 60_000 }, () => {
   let tmp: TempDir;
   let api: FakeWorkloadApi;
   let echo: Server;
+  let grpcApp: grpc.Server;
   let proxy: RunningProxy;
   let goServer: GoServer;
   let goClient: GoPeerFiles;
@@ -57,7 +78,25 @@ describe('tessera proxy against go-spiffe mTLS peers', { skip, timeout: 60_000 }
     echo = createServer((s) => s.pipe(s));
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
     port.echo = (echo.address() as { port: number }).port;
-    for (const k of ['inbound', 'outbound', 'outboundWrong']) port[k] = await freePort();
+    // A gRPC app in cleartext HTTP/2, behind an inbound proxy with upstream_protocol: http2.
+    grpcApp = new grpc.Server();
+    grpcApp.addService(
+      { Get: method('Get'), Missing: method('Missing'), Delete: method('Delete') },
+      {
+        Get: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) =>
+          cb(null, Buffer.concat([Buffer.from('item:'), call.request])),
+        Missing: (_: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) =>
+          cb({ code: grpc.status.NOT_FOUND, details: 'no such item' }),
+        Delete: (_: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) =>
+          cb(null, Buffer.from('deleted')),
+      },
+    );
+    port.grpcApp = await new Promise<number>((resolve, reject) =>
+      grpcApp.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    for (const k of ['inbound', 'outbound', 'outboundWrong', 'grpc']) port[k] = await freePort();
     mkdirSync(join(tmp.path, 'policies'));
     writeFileSync(
       join(tmp.path, 'policies', 'allow.yaml'),
@@ -68,6 +107,17 @@ spec:
   selector: {matchLabels: {app: catalogue}}
   rules:
   - from: [{source: {principals: ["${GO_CLIENT}"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-deletes, namespace: sock-shop}
+spec:
+  selector: {matchLabels: {app: catalogue}}
+  action: DENY
+  rules:
+  # Scoped by port: on the TCP listener Istio drops the HTTP fields of a DENY rule, which would
+  # then deny every connection.
+  - to: [{operation: {ports: ["${port.grpcApp}"], methods: ["POST"], paths: ["/catalogue.Catalogue/Delete"]}}]
 `,
     );
     proxy = await startProxy(
@@ -77,6 +127,7 @@ labels: {app: catalogue}
 policies: [${join(tmp.path, 'policies')}]
 inbound:
   - {listen: "127.0.0.1:${port.inbound}", upstream: "127.0.0.1:${port.echo}", protocol: tcp}
+  - {listen: "127.0.0.1:${port.grpc}", upstream: "127.0.0.1:${port.grpcApp}", upstream_protocol: http2}
 outbound:
   - {listen: "127.0.0.1:${port.outbound}", upstream: "${goServer.address}", server_spiffe_ids: ["${GO_SERVER}"]}
   - {listen: "127.0.0.1:${port.outboundWrong}", upstream: "${goServer.address}", server_spiffe_ids: ["${CATALOGUE}"]}
@@ -90,6 +141,7 @@ health: {port: 0}
     await proxy?.stop();
     await goServer?.close();
     echo?.close();
+    grpcApp?.forceShutdown();
     await api?.close();
     await tmp?.cleanup();
   });
@@ -128,5 +180,31 @@ health: {port: 0}
     });
     await once(s, 'close');
     assert.equal(got, '');
+  });
+
+  it('a grpc-go client with go-spiffe credentials calls a gRPC app through the inbound proxy: answers, statuses from trailers, PERMISSION_DENIED from a DENY policy', async () => {
+    const call = (name: string, body: string) =>
+      runGoGrpcClient(
+        goClient,
+        { id: CATALOGUE },
+        `127.0.0.1:${port.grpc}`,
+        `/catalogue.Catalogue/${name}`,
+        body,
+      );
+    const ok = await call('Get', '42');
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    assert.equal(ok.stdout, 'OK item:42\n');
+    const missing = await call('Missing', 'x');
+    assert.equal(missing.stdout, 'STATUS NotFound no such item\n', missing.stderr);
+    const denied = await call('Delete', '42');
+    assert.match(denied.stdout, /^STATUS PermissionDenied /, denied.stderr);
+    const other = await runGoGrpcClient(
+      goOther,
+      { id: CATALOGUE },
+      `127.0.0.1:${port.grpc}`,
+      '/catalogue.Catalogue/Get',
+      '1',
+    );
+    assert.match(other.stdout, /^STATUS PermissionDenied /, other.stderr);
   });
 });

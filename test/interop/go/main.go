@@ -9,6 +9,8 @@
 //	            [--handshake-with addr | --listen addr] [--linger D] [--timeout D] [--fetch | --delta]
 //	            (an Envoy SDS v3 client, go-control-plane types; see sds.go)
 //	interop envoy-validate <bootstrap.yaml>   (an Envoy bootstrap against the Envoy v3 API protos; envoy_validate.go)
+//	interop grpc-client --cert F --key F --bundle td=F (--authorize-id ID | --authorize-member-of TD) --addr host:port
+//	                    --method /pkg.Service/Method [--message body]   (a grpc-go client; grpc.go)
 package main
 
 import (
@@ -46,6 +48,8 @@ func main() {
 		err = runSDS(os.Args[2:])
 	case "envoy-validate":
 		err = runEnvoyValidate(os.Args[2:])
+	case "grpc-client":
+		err = runGRPCClient(os.Args[2:])
 	default:
 		usage()
 	}
