@@ -45,13 +45,14 @@ function removeDotSegments(path: string): string {
   return `/${out.join('/')}${trailing && out.length > 0 ? '/' : ''}`;
 }
 
-function split(target: string): [path: string, rest: string] {
+/** Where the path of a request target ends: at the query string or fragment, if any. */
+function pathEnd(target: string): number {
   let end = target.length;
   const q = target.indexOf('?');
   if (q >= 0) end = q;
   const h = target.indexOf('#');
   if (h >= 0 && h < end) end = h;
-  return end === target.length ? [target, ''] : [target.slice(0, end), target.slice(end)];
+  return end;
 }
 
 function normalize(path: string): string | undefined {
@@ -70,13 +71,15 @@ function normalize(path: string): string | undefined {
  * not start with `/` (`*`, an absolute URI) is returned unchanged.
  */
 export function normalizePath(target: string): string | undefined {
-  const [path, rest] = split(target);
-  const n = normalize(path);
-  return n === undefined ? undefined : n + rest;
+  const end = pathEnd(target);
+  if (end === target.length) return normalize(target);
+  const n = normalize(target.slice(0, end));
+  return n === undefined ? undefined : n + target.slice(end);
 }
 
 /** The path that `paths` are matched against: normalized, without query string or fragment. */
 export function policyPath(target: string): string {
-  const [path] = split(target);
+  const end = pathEnd(target);
+  const path = end === target.length ? target : target.slice(0, end);
   return normalize(path) ?? path;
 }
