@@ -350,13 +350,8 @@ export function createInboundListener(
       headers: IncomingHttpHeaders,
       host: string,
       request: PolicyRequest,
-    ): Record<string, string | string[]> => {
-      const out: Record<string, string | string[]> = {};
-      for (const k in headers) {
-        const v = headers[k];
-        if (v === undefined || k.charCodeAt(0) === 58 /* : */ || HOP_BY_HOP.has(k)) continue;
-        out[k] = v;
-      }
+    ): OutgoingHttpHeaders => {
+      const out = endToEnd(headers);
       out.host = host;
       if (request.auth !== undefined && !deps.forwardToken) delete out.authorization;
       const element = peerInfo(socket, ownId).xfcc;
@@ -393,7 +388,7 @@ export function createInboundListener(
       target: string,
       noBody: boolean,
     ) => {
-      const out: OutgoingHttpHeaders = upstreamHeaders(socket, headers, host, request);
+      const out = upstreamHeaders(socket, headers, host, request);
       delete out.host;
       out[':method'] = req.method;
       out[':path'] = target;
