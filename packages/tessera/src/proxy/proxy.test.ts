@@ -71,18 +71,27 @@ interface Seen {
   headers: IncomingHttpHeaders;
 }
 
-/** A gRPC service of raw bytes (no protobuf needed to carry them): Get, Missing (NOT_FOUND), Delete. */
+/**
+ * A gRPC service of raw bytes (no protobuf needed to carry them): Get, Missing (NOT_FOUND), Delete,
+ * and List, which streams its answer in 64 KiB messages.
+ */
 const bytes = (b: Buffer) => b;
-const method = (name: string) => ({
+const method = (name: string, responseStream = false) => ({
   path: `/catalogue.Catalogue/${name}`,
   requestStream: false,
-  responseStream: false,
+  responseStream,
   requestSerialize: bytes,
   requestDeserialize: bytes,
   responseSerialize: bytes,
   responseDeserialize: bytes,
 });
-const CATALOGUE_SERVICE = { Get: method('Get'), Missing: method('Missing'), Delete: method('Delete') };
+const CATALOGUE_SERVICE = {
+  Get: method('Get'),
+  Missing: method('Missing'),
+  Delete: method('Delete'),
+  List: method('List', true),
+};
+const LIST_MESSAGES = 40;
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const wsAccept = (key: string) =>
@@ -218,6 +227,11 @@ describe('tessera proxy: outbound → mTLS → inbound → app', () => {
         metadata: new grpc.Metadata(),
       })),
       Delete: unary(() => Buffer.from('deleted')),
+      // 40 messages of 64 KiB (more than HTTP/2's initial windows), then OK in the trailers.
+      List: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+        for (let i = 0; i < LIST_MESSAGES; i++) call.write(Buffer.alloc(64 * 1024, i));
+        call.end();
+      },
     });
     port.grpcApp = await new Promise<number>((resolve, reject) =>
       grpcApp.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
@@ -277,7 +291,7 @@ spec:
   selector: {matchLabels: {app: catalogue}}
   rules:
   - from: [{source: {principals: ["${CLIENT}"]}}]
-    to: [{operation: {ports: ["${port.grpcApp}"], methods: ["POST"], paths: ["/catalogue.Catalogue/Get", "/catalogue.Catalogue/Missing"]}}]
+    to: [{operation: {ports: ["${port.grpcApp}"], methods: ["POST"], paths: ["/catalogue.Catalogue/Get", "/catalogue.Catalogue/Missing", "/catalogue.Catalogue/List"]}}]
 `,
     );
     inbound = await startProxy(
@@ -688,6 +702,21 @@ health: {port: 0}
         const denied = await call('Delete', '42');
         assert.equal(denied.code, grpc.status.PERMISSION_DENIED, `${name}: ${JSON.stringify(denied)}`);
         assert.equal(grpcSeen.length, before + 2, `${name}: the denied call never reached the app`);
+        // A server stream of 2.5 MiB: every message, in order, then the status.
+        const list = (client as unknown as Record<string, (req: Buffer) => grpc.ClientReadableStream<Buffer>>)
+          .List as (req: Buffer) => grpc.ClientReadableStream<Buffer>;
+        const stream = list.call(client, Buffer.from('all'));
+        const got: number[] = [];
+        stream.on('data', (m: Buffer) => {
+          if (m.length === 64 * 1024 && m.every((b) => b === m[0])) got.push(m[0] as number);
+        });
+        const [st] = (await once(stream, 'status')) as [grpc.StatusObject];
+        assert.equal(st.code, grpc.status.OK, `${name}: ${st.details}`);
+        assert.deepEqual(
+          got,
+          Array.from({ length: LIST_MESSAGES }, (_, i) => i),
+          name,
+        );
       }
     } finally {
       for (const c of Object.values(clients)) c.close();
