@@ -155,6 +155,9 @@ export const PROXY_CONFIG_SCHEMA = {
     // Processes serving the listeners (node:cluster shares each listening socket among them): one
     // proxy process uses one core, so set this to the cores the proxy may use.
     workers: { kind: 'int', default: 1, min: 1, max: 64 },
+    // On SIGTERM: stop accepting, let requests and connections in flight finish for this long, then
+    // close what is left (as istio-agent's terminationDrainDuration).
+    drain_timeout: { kind: 'duration', default: '5s' },
     log: LOG_FIELD,
     health: healthField(8089),
   },
@@ -200,6 +203,8 @@ export interface ProxyConfig {
   readonly inbound: readonly InboundConfig[];
   readonly outbound: readonly OutboundConfig[];
   readonly workers: number;
+  /** Milliseconds. */
+  readonly drain_timeout: number;
   readonly log: LogConfig;
   readonly health: HealthConfig;
 }

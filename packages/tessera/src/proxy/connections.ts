@@ -1,5 +1,6 @@
 // The open sockets of a listener, so that they can all be closed at once: when the workload loses
-// its identity, and at shutdown (server.close() alone waits for open keep-alive connections).
+// its identity, and at the end of a shutdown's drain (server.close() alone waits for every open
+// connection).
 import type { Server, Socket } from 'node:net';
 
 export interface ConnectionSet {
@@ -7,8 +8,11 @@ export interface ConnectionSet {
   track(socket: Socket): void;
   /** Destroys every open socket. */
   dropAll(): void;
-  /** Stops `server` accepting, destroys the open sockets, resolves once it is closed. */
-  closeServer(server: Server): Promise<void>;
+  /**
+   * Stops `server` accepting and resolves once every connection has closed, destroying those still
+   * open after `drainMs` (0: at once).
+   */
+  closeServer(server: Server, drainMs?: number): Promise<void>;
 }
 
 export function createConnectionSet(): ConnectionSet {
@@ -22,10 +26,17 @@ export function createConnectionSet(): ConnectionSet {
       socket.once('close', () => open.delete(socket));
     },
     dropAll,
-    closeServer: (server) =>
+    closeServer: (server, drainMs = 0) =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        dropAll();
+        let timer: NodeJS.Timeout | undefined;
+        const done = () => {
+          clearTimeout(timer);
+          dropAll();
+          resolve();
+        };
+        server.close(done);
+        if (drainMs <= 0) dropAll();
+        else timer = setTimeout(dropAll, drainMs);
       }),
   };
 }

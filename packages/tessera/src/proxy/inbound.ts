@@ -62,7 +62,11 @@ export interface InboundListener {
   readonly server: Server;
   /** Closes every open connection (e.g. the workload lost its identity). */
   dropConnections(): void;
-  close(): Promise<void>;
+  /**
+   * Stops accepting; requests in flight are answered (HTTP/1.1 answers then say `connection:
+   * close`, HTTP/2 sessions get a GOAWAY) and what is still open after `drainMs` is closed.
+   */
+  close(drainMs?: number): Promise<void>;
 }
 
 // Hop-by-hop headers (RFC 9110 §7.6.1) and HTTP/2 connection-specific ones are never forwarded.
@@ -211,6 +215,7 @@ export function createInboundListener(
     logger: log,
   };
   const connections = createConnectionSet();
+  let draining = false;
   const track = connections.track;
   const ownId = () => {
     try {
@@ -362,10 +367,19 @@ export function createInboundListener(
       return out;
     };
 
+    /**
+     * While shutting down, an HTTP/1.1 answer is its connection's last (`connection: close`, and
+     * node closes the socket after it); HTTP/2 sessions were sent a GOAWAY instead.
+     */
+    const lastIfDraining = (res: Http2ServerResponse) => {
+      if (draining && res.req.httpVersionMajor === 1) res.setHeader('connection', 'close');
+    };
+
     /** The app could not be reached or reset: Envoy's 503 if nothing was answered yet, else a reset. */
     const upstreamFailed = (res: Http2ServerResponse, err: Error) => {
       log.warn('upstream request failed', { upstream: config.upstream, error: err.message });
       if (!res.headersSent) {
+        lastIfDraining(res);
         res.writeHead(UPSTREAM_FAILED.status, UPSTREAM_FAILED.headers);
         res.end(UPSTREAM_FAILED.body);
       } else {
@@ -412,6 +426,7 @@ export function createInboundListener(
           res.stream.respond({ ...endToEnd(h), ':status': status }, { endStream: true });
           return;
         }
+        lastIfDraining(res);
         res.writeHead(status, endToEnd(h));
         stream.pipe(res as unknown as NodeJS.WritableStream);
       });
@@ -430,6 +445,7 @@ export function createInboundListener(
       const host = (headers[':authority'] as string | undefined) ?? headers.host ?? '';
       const admitted = admit(socket, req.method ?? 'GET', req.url, headers, host);
       if ('status' in admitted) {
+        lastIfDraining(res);
         res.writeHead(admitted.status, admitted.headers);
         res.end(admitted.body);
         return;
@@ -454,6 +470,7 @@ export function createInboundListener(
         ...upstreamTarget,
       });
       up.on('response', (r) => {
+        lastIfDraining(res);
         res.writeHead(r.statusCode ?? 502, endToEnd(r.headers));
         r.pipe(res as unknown as NodeJS.WritableStream);
       });
@@ -555,6 +572,9 @@ export function createInboundListener(
     name,
     server,
     dropConnections: connections.dropAll,
-    close: () => connections.closeServer(server),
+    close: (drainMs = 0) => {
+      draining = true;
+      return connections.closeServer(server, drainMs);
+    },
   };
 }

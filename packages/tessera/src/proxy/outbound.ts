@@ -25,7 +25,8 @@ export interface OutboundListener {
   readonly name: string;
   readonly server: Server;
   dropConnections(): void;
-  close(): Promise<void>;
+  /** Stops accepting; tunnels still open after `drainMs` are closed. */
+  close(drainMs?: number): Promise<void>;
 }
 
 const ALPN: Record<OutboundConfig['protocol'], string[] | undefined> = {
@@ -122,6 +123,6 @@ export function createOutboundListener(
     name,
     server,
     dropConnections: connections.dropAll,
-    close: () => connections.closeServer(server),
+    close: (drainMs = 0) => connections.closeServer(server, drainMs),
   };
 }

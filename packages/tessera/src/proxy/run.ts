@@ -288,6 +288,11 @@ export async function startProxy(
       closers.push(() => l.close());
       ports.set(l.name, await listenOn(l.server, c.listen, l.name));
     }
+    // On stop, every listener drains at once (closers run last-pushed first: before the closes above).
+    closers.push(async () => {
+      log.info('draining', { listeners: listeners.length, drain_timeout_ms: config.drain_timeout });
+      await Promise.all(listeners.map((l) => l.close(config.drain_timeout)));
+    });
     policies?.watch();
 
     let healthPort: number | undefined;
