@@ -269,6 +269,11 @@ export async function startProxy(
           };
 
     const ports = new Map<string, number>();
+    // On stop, every listener created drains at once (on a failed start none has a connection yet).
+    closers.push(async () => {
+      log.info('draining', { listeners: listeners.length, drain_timeout_ms: config.drain_timeout });
+      await Promise.all(listeners.map((l) => l.close(config.drain_timeout)));
+    });
     for (const [i, c] of config.inbound.entries()) {
       const l = createInboundListener(c, i, {
         identity,
@@ -279,20 +284,13 @@ export async function startProxy(
         logger: log,
       });
       listeners.push(l);
-      closers.push(() => l.close());
       ports.set(l.name, await listenOn(l.server, c.listen, l.name));
     }
     for (const [i, c] of config.outbound.entries()) {
       const l = createOutboundListener(c, i, { identity, hasIdentity: () => hasIdentity, logger: log });
       listeners.push(l);
-      closers.push(() => l.close());
       ports.set(l.name, await listenOn(l.server, c.listen, l.name));
     }
-    // On stop, every listener drains at once (closers run last-pushed first: before the closes above).
-    closers.push(async () => {
-      log.info('draining', { listeners: listeners.length, drain_timeout_ms: config.drain_timeout });
-      await Promise.all(listeners.map((l) => l.close(config.drain_timeout)));
-    });
     policies?.watch();
 
     let healthPort: number | undefined;
