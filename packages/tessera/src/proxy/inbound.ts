@@ -148,11 +148,25 @@ function h2cSession(target: { host?: string; port?: number; socketPath?: string 
   };
 }
 
+/**
+ * An HTTP/1.1 response head, for a socket taken over by an upgrade: the status line, the headers
+ * given as name/value pairs, and a blank line.
+ */
+function rawHead(status: number, message: string | undefined, headers: Iterable<[string, unknown]>): string {
+  let head = `HTTP/1.1 ${status} ${message ?? STATUS_CODES[status] ?? ''}\r\n`;
+  for (const [k, v] of headers) head += `${k}: ${v}\r\n`;
+  return `${head}\r\n`;
+}
+
+/** An IncomingMessage's headers as name/value pairs, names as received. */
+function* rawPairs(m: IncomingMessage): Generator<[string, string]> {
+  for (let i = 0; i < m.rawHeaders.length; i += 2)
+    yield [m.rawHeaders[i] as string, m.rawHeaders[i + 1] as string];
+}
+
 /** A LocalReply as HTTP/1.1 bytes, for a socket taken over by an upgrade; the connection then ends. */
 function rawResponse(r: LocalReply): string {
-  let head = `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? ''}\r\n`;
-  for (const [k, v] of Object.entries(r.headers)) head += `${k}: ${v}\r\n`;
-  return `${head}connection: close\r\n\r\n${r.body}`;
+  return rawHead(r.status, undefined, [...Object.entries(r.headers), ['connection', 'close']]) + r.body;
 }
 
 /** Node reports IPv4 peers on a dual-stack socket as ::ffff:a.b.c.d; policies are written with a.b.c.d. */
@@ -521,10 +535,7 @@ export function createInboundListener(
       up.on('upgrade', (r: IncomingMessage, app: Socket, appHead: Buffer) => {
         track(app);
         app.setNoDelay(true);
-        let answer = `HTTP/1.1 ${r.statusCode ?? 101} ${r.statusMessage ?? ''}\r\n`;
-        for (let i = 0; i < r.rawHeaders.length; i += 2)
-          answer += `${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}\r\n`;
-        socket.write(`${answer}\r\n`);
+        socket.write(rawHead(r.statusCode ?? 101, r.statusMessage, rawPairs(r)));
         if (appHead.length > 0) socket.write(appHead);
         if (head.length > 0) app.write(head);
         const close = () => {
@@ -542,13 +553,11 @@ export function createInboundListener(
       });
       // The app did not switch protocols: its answer goes back, and the connection ends with it.
       up.on('response', (r: IncomingMessage) => {
-        let answer = `HTTP/1.1 ${r.statusCode ?? 502} ${r.statusMessage ?? ''}\r\n`;
-        for (let i = 0; i < r.rawHeaders.length; i += 2) {
-          const k = (r.rawHeaders[i] as string).toLowerCase();
-          if (HOP_BY_HOP.has(k) || k === 'content-length') continue;
-          answer += `${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}\r\n`;
-        }
-        socket.write(`${answer}connection: close\r\n\r\n`);
+        const kept = [...rawPairs(r)].filter(([k]) => {
+          const name = k.toLowerCase();
+          return !HOP_BY_HOP.has(name) && name !== 'content-length';
+        });
+        socket.write(rawHead(r.statusCode ?? 502, r.statusMessage, [...kept, ['connection', 'close']]));
         r.pipe(socket);
       });
       up.on('error', (err) => {
