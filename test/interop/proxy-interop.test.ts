@@ -14,6 +14,7 @@ import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from 'spiffe';
 import { FakeWorkloadApi } from 'spiffe/testing';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { parseProxyConfig } from 'tessera/dist/proxy/config.js';
+import { catalogueMethod } from 'tessera/dist/proxy/grpc-bytes.test.util.js';
 import { type RunningProxy, startProxy } from 'tessera/dist/proxy/run.js';
 import {
   type GoPeerFiles,
@@ -33,18 +34,6 @@ const GO_CLIENT = 'spiffe://example.org/vm/catalog-client';
 const GO_OTHER = 'spiffe://example.org/vm/other-client';
 const GO_SERVER = 'spiffe://example.org/ns/payments/sa/ledger';
 const quiet = createLogger({ level: 'error', write: () => undefined });
-
-/** A gRPC service of raw bytes for grpc-js (the Go client sends bytes too): Get, Missing, Delete. */
-const bytes = (b: Buffer) => b;
-const method = (name: string) => ({
-  path: `/catalogue.Catalogue/${name}`,
-  requestStream: false,
-  responseStream: false,
-  requestSerialize: bytes,
-  requestDeserialize: bytes,
-  responseSerialize: bytes,
-  responseDeserialize: bytes,
-});
 
 describe('tessera proxy against go-spiffe mTLS peers', { skip, timeout: 60_000 }, () => {
   let tmp: TempDir;
@@ -81,7 +70,8 @@ describe('tessera proxy against go-spiffe mTLS peers', { skip, timeout: 60_000 }
     // A gRPC app in cleartext HTTP/2, behind an inbound proxy with upstream_protocol: http2.
     grpcApp = new grpc.Server();
     grpcApp.addService(
-      { Get: method('Get'), Missing: method('Missing'), Delete: method('Delete') },
+      // Raw bytes (the Go client sends bytes too): Get, Missing, Delete.
+      { Get: catalogueMethod('Get'), Missing: catalogueMethod('Missing'), Delete: catalogueMethod('Delete') },
       {
         Get: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) =>
           cb(null, Buffer.concat([Buffer.from('item:'), call.request])),

@@ -37,6 +37,7 @@ import {
 import { FakeWorkloadApi } from 'spiffe/testing';
 import { createLogger } from '../common/log.js';
 import { parseProxyConfig } from './config.js';
+import { catalogueMethod } from './grpc-bytes.test.util.js';
 import { type RunningProxy, startProxy } from './run.js';
 
 const td = parseTrustDomain('example.org');
@@ -75,21 +76,11 @@ interface Seen {
  * A gRPC service of raw bytes (no protobuf needed to carry them): Get, Missing (NOT_FOUND), Delete,
  * and List, which streams its answer in 64 KiB messages.
  */
-const bytes = (b: Buffer) => b;
-const method = (name: string, responseStream = false) => ({
-  path: `/catalogue.Catalogue/${name}`,
-  requestStream: false,
-  responseStream,
-  requestSerialize: bytes,
-  requestDeserialize: bytes,
-  responseSerialize: bytes,
-  responseDeserialize: bytes,
-});
 const CATALOGUE_SERVICE = {
-  Get: method('Get'),
-  Missing: method('Missing'),
-  Delete: method('Delete'),
-  List: method('List', true),
+  Get: catalogueMethod('Get'),
+  Missing: catalogueMethod('Missing'),
+  Delete: catalogueMethod('Delete'),
+  List: catalogueMethod('List', true),
 };
 const LIST_MESSAGES = 40;
 
