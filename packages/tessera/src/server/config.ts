@@ -27,7 +27,16 @@ export const SERVER_CONFIG_SCHEMA = {
       default: 'sqlite',
       options: {
         sqlite: { kind: 'object', fields: { path: { kind: 'string', check: absolutePath } } },
-        postgres: { kind: 'object', fields: { connection_string: { kind: 'string', required: true } } },
+        postgres: {
+          kind: 'object',
+          fields: {
+            connection_string: { kind: 'string', required: true },
+            // The change feed's safety check (LISTEN/NOTIFY wakes it at once): one small query.
+            poll_interval: { kind: 'duration', default: '5s', min: '100ms' },
+            // How long change events are kept for a server that was away; after that it reloads.
+            event_retention: { kind: 'duration', default: '1h', min: '1m' },
+          },
+        },
       },
     },
     ca: {
@@ -87,7 +96,11 @@ export interface ServerConfig {
   readonly admin_socket: string;
   readonly datastore: {
     readonly sqlite?: { readonly path?: string };
-    readonly postgres?: { readonly connection_string: string };
+    readonly postgres?: {
+      readonly connection_string: string;
+      readonly poll_interval: number;
+      readonly event_retention: number;
+    };
   };
   readonly ca: {
     readonly key_type: 'ec-p256' | 'ec-p384' | 'rsa-2048';

@@ -152,11 +152,20 @@ export async function startServer(
     for (const c of cleanups.reverse()) await c();
   };
   try {
+    const dsLogger = logger.with({ subsystem: 'datastore' });
+    const pgConfig = config.datastore.postgres;
     const datastore =
-      config.datastore.postgres !== undefined
-        ? await openPostgresDatastore(config.datastore.postgres.connection_string)
+      pgConfig !== undefined
+        ? await openPostgresDatastore(pgConfig.connection_string, {
+            pollIntervalMs: pgConfig.poll_interval,
+            retentionMs: pgConfig.event_retention,
+            logger: dsLogger,
+          })
         : await openSqliteDatastore(
             config.datastore.sqlite?.path ?? join(config.data_dir, 'datastore.sqlite3'),
+            {
+              logger: dsLogger,
+            },
           );
     cleanups.push(() => datastore.close());
     const keyManager: KeyManager =
@@ -197,6 +206,7 @@ export async function startServer(
         });
     });
     await authority.init();
+    cleanups.push(() => authority.close());
     const trustDomain = parseTrustDomain(config.trust_domain);
     const attestors = nodeAttestors(config, datastore);
     const metrics = new Metrics();
@@ -272,6 +282,29 @@ export async function startServer(
       'Agents with an open sync stream to this server.',
       () => agentApi.connectedAgents().length,
     );
+    metrics.gaugeFn(
+      'tessera_datastore_feed_revision',
+      'Revision of the last datastore change this server applied (the same on every server when caught up).',
+      () => datastore.revision,
+    );
+    metrics.gaugeFn(
+      'tessera_datastore_feed_resyncs',
+      'Times the change feed found a gap and this server reloaded everything.',
+      () => datastore.feed.resyncs,
+    );
+    if (datastore.follower !== undefined) {
+      const follower = datastore.follower;
+      metrics.gaugeFn(
+        'tessera_datastore_feed_listening',
+        '1 while the change-feed connection (LISTEN) to PostgreSQL is up.',
+        () => (follower.connected ? 1 : 0),
+      );
+      metrics.gaugeFn(
+        'tessera_datastore_feed_reconnects',
+        'Change-feed connections lost and re-established.',
+        () => follower.reconnects,
+      );
+    }
     metrics.gaugeFn('tessera_entries', 'Registration entries in the datastore.', () =>
       datastore.countEntries(),
     );

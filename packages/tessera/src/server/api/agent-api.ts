@@ -594,6 +594,10 @@ export class AgentApi {
   }
 
   #datastoreChanged(c: DatastoreChange): void {
+    if (c.kind === 'resync') {
+      this.#resync().catch((err: unknown) => this.#logError('Sync', err));
+      return;
+    }
     if (c.kind === 'agent') {
       const set = this.#streams.get(c.spiffeId);
       if (set === undefined) return;
@@ -625,6 +629,36 @@ export class AgentApi {
     }
     if (c.kind === 'bundle')
       this.#bundleChanged(c.trustDomain).catch((err: unknown) => this.#logError('Sync', err));
+  }
+
+  /**
+   * The change feed found itself inconsistent, so changes may have been missed: every connected
+   * agent is checked again (cut off if banned or evicted meanwhile) and sent the current bundles.
+   * Entries are reloaded by the index, whose changes reach the streams as usual.
+   */
+  async #resync(): Promise<void> {
+    for (const [id, set] of [...this.#streams]) {
+      const agent = await this.#o.datastore.getAgent(id);
+      const change =
+        agent === undefined
+          ? ({ revision: 0, kind: 'agent', op: 'delete', spiffeId: id } as const)
+          : agent.banned
+            ? ({ revision: 0, kind: 'agent', op: 'ban', spiffeId: id } as const)
+            : undefined;
+      if (change !== undefined) {
+        this.#datastoreChanged(change);
+        continue;
+      }
+      for (const s of set) {
+        s.agent = agent as AttestedAgent;
+        this.#dirty.add(s);
+      }
+    }
+    this.#scheduleFlush();
+    const federated = new Set<string>();
+    for (const set of this.#streams.values())
+      for (const s of set) for (const td of s.federated) federated.add(td);
+    for (const td of [this.#o.trustDomain.name, ...federated]) await this.#bundleChanged(td);
   }
 
   async #bundleChanged(trustDomain: string): Promise<void> {

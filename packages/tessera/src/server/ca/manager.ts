@@ -3,7 +3,7 @@ import { open, readFile, rename } from 'node:fs/promises';
 import type { Logger, SpiffeBundle, TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { type DistinguishedName, keyIdentifier, spkiOf } from '../../common/x509.js';
-import type { Datastore } from '../datastore/types.js';
+import type { AuthorityRecord, Datastore } from '../datastore/types.js';
 import type { KeyManager, KeyType } from '../keymanager/key-manager.js';
 import { JwtAuthority, newKid } from './jwt-authority.js';
 import { type KeyWindow, rotationStep } from './rotation.js';
@@ -28,11 +28,14 @@ interface JwtJournalEntry {
   notAfter: string;
 }
 
-/** What this server remembers about its own keys (the bundle in the datastore is shared). */
+/**
+ * What this server remembers about its own keys: which key file is in which slot. The bundle, and
+ * every authority's status, taint and revocation, are in the datastore, shared by all servers.
+ */
 interface Journal {
   x509: X509JournalEntry[];
   jwt: JwtJournalEntry[];
-  /** IDs ("x509:<ski hex>", "jwt:<kid>") an operator tainted. */
+  /** IDs ("x509:<ski hex>", "jwt:<kid>") an operator tainted; read once to move them to the datastore. */
   tainted?: string[];
 }
 
@@ -121,8 +124,12 @@ export class AuthorityManager {
   #jwt: { current?: JwtSlot; next?: JwtSlot } = {};
   /** Retired JWT keys still in the bundle: kid → expiry (JWKs carry no expiry of their own). */
   #retiredJwt = new Map<string, Date>();
-  /** "x509:<ski>" / "jwt:<kid>" of tainted authorities. */
+  /** "x509:<ski>" / "jwt:<kid>" of tainted authorities, as the datastore last said. */
   #tainted = new Set<string>();
+  /** Authorities this server stopped using, to record as `old` with the next persist. */
+  #retired: Omit<AuthorityRecord, 'tainted' | 'revoked'>[] = [];
+  #refreshing: Promise<void> = Promise.resolve();
+  #unsubscribe: (() => void) | undefined;
   readonly #taintListeners = new Set<(kind: AuthorityKind, id: string) => void>();
   readonly #rotationListeners = new Set<RotationListener>();
   /** Set while an operator command runs, so listeners can tell it from the schedule. */
@@ -135,7 +142,6 @@ export class AuthorityManager {
   /** Loads the journal and keys; creates and activates the first keys when there are none. */
   async init(): Promise<void> {
     const journal = await this.#readJournal();
-    this.#tainted = new Set(journal.tainted ?? []);
     for (const e of journal.x509) {
       const key = await this.#o.keyManager.getKey(x509KeyId(e.slot));
       const cert = new X509Certificate(e.certificate);
@@ -180,7 +186,30 @@ export class AuthorityManager {
       await this.#prepareJwt(this.#jwt.next === undefined ? 'A' : other(this.#jwt.next.slot));
       this.#activateJwt();
     }
-    await this.#writeJournal();
+    // Every server of the trust domain hears of taints (by whichever server) through the feed.
+    this.#unsubscribe = this.#o.datastore.onChange((c) => {
+      if ((c.kind === 'authority' && c.op !== 'record') || c.kind === 'resync') void this.#refreshTaints();
+    });
+    await this.#persist();
+    // Taints kept in a journal by an earlier version move to the datastore.
+    for (const t of journal.tainted ?? []) {
+      const [kind, id] = [t.slice(0, t.indexOf(':')), t.slice(t.indexOf(':') + 1)];
+      const known = (await this.list()).find((a) => a.kind === kind && a.id === id);
+      if (known !== undefined && !known.tainted)
+        await this.#o.datastore.taintAuthority({
+          kind: known.kind,
+          id,
+          notAfter: known.notAfter,
+          certificate: known.certificate?.toString() ?? '',
+        });
+    }
+    await this.#refreshTaints();
+    if (journal.tainted !== undefined) await this.#writeJournal();
+  }
+
+  /** Stops following the datastore's taints. */
+  close(): void {
+    this.#unsubscribe?.();
   }
 
   /** The key that signs X509-SVIDs now. */
@@ -217,19 +246,28 @@ export class AuthorityManager {
     const jStep = rotationStep(j.window, this.#jwt.next !== undefined, now);
     if (jStep === 'prepare') await this.#prepareJwt(other(j.slot));
     if (jStep === 'activate') this.#activateJwt();
-    if (xStep !== 'none' || jStep !== 'none') await this.#writeJournal();
+    if (xStep !== 'none' || jStep !== 'none') await this.#persist();
     return { x509: xStep, jwt: jStep };
   }
 
-  /** Every authority this server knows: its own slots, retired JWT keys, and other X.509 roots in the bundle. */
+  /**
+   * Every authority of the trust domain: this server's slots, the other servers' keys and this
+   * server's retired ones as the datastore records them, and other X.509 roots in the bundle.
+   * Revoked and expired ones are left out.
+   */
   async list(): Promise<AuthorityInfo[]> {
+    const now = this.#o.now().getTime();
     const out: AuthorityInfo[] = [];
     const seen = new Set<string>();
+    const add = (a: AuthorityInfo) => {
+      if (seen.has(`${a.kind}:${a.id}`)) return;
+      seen.add(`${a.kind}:${a.id}`);
+      out.push(a);
+    };
     for (const s of [this.#x509.current, this.#x509.next]) {
       if (s === undefined) continue;
       const id = authorityKeyId(s.authority.certificate);
-      seen.add(id);
-      out.push({
+      add({
         kind: 'x509',
         id,
         status: s.status,
@@ -238,24 +276,10 @@ export class AuthorityManager {
         certificate: s.authority.certificate,
       });
     }
-    const bundle = await this.#o.datastore.getBundle(this.#o.trustDomain);
-    if (this.#o.upstream === undefined)
-      for (const c of bundle?.x509Authorities ?? []) {
-        const id = authorityKeyId(c);
-        if (seen.has(id)) continue;
-        out.push({
-          kind: 'x509',
-          id,
-          status: 'old',
-          tainted: this.#tainted.has(`x509:${id}`),
-          notAfter: new Date(c.validTo),
-          certificate: c,
-        });
-      }
     for (const s of [this.#jwt.current, this.#jwt.next]) {
       if (s === undefined) continue;
       const id = s.authority.kid;
-      out.push({
+      add({
         kind: 'jwt',
         id,
         status: s.status,
@@ -263,9 +287,35 @@ export class AuthorityManager {
         notAfter: s.window.notAfter,
       });
     }
+    const bundle = await this.#o.datastore.getBundle(this.#o.trustDomain);
     for (const [kid, notAfter] of this.#retiredJwt)
       if (bundle?.jwtAuthorities.has(kid) ?? false)
-        out.push({ kind: 'jwt', id: kid, status: 'old', tainted: this.#tainted.has(`jwt:${kid}`), notAfter });
+        add({ kind: 'jwt', id: kid, status: 'old', tainted: this.#tainted.has(`jwt:${kid}`), notAfter });
+    for (const r of await this.#o.datastore.listAuthorities()) {
+      if (r.revoked || r.notAfter.getTime() <= now) continue;
+      // A JWT key no longer in the bundle verifies nothing: it is gone.
+      if (r.kind === 'jwt' && !(bundle?.jwtAuthorities.has(r.id) ?? false)) continue;
+      add({
+        kind: r.kind,
+        id: r.id,
+        status: r.status,
+        tainted: r.tainted,
+        notAfter: r.notAfter,
+        ...(r.kind === 'x509' && r.certificate !== ''
+          ? { certificate: new X509Certificate(r.certificate) }
+          : {}),
+      });
+    }
+    if (this.#o.upstream === undefined)
+      for (const c of bundle?.x509Authorities ?? [])
+        add({
+          kind: 'x509',
+          id: authorityKeyId(c),
+          status: 'old',
+          tainted: this.#tainted.has(`x509:${authorityKeyId(c)}`),
+          notAfter: new Date(c.validTo),
+          certificate: c,
+        });
     return out;
   }
 
@@ -285,7 +335,7 @@ export class AuthorityManager {
     } finally {
       this.#byOperator = false;
     }
-    await this.#writeJournal();
+    await this.#persist();
     return this.#info(kind, 'prepared');
   }
 
@@ -303,19 +353,20 @@ export class AuthorityManager {
     } finally {
       this.#byOperator = false;
     }
-    await this.#writeJournal();
+    await this.#persist();
     return this.#info(kind, 'active');
   }
 
   /**
-   * Marks an old (no longer signing) key as compromised: agents re-issue every SVID it signed at once.
-   * The active key cannot be tainted: prepare and activate a new one first.
+   * Marks an old (no longer signing) key as compromised, for every server of the trust domain:
+   * agents re-issue every SVID it signed at once. This server's active key cannot be tainted
+   * (prepare and activate a new one first); another server's active key can, and that server
+   * rotates to a new key as soon as it hears of it.
    */
   async taint(kind: AuthorityKind, id: string): Promise<AuthorityInfo> {
-    const a = (await this.list()).find((x) => x.kind === kind && x.id === id);
-    if (a === undefined)
-      throw opError(`no ${kind} authority ${JSON.stringify(id)}; see tessera authority show`);
-    if (a.status === 'active')
+    const a = await this.#find(kind, id);
+    const own = this.#ownStatus(kind, id);
+    if (own === 'active')
       throw opError(
         `${kind} authority ${id} is the active one; prepare and activate a new one before tainting it`,
       );
@@ -324,35 +375,124 @@ export class AuthorityManager {
         `${kind} authority ${id} is only prepared and has signed nothing; there is nothing to taint`,
       );
     if (a.tainted) throw opError(`${kind} authority ${id} is already tainted`);
-    this.#tainted.add(`${kind}:${id}`);
-    await this.#writeJournal();
-    for (const l of this.#taintListeners) l(kind, id);
+    await this.#o.datastore.taintAuthority({
+      kind,
+      id,
+      notAfter: a.notAfter,
+      certificate: a.certificate?.toString() ?? '',
+    });
+    await this.#refreshTaints();
     this.#o.logger?.warn?.('ca: authority tainted', { kind, id });
     return { ...a, tainted: true };
   }
 
-  /** Removes a tainted key from the bundle: whatever it signed stops verifying everywhere. */
+  /**
+   * Revokes a tainted key. Without an upstream authority it leaves the bundle, so whatever it
+   * signed stops verifying everywhere. Under an upstream authority the bundle holds the upstream
+   * roots, which still vouch for it: it is marked revoked, never used again and agents keep
+   * re-issuing away from it, but peers accept what it signed until it expires unless the upstream
+   * CA revokes it too (docs/server.md).
+   */
   async revoke(kind: AuthorityKind, id: string): Promise<AuthorityInfo> {
-    const a = (await this.list()).find((x) => x.kind === kind && x.id === id);
-    if (a === undefined)
-      throw opError(`no ${kind} authority ${JSON.stringify(id)}; see tessera authority show`);
+    const a = await this.#find(kind, id);
     if (!a.tainted)
       throw opError(`${kind} authority ${id} is not tainted; taint it first so agents move away from it`);
-    await this.#o.datastore.updateBundle(this.#o.trustDomain, (cur) =>
-      kind === 'x509'
-        ? cur.with({ x509Authorities: cur.x509Authorities.filter((c) => authorityKeyId(c) !== id) })
-        : cur.with({ jwtAuthorities: [...cur.jwtAuthorities].filter(([kid]) => kid !== id) }),
-    );
+    if (kind === 'jwt' || this.#o.upstream === undefined)
+      await this.#o.datastore.updateBundle(this.#o.trustDomain, (cur) =>
+        kind === 'x509'
+          ? cur.with({ x509Authorities: cur.x509Authorities.filter((c) => authorityKeyId(c) !== id) })
+          : cur.with({ jwtAuthorities: [...cur.jwtAuthorities].filter(([kid]) => kid !== id) }),
+      );
+    await this.#o.datastore.revokeAuthority(kind, id);
     if (kind === 'jwt') this.#retiredJwt.delete(id);
-    this.#tainted.delete(`${kind}:${id}`);
     await this.#writeJournal();
+    await this.#refreshTaints();
     this.#o.logger?.warn?.('ca: authority revoked', { kind, id });
     return a;
   }
 
-  /** Tainted authorities as "x509:<subject key ID hex>" and "jwt:<kid>". */
+  /** Tainted authorities as "x509:<subject key ID hex>" and "jwt:<kid>", until they expire or leave the bundle. */
   tainted(): string[] {
     return [...this.#tainted];
+  }
+
+  async #find(kind: AuthorityKind, id: string): Promise<AuthorityInfo> {
+    const a = (await this.list()).find((x) => x.kind === kind && x.id === id);
+    if (a === undefined)
+      throw opError(`no ${kind} authority ${JSON.stringify(id)}; see tessera authority show`);
+    return a;
+  }
+
+  #ownStatus(kind: AuthorityKind, id: string): Status | undefined {
+    const slots =
+      kind === 'x509' ? [this.#x509.current, this.#x509.next] : [this.#jwt.current, this.#jwt.next];
+    for (const s of slots) {
+      if (s === undefined) continue;
+      const sid =
+        s.authority instanceof X509Authority ? authorityKeyId(s.authority.certificate) : s.authority.kid;
+      if (sid === id) return s.status;
+    }
+    return undefined;
+  }
+
+  /**
+   * Re-reads the tainted authorities from the datastore; tells the taint listeners of each new one.
+   * When this server's own active key was tainted (by an operator on another server), it rotates
+   * to a new key at once. Calls run one after another.
+   */
+  #refreshTaints(): Promise<void> {
+    const run = async () => {
+      const now = this.#o.now().getTime();
+      const records = await this.#o.datastore.listAuthorities();
+      const next = new Set(
+        records
+          .filter(
+            (r) =>
+              r.tainted &&
+              r.notAfter.getTime() > now &&
+              // A revoked key left the bundle and verifies nothing, except an intermediate under an
+              // upstream authority, whose roots still vouch for it: agents keep moving away from it.
+              (!r.revoked || (r.kind === 'x509' && this.#o.upstream !== undefined)),
+          )
+          .map((r) => `${r.kind}:${r.id}`),
+      );
+      const fresh = [...next].filter((t) => !this.#tainted.has(t));
+      this.#tainted = next;
+      for (const t of fresh) {
+        const kind = t.slice(0, t.indexOf(':')) as AuthorityKind;
+        const id = t.slice(t.indexOf(':') + 1);
+        if (this.#ownStatus(kind, id) === 'active') await this.#rotateNow(kind, id);
+        for (const l of this.#taintListeners) {
+          try {
+            l(kind, id);
+          } catch (err) {
+            this.#o.logger?.error?.('ca: a taint listener failed', { error: (err as Error).message });
+          }
+        }
+      }
+    };
+    this.#refreshing = this.#refreshing.then(run).catch((err: unknown) => {
+      this.#o.logger?.error?.('ca: reading tainted authorities failed', { error: (err as Error).message });
+    });
+    return this.#refreshing;
+  }
+
+  /** Replaces a tainted active key now: prepare (unless prepared) and activate. */
+  async #rotateNow(kind: AuthorityKind, id: string): Promise<void> {
+    this.#o.logger?.warn?.(
+      "ca: this server's active authority was tainted by an operator on another server; rotating to a new key now",
+      { kind, id },
+    );
+    const slots = kind === 'x509' ? this.#x509 : this.#jwt;
+    const current = slots.current;
+    if (current === undefined) return;
+    if (slots.next === undefined) {
+      if (kind === 'x509') await this.#prepareX509(other(current.slot));
+      else await this.#prepareJwt(other(current.slot));
+    }
+    if (kind === 'x509') this.#activateX509();
+    else this.#activateJwt();
+    await this.#persist();
   }
 
   /** Called after each taint (to push it to agents). */
@@ -447,6 +587,8 @@ export class AuthorityManager {
   #activateX509(): void {
     const next = this.#x509.next;
     if (next === undefined) return;
+    const previous = this.#x509.current;
+    if (previous !== undefined) this.#retired.push(x509Record(previous, 'old'));
     this.#x509 = { current: { ...next, status: 'active' } };
     this.#rotated('x509', 'activated', authorityKeyId(next.authority.certificate));
     this.#o.logger?.info?.('ca: activated X.509 authority', { slot: next.slot });
@@ -476,10 +618,28 @@ export class AuthorityManager {
     const next = this.#jwt.next;
     if (next === undefined) return;
     const previous = this.#jwt.current;
-    if (previous !== undefined) this.#retiredJwt.set(previous.authority.kid, previous.window.notAfter);
+    if (previous !== undefined) {
+      this.#retiredJwt.set(previous.authority.kid, previous.window.notAfter);
+      this.#retired.push(jwtRecord(previous, 'old'));
+    }
     this.#jwt = { current: { ...next, status: 'active' } };
     this.#rotated('jwt', 'activated', next.authority.kid);
     this.#o.logger?.info?.('ca: activated JWT authority', { slot: next.slot, kid: next.authority.kid });
+  }
+
+  /** Writes the journal, and this server's keys' statuses to the datastore for every server to see. */
+  async #persist(): Promise<void> {
+    await this.#writeJournal();
+    const records = [
+      ...this.#retired.splice(0),
+      ...[this.#x509.current, this.#x509.next].flatMap((s) =>
+        s === undefined ? [] : [x509Record(s, s.status)],
+      ),
+      ...[this.#jwt.current, this.#jwt.next].flatMap((s) =>
+        s === undefined ? [] : [jwtRecord(s, s.status)],
+      ),
+    ];
+    for (const r of records) await this.#o.datastore.recordAuthority(r);
   }
 
   async #readJournal(): Promise<Journal> {
@@ -536,7 +696,6 @@ export class AuthorityManager {
           notAfter: notAfter.toISOString(),
         })),
       ],
-      tainted: [...this.#tainted],
     };
     const tmp = `${path}.tmp-${process.pid}`;
     const fh = await open(tmp, 'w', 0o600);
@@ -548,4 +707,18 @@ export class AuthorityManager {
     }
     await rename(tmp, path);
   }
+}
+
+function x509Record(s: X509Slot, status: Status): Omit<AuthorityRecord, 'tainted' | 'revoked'> {
+  return {
+    kind: 'x509',
+    id: authorityKeyId(s.authority.certificate),
+    status,
+    notAfter: s.authority.notAfter,
+    certificate: s.authority.certificate.toString(),
+  };
+}
+
+function jwtRecord(s: JwtSlot, status: Status): Omit<AuthorityRecord, 'tainted' | 'revoked'> {
+  return { kind: 'jwt', id: s.authority.kid, status, notAfter: s.window.notAfter, certificate: '' };
 }

@@ -2,10 +2,18 @@ import { createHash, randomUUID } from 'node:crypto';
 import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, SpiffeBundle, type TrustDomain } from 'spiffe';
 import { isDnsName } from '../../common/dns-name.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import {
+  ChangeFeed,
+  type ChangeFeedOptions,
+  type ChangeInput,
+  headRevision,
+  recordChanges,
+} from './change-feed.js';
 import type {
   AgentAttestationInput,
   AgentPage,
   AttestedAgent,
+  AuthorityRecord,
   ConsumedJoinToken,
   Datastore,
   DatastoreChange,
@@ -28,6 +36,17 @@ export interface SqlDriver {
   execute(sql: string, params?: readonly unknown[]): Promise<number>;
   /** Runs `fn` in one transaction; rolls back if it throws. */
   transaction<T>(fn: (tx: SqlDriver) => Promise<T>): Promise<T>;
+  /** Runs `fn` in one read-only transaction that sees one consistent snapshot of the database. */
+  snapshot<T>(fn: (tx: SqlDriver) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** Wakes a change feed for writes made by other servers (change-feed.ts). */
+export interface FeedFollower {
+  /** Whether it is listening now. */
+  readonly connected: boolean;
+  /** Connections lost and re-established since start. */
+  readonly reconnects: number;
   close(): Promise<void>;
 }
 
@@ -98,6 +117,37 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
         banned INTEGER NOT NULL,
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
+      )`,
+    ],
+  },
+  {
+    version: 4,
+    statements: [
+      // The change feed (change-feed.ts): one counter row, bumped by every write's transaction, and
+      // the events it numbered.
+      'CREATE TABLE change_revision (id INTEGER PRIMARY KEY, revision BIGINT NOT NULL)',
+      'INSERT INTO change_revision (id, revision) VALUES (1, 0)',
+      `CREATE TABLE change_events (
+        revision BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        op TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+      )`,
+      'CREATE INDEX change_events_created ON change_events (created_at)',
+      // Every signing key of the trust domain, whichever server holds it, with its taint and
+      // revocation: shared state, so an operator acting through any server acts for all.
+      `CREATE TABLE authorities (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        not_after BIGINT NOT NULL,
+        certificate TEXT NOT NULL,
+        tainted INTEGER NOT NULL,
+        revoked INTEGER NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, id)
       )`,
     ],
   },
@@ -226,27 +276,75 @@ function wrap(op: string, err: unknown): never {
 /** The registry on any SqlDriver: the same SQL and behaviour on SQLite and PostgreSQL. */
 export class SqlDatastore implements Datastore {
   readonly #db: SqlDriver;
-  readonly #listeners = new Set<(change: DatastoreChange) => void>();
+  readonly #feed: ChangeFeed;
+  /** What wakes the feed for other servers' writes; none on SQLite (one server per file). */
+  readonly follower: FeedFollower | undefined;
 
-  constructor(driver: SqlDriver) {
+  private constructor(driver: SqlDriver, feed: ChangeFeed, follower: FeedFollower | undefined) {
     this.#db = driver;
+    this.#feed = feed;
+    this.follower = follower;
+  }
+
+  /**
+   * A datastore on a migrated driver, its change feed starting at the current revision. `follow`
+   * starts what wakes the feed for other servers' writes (LISTEN/NOTIFY on PostgreSQL) and returns
+   * its stop function.
+   */
+  static async create(
+    driver: SqlDriver,
+    options: ChangeFeedOptions & { follow?: (feed: ChangeFeed) => FeedFollower } = {},
+  ): Promise<SqlDatastore> {
+    const feed = new ChangeFeed(driver, await headRevision(driver), options);
+    return new SqlDatastore(driver, feed, options.follow?.(feed));
   }
 
   onChange(listener: (change: DatastoreChange) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+    return this.#feed.onChange(listener);
   }
 
-  /** Tells listeners about committed changes; a throwing listener does not stop the others. */
-  #emit(...changes: DatastoreChange[]): void {
-    for (const change of changes)
-      for (const l of this.#listeners) {
-        try {
-          l(change);
-        } catch {
-          // A listener's bug must not undo or hide a committed write.
-        }
-      }
+  get revision(): number {
+    return this.#feed.revision;
+  }
+
+  /** The feed itself (for the server's metrics and the tests). */
+  get feed(): ChangeFeed {
+    return this.#feed;
+  }
+
+  /**
+   * Runs a write transaction that records `changes(result)` as its last step, then waits until
+   * this server's feed told them, so a write is seen by this server's listeners when it resolves.
+   */
+  async #write<T>(
+    fn: (tx: SqlDriver) => Promise<T>,
+    changes: (result: T) => readonly ChangeInput[],
+  ): Promise<T> {
+    let revision = 0;
+    const result = await this.#db.transaction(async (tx) => {
+      const r = await fn(tx);
+      const c = changes(r);
+      if (c.length > 0) revision = await recordChanges(tx, c);
+      return r;
+    });
+    if (revision > 0) await this.#feed.caughtUp(revision);
+    return result;
+  }
+
+  async snapshotEntries(): Promise<{ entries: RegistrationEntry[]; revision: number }> {
+    try {
+      return await this.#db.snapshot(async (tx) => {
+        const revision = await headRevision(tx);
+        const rows = await tx.query('SELECT * FROM registration_entries ORDER BY id');
+        const selectors = await tx.query(
+          'SELECT entry_id, type, value FROM entry_selectors ORDER BY entry_id, type, value',
+        );
+        const byEntry = groupSelectors(selectors);
+        return { revision, entries: rows.map((r) => toEntry(r, byEntry.get(String(r.id)) ?? [])) };
+      });
+    } catch (err) {
+      wrap('read every entry', err);
+    }
   }
 
   async createEntry(input: EntryInput): Promise<RegistrationEntry> {
@@ -269,20 +367,33 @@ export class SqlDatastore implements Datastore {
     });
     const now = Date.now();
     const created = normalized.map((e) => ({ id: randomUUID(), e }));
+    const at = new Date(now);
+    const entries = created.map(({ id, e }) => ({
+      ...e,
+      id,
+      expiresAt: e.expiresAt,
+      revision: 1,
+      createdAt: at,
+      updatedAt: at,
+    }));
     let current: (typeof created)[number] | undefined;
     try {
-      await this.#db.transaction(async (tx) => {
-        for (const c of created) {
-          current = c;
-          await tx.execute(
-            `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
+      await this.#write(
+        async (tx) => {
+          for (const c of created) {
+            current = c;
+            await tx.execute(
+              `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl, dns_names,
                federates_with, admin, downstream, hint, expires_at, metadata, revision, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
-            [c.id, ...this.#columns(c.e), now, now],
-          );
-          await this.#insertSelectors(tx, c.id, c.e.selectors);
-        }
-      });
+              [c.id, ...this.#columns(c.e), now, now],
+            );
+            await this.#insertSelectors(tx, c.id, c.e.selectors);
+          }
+          current = undefined;
+        },
+        () => entries.map((entry) => ({ kind: 'entry', op: 'upsert', entry }) as const),
+      );
     } catch (err) {
       if (isUniqueViolation(err) && current !== undefined) {
         throw new TesseraError(
@@ -293,29 +404,12 @@ export class SqlDatastore implements Datastore {
       }
       wrap('create entries', err);
     }
-    const at = new Date(now);
-    const entries = created.map(({ id, e }) => ({
-      ...e,
-      id,
-      expiresAt: e.expiresAt,
-      revision: 1,
-      createdAt: at,
-      updatedAt: at,
-    }));
-    this.#emit(...entries.map((entry) => ({ kind: 'entry', op: 'upsert', entry }) as const));
     return entries;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
     try {
-      const rows = await this.#db.query('SELECT * FROM registration_entries WHERE id = ?', [id]);
-      const row = rows[0];
-      if (row === undefined) return undefined;
-      const sel = await this.#db.query(
-        'SELECT entry_id, type, value FROM entry_selectors WHERE entry_id = ? ORDER BY type, value',
-        [id],
-      );
-      return toEntry(row, sel);
+      return await readEntry(this.#db, id);
     } catch (err) {
       wrap('get entry', err);
     }
@@ -324,25 +418,29 @@ export class SqlDatastore implements Datastore {
   async updateEntry(id: string, revision: number, input: EntryInput): Promise<RegistrationEntry> {
     const e = normalizeEntry(input);
     try {
-      await this.#db.transaction(async (tx) => {
-        const changed = await tx.execute(
-          `UPDATE registration_entries SET spiffe_id = ?, parent_id = ?, selectors_key = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?,
+      return await this.#write(
+        async (tx) => {
+          const changed = await tx.execute(
+            `UPDATE registration_entries SET spiffe_id = ?, parent_id = ?, selectors_key = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?,
              dns_names = ?, federates_with = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?, metadata = ?,
              revision = revision + 1, updated_at = ?
            WHERE id = ? AND revision = ?`,
-          [...this.#columns(e), Date.now(), id, revision],
-        );
-        if (changed === 0) {
-          const rows = await tx.query('SELECT revision FROM registration_entries WHERE id = ?', [id]);
-          if (rows[0] === undefined) throw notFound(id);
-          throw new TesseraError(
-            TesseraErrorCode.REVISION_CONFLICT,
-            `entry: ${id} is at revision ${Number(rows[0].revision)}, not ${revision}; it changed since it was read — read it again and re-apply the change`,
+            [...this.#columns(e), Date.now(), id, revision],
           );
-        }
-        await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
-        await this.#insertSelectors(tx, id, e.selectors);
-      });
+          if (changed === 0) {
+            const rows = await tx.query('SELECT revision FROM registration_entries WHERE id = ?', [id]);
+            if (rows[0] === undefined) throw notFound(id);
+            throw new TesseraError(
+              TesseraErrorCode.REVISION_CONFLICT,
+              `entry: ${id} is at revision ${Number(rows[0].revision)}, not ${revision}; it changed since it was read — read it again and re-apply the change`,
+            );
+          }
+          await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
+          await this.#insertSelectors(tx, id, e.selectors);
+          return (await readEntry(tx, id)) as RegistrationEntry;
+        },
+        (entry) => [{ kind: 'entry', op: 'upsert', entry }],
+      );
     } catch (err) {
       if (isUniqueViolation(err)) {
         throw new TesseraError(
@@ -355,29 +453,25 @@ export class SqlDatastore implements Datastore {
       }
       wrap('update entry', err);
     }
-    const entry = (await this.getEntry(id)) as RegistrationEntry;
-    this.#emit({ kind: 'entry', op: 'upsert', entry });
-    return entry;
   }
 
   async deleteEntry(id: string): Promise<void> {
     let entry: RegistrationEntry | undefined;
     try {
-      entry = await this.#db.transaction(async (tx) => {
-        const rows = await tx.query('SELECT * FROM registration_entries WHERE id = ?', [id]);
-        if (rows[0] === undefined) return undefined;
-        const sel = await tx.query('SELECT entry_id, type, value FROM entry_selectors WHERE entry_id = ?', [
-          id,
-        ]);
-        await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
-        await tx.execute('DELETE FROM registration_entries WHERE id = ?', [id]);
-        return toEntry(rows[0], sel);
-      });
+      entry = await this.#write(
+        async (tx) => {
+          const found = await readEntry(tx, id);
+          if (found === undefined) return undefined;
+          await tx.execute('DELETE FROM entry_selectors WHERE entry_id = ?', [id]);
+          await tx.execute('DELETE FROM registration_entries WHERE id = ?', [id]);
+          return found;
+        },
+        (found) => (found === undefined ? [] : [{ kind: 'entry', op: 'delete', entry: found }]),
+      );
     } catch (err) {
       wrap('delete entry', err);
     }
     if (entry === undefined) throw notFound(id);
-    this.#emit({ kind: 'entry', op: 'delete', entry });
   }
 
   async listEntries(options: ListEntriesOptions = {}): Promise<EntryPage> {
@@ -416,13 +510,7 @@ export class SqlDatastore implements Datastore {
               `SELECT entry_id, type, value FROM entry_selectors WHERE entry_id IN (${ids.map(() => '?').join(', ')}) ORDER BY entry_id, type, value`,
               ids,
             );
-      const byEntry = new Map<string, Row[]>();
-      for (const s of selectors) {
-        const k = String(s.entry_id);
-        const list = byEntry.get(k) ?? [];
-        list.push(s);
-        byEntry.set(k, list);
-      }
+      const byEntry = groupSelectors(selectors);
       const entries = page.map((r) => toEntry(r, byEntry.get(String(r.id)) ?? []));
       const last = ids.at(-1);
       return rows.length > pageSize && last !== undefined ? { entries, nextPageToken: last } : { entries };
@@ -449,40 +537,41 @@ export class SqlDatastore implements Datastore {
   ): Promise<SpiffeBundle> {
     let changed = false;
     try {
-      const result = await this.#db.transaction(async (tx) => {
-        if (tx.dialect === 'postgres')
-          await tx.execute('SELECT pg_advisory_xact_lock(hashtext(?))', [`bundle:${trustDomain.name}`]);
-        const rows = await tx.query('SELECT document FROM bundles WHERE trust_domain = ?', [
-          trustDomain.name,
-        ]);
-        const doc = rows[0]?.document;
-        const current =
-          doc === undefined
-            ? new SpiffeBundle({ trustDomain, sequenceNumber: 0n })
-            : parseSpiffeBundle(trustDomain, String(doc));
-        const proposed = change(current);
-        if (!proposed.trustDomain.equals(trustDomain))
-          throw new TypeError('datastore: a bundle update cannot change the trust domain');
-        const same = proposed.with({ sequenceNumber: current.sequenceNumber }).equals(current);
-        if (same && doc !== undefined) return current;
-        const next = proposed.with({ sequenceNumber: (current.sequenceNumber ?? 0n) + 1n });
-        const params = [next.marshal(), String(next.sequenceNumber), Date.now(), trustDomain.name];
-        if (doc === undefined) {
-          await tx.execute(
-            'INSERT INTO bundles (document, sequence, updated_at, trust_domain) VALUES (?, ?, ?, ?)',
-            params,
-          );
-        } else {
-          await tx.execute(
-            'UPDATE bundles SET document = ?, sequence = ?, updated_at = ? WHERE trust_domain = ?',
-            params,
-          );
-        }
-        changed = true;
-        return next;
-      });
-      if (changed) this.#emit({ kind: 'bundle', trustDomain: trustDomain.name });
-      return result;
+      return await this.#write(
+        async (tx) => {
+          if (tx.dialect === 'postgres')
+            await tx.execute('SELECT pg_advisory_xact_lock(hashtext(?))', [`bundle:${trustDomain.name}`]);
+          const rows = await tx.query('SELECT document FROM bundles WHERE trust_domain = ?', [
+            trustDomain.name,
+          ]);
+          const doc = rows[0]?.document;
+          const current =
+            doc === undefined
+              ? new SpiffeBundle({ trustDomain, sequenceNumber: 0n })
+              : parseSpiffeBundle(trustDomain, String(doc));
+          const proposed = change(current);
+          if (!proposed.trustDomain.equals(trustDomain))
+            throw new TypeError('datastore: a bundle update cannot change the trust domain');
+          const same = proposed.with({ sequenceNumber: current.sequenceNumber }).equals(current);
+          if (same && doc !== undefined) return current;
+          const next = proposed.with({ sequenceNumber: (current.sequenceNumber ?? 0n) + 1n });
+          const params = [next.marshal(), String(next.sequenceNumber), Date.now(), trustDomain.name];
+          if (doc === undefined) {
+            await tx.execute(
+              'INSERT INTO bundles (document, sequence, updated_at, trust_domain) VALUES (?, ?, ?, ?)',
+              params,
+            );
+          } else {
+            await tx.execute(
+              'UPDATE bundles SET document = ?, sequence = ?, updated_at = ? WHERE trust_domain = ?',
+              params,
+            );
+          }
+          changed = true;
+          return next;
+        },
+        () => (changed ? [{ kind: 'bundle', op: 'update', trustDomain: trustDomain.name }] : []),
+      );
     } catch (err) {
       wrap('update bundle', err);
     }
@@ -500,11 +589,13 @@ export class SqlDatastore implements Datastore {
   async deleteBundle(trustDomain: TrustDomain): Promise<boolean> {
     let n: number;
     try {
-      n = await this.#db.execute('DELETE FROM bundles WHERE trust_domain = ?', [trustDomain.name]);
+      n = await this.#write(
+        (tx) => tx.execute('DELETE FROM bundles WHERE trust_domain = ?', [trustDomain.name]),
+        (deleted) => (deleted > 0 ? [{ kind: 'bundle', op: 'delete', trustDomain: trustDomain.name }] : []),
+      );
     } catch (err) {
       wrap('delete bundle', err);
     }
-    if (n > 0) this.#emit({ kind: 'bundle', trustDomain: trustDomain.name });
     return n > 0;
   }
 
@@ -512,27 +603,29 @@ export class SqlDatastore implements Datastore {
     const now = Date.now();
     const selectors = selectorsKey(input.selectors);
     try {
-      await this.#db.transaction(async (tx) => {
-        const rows = await tx.query('SELECT banned FROM agents WHERE spiffe_id = ?', [input.spiffeId]);
-        if (rows[0] === undefined) {
-          await tx.execute(
-            `INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, banned, created_at, updated_at)
+      await this.#write(
+        async (tx) => {
+          const rows = await tx.query('SELECT banned FROM agents WHERE spiffe_id = ?', [input.spiffeId]);
+          if (rows[0] === undefined) {
+            await tx.execute(
+              `INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, banned, created_at, updated_at)
              VALUES (?, ?, ?, ?, '', ?, 0, ?, ?)`,
-            [input.spiffeId, input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, now],
-          );
-          return;
-        }
-        if (Number(rows[0].banned) === 1) throw banned(input.spiffeId);
-        await tx.execute(
-          `UPDATE agents SET attestor = ?, selectors = ?, serial = ?, previous_serial = '', expires_at = ?, updated_at = ?
+              [input.spiffeId, input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, now],
+            );
+            return;
+          }
+          if (Number(rows[0].banned) === 1) throw banned(input.spiffeId);
+          await tx.execute(
+            `UPDATE agents SET attestor = ?, selectors = ?, serial = ?, previous_serial = '', expires_at = ?, updated_at = ?
            WHERE spiffe_id = ?`,
-          [input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, input.spiffeId],
-        );
-      });
+            [input.attestor, selectors, input.serial, input.expiresAt.getTime(), now, input.spiffeId],
+          );
+        },
+        () => [{ kind: 'agent', op: 'upsert', spiffeId: input.spiffeId }],
+      );
     } catch (err) {
       wrap('record attested agent', err);
     }
-    this.#emit({ kind: 'agent', op: 'upsert', spiffeId: input.spiffeId });
     return (await this.getAgent(input.spiffeId)) as AttestedAgent;
   }
 
@@ -567,7 +660,7 @@ export class SqlDatastore implements Datastore {
     } catch (err) {
       wrap('renew agent', err);
     }
-    this.#emit({ kind: 'agent', op: 'upsert', spiffeId });
+    // No change event: a renewal changes no entitlement, and every call reads the current serial.
     return (await this.getAgent(spiffeId)) as AttestedAgent;
   }
 
@@ -624,26 +717,31 @@ export class SqlDatastore implements Datastore {
   async banAgent(spiffeId: string): Promise<void> {
     let n: number;
     try {
-      n = await this.#db.execute(
-        "UPDATE agents SET banned = 1, serial = '', previous_serial = '', updated_at = ? WHERE spiffe_id = ?",
-        [Date.now(), spiffeId],
+      n = await this.#write(
+        (tx) =>
+          tx.execute(
+            "UPDATE agents SET banned = 1, serial = '', previous_serial = '', updated_at = ? WHERE spiffe_id = ?",
+            [Date.now(), spiffeId],
+          ),
+        (changed) => (changed > 0 ? [{ kind: 'agent', op: 'ban', spiffeId }] : []),
       );
     } catch (err) {
       wrap('ban agent', err);
     }
     if (n === 0) throw agentNotFound(spiffeId);
-    this.#emit({ kind: 'agent', op: 'ban', spiffeId });
   }
 
   async deleteAgent(spiffeId: string): Promise<void> {
     let n: number;
     try {
-      n = await this.#db.execute('DELETE FROM agents WHERE spiffe_id = ?', [spiffeId]);
+      n = await this.#write(
+        (tx) => tx.execute('DELETE FROM agents WHERE spiffe_id = ?', [spiffeId]),
+        (deleted) => (deleted > 0 ? [{ kind: 'agent', op: 'delete', spiffeId }] : []),
+      );
     } catch (err) {
       wrap('evict agent', err);
     }
     if (n === 0) throw agentNotFound(spiffeId);
-    this.#emit({ kind: 'agent', op: 'delete', spiffeId });
   }
 
   async countEntries(): Promise<number> {
@@ -658,9 +756,13 @@ export class SqlDatastore implements Datastore {
   async createJoinToken(input: JoinTokenInput): Promise<void> {
     if (input.token.length < 16) throw new TypeError('join token must be at least 16 characters');
     try {
-      await this.#db.execute(
-        'INSERT INTO join_tokens (token_hash, expires_at, agent_name, created_at) VALUES (?, ?, ?, ?)',
-        [hashToken(input.token), input.expiresAt.getTime(), input.agentName ?? null, Date.now()],
+      await this.#write(
+        (tx) =>
+          tx.execute(
+            'INSERT INTO join_tokens (token_hash, expires_at, agent_name, created_at) VALUES (?, ?, ?, ?)',
+            [hashToken(input.token), input.expiresAt.getTime(), input.agentName ?? null, Date.now()],
+          ),
+        () => [{ kind: 'join_token', op: 'create' }],
       );
     } catch (err) {
       wrap('create join token', err);
@@ -673,14 +775,17 @@ export class SqlDatastore implements Datastore {
     const hash = hashToken(token);
     let row: Row | undefined;
     try {
-      row = await this.#db.transaction(async (tx) => {
-        const rows = await tx.query('SELECT expires_at, agent_name FROM join_tokens WHERE token_hash = ?', [
-          hash,
-        ]);
-        if (rows[0] === undefined) return undefined;
-        const deleted = await tx.execute('DELETE FROM join_tokens WHERE token_hash = ?', [hash]);
-        return deleted === 1 ? rows[0] : undefined;
-      });
+      row = await this.#write(
+        async (tx) => {
+          const rows = await tx.query('SELECT expires_at, agent_name FROM join_tokens WHERE token_hash = ?', [
+            hash,
+          ]);
+          if (rows[0] === undefined) return undefined;
+          const deleted = await tx.execute('DELETE FROM join_tokens WHERE token_hash = ?', [hash]);
+          return deleted === 1 ? rows[0] : undefined;
+        },
+        (used) => (used === undefined ? [] : [{ kind: 'join_token', op: 'use' }]),
+      );
     } catch (err) {
       wrap('use join token', err);
     }
@@ -703,8 +808,83 @@ export class SqlDatastore implements Datastore {
     };
   }
 
-  close(): Promise<void> {
-    return this.#db.close();
+  async recordAuthority(a: Omit<AuthorityRecord, 'tainted' | 'revoked'>): Promise<void> {
+    try {
+      await this.#write(
+        (tx) =>
+          tx.execute(
+            `INSERT INTO authorities (kind, id, status, not_after, certificate, tainted, revoked, updated_at)
+             VALUES (?, ?, ?, ?, ?, 0, 0, ?)
+             ON CONFLICT (kind, id) DO UPDATE SET status = excluded.status, not_after = excluded.not_after,
+               certificate = excluded.certificate, updated_at = excluded.updated_at`,
+            [a.kind, a.id, a.status, a.notAfter.getTime(), a.certificate, Date.now()],
+          ),
+        () => [{ kind: 'authority', op: 'record', authorityKind: a.kind, id: a.id }],
+      );
+    } catch (err) {
+      wrap('record authority', err);
+    }
+  }
+
+  async listAuthorities(): Promise<AuthorityRecord[]> {
+    try {
+      const rows = await this.#db.query('SELECT * FROM authorities ORDER BY kind, not_after, id');
+      return rows.map((r) => ({
+        kind: String(r.kind) as 'x509' | 'jwt',
+        id: String(r.id),
+        status: String(r.status) as AuthorityRecord['status'],
+        notAfter: new Date(Number(r.not_after)),
+        certificate: String(r.certificate),
+        tainted: Number(r.tainted) === 1,
+        revoked: Number(r.revoked) === 1,
+      }));
+    } catch (err) {
+      wrap('list authorities', err);
+    }
+  }
+
+  async taintAuthority(a: Omit<AuthorityRecord, 'tainted' | 'revoked' | 'status'>): Promise<void> {
+    try {
+      await this.#write(
+        (tx) =>
+          tx.execute(
+            `INSERT INTO authorities (kind, id, status, not_after, certificate, tainted, revoked, updated_at)
+             VALUES (?, ?, 'old', ?, ?, 1, 0, ?)
+             ON CONFLICT (kind, id) DO UPDATE SET tainted = 1, updated_at = excluded.updated_at`,
+            [a.kind, a.id, a.notAfter.getTime(), a.certificate, Date.now()],
+          ),
+        () => [{ kind: 'authority', op: 'taint', authorityKind: a.kind, id: a.id }],
+      );
+    } catch (err) {
+      wrap('taint authority', err);
+    }
+  }
+
+  async revokeAuthority(kind: 'x509' | 'jwt', id: string): Promise<void> {
+    let n: number;
+    try {
+      n = await this.#write(
+        (tx) =>
+          tx.execute(
+            'UPDATE authorities SET revoked = 1, updated_at = ? WHERE kind = ? AND id = ? AND tainted = 1',
+            [Date.now(), kind, id],
+          ),
+        (changed) => (changed > 0 ? [{ kind: 'authority', op: 'revoke', authorityKind: kind, id }] : []),
+      );
+    } catch (err) {
+      wrap('revoke authority', err);
+    }
+    if (n === 0)
+      throw new TesseraError(
+        TesseraErrorCode.INVALID_ARGUMENT,
+        `authority: ${kind} authority ${id} is not tainted; taint it first so agents move away from it`,
+      );
+  }
+
+  async close(): Promise<void> {
+    await this.follower?.close();
+    this.#feed.close();
+    await this.#db.close();
   }
 
   #columns(e: ReturnType<typeof normalizeEntry>): unknown[] {
@@ -747,6 +927,28 @@ function banned(spiffeId: string): TesseraError {
     TesseraErrorCode.AGENT_BANNED,
     `agent: "${spiffeId}" is banned; evict it (tessera agent evict) before it can attest again`,
   );
+}
+
+async function readEntry(db: SqlDriver, id: string): Promise<RegistrationEntry | undefined> {
+  const rows = await db.query('SELECT * FROM registration_entries WHERE id = ?', [id]);
+  const row = rows[0];
+  if (row === undefined) return undefined;
+  const sel = await db.query(
+    'SELECT entry_id, type, value FROM entry_selectors WHERE entry_id = ? ORDER BY type, value',
+    [id],
+  );
+  return toEntry(row, sel);
+}
+
+function groupSelectors(selectors: readonly Row[]): Map<string, Row[]> {
+  const byEntry = new Map<string, Row[]>();
+  for (const s of selectors) {
+    const k = String(s.entry_id);
+    const list = byEntry.get(k);
+    if (list === undefined) byEntry.set(k, [s]);
+    else list.push(s);
+  }
+  return byEntry;
 }
 
 function toAgent(row: Row): AttestedAgent {

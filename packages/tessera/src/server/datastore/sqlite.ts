@@ -1,5 +1,6 @@
 import { chmodSync, closeSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import type { Logger } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { migrate, type Row, SqlDatastore, type SqlDriver } from './sql-datastore.js';
 
@@ -35,9 +36,18 @@ class SqliteDriver implements SqlDriver {
   }
 
   transaction<T>(fn: (tx: SqlDriver) => Promise<T>): Promise<T> {
+    return this.#run('BEGIN IMMEDIATE', fn);
+  }
+
+  snapshot<T>(fn: (tx: SqlDriver) => Promise<T>): Promise<T> {
+    // A deferred transaction reads one snapshot of the WAL database and takes no write lock.
+    return this.#run('BEGIN', fn);
+  }
+
+  #run<T>(begin: string, fn: (tx: SqlDriver) => Promise<T>): Promise<T> {
     if (this.#inTransaction) return fn(this);
     return this.#serial(async () => {
-      this.#db.exec('BEGIN IMMEDIATE');
+      this.#db.exec(begin);
       this.#inTransaction = true;
       try {
         const result = await fn(this);
@@ -58,8 +68,14 @@ class SqliteDriver implements SqlDriver {
   }
 }
 
-/** Opens (creating, mode 0600) and migrates the SQLite datastore at `path`. */
-export async function openSqliteDatastore(path: string): Promise<SqlDatastore> {
+/**
+ * Opens (creating, mode 0600) and migrates the SQLite datastore at `path`. One server per file: its
+ * change feed is woken by its own writes.
+ */
+export async function openSqliteDatastore(
+  path: string,
+  options: { logger?: Logger } = {},
+): Promise<SqlDatastore> {
   let db: Database.Database;
   try {
     if (path !== ':memory:') {
@@ -81,9 +97,9 @@ export async function openSqliteDatastore(path: string): Promise<SqlDatastore> {
   const driver = new SqliteDriver(db);
   try {
     await migrate(driver);
+    return await SqlDatastore.create(driver, options);
   } catch (err) {
     await driver.close();
     throw err;
   }
-  return new SqlDatastore(driver);
 }

@@ -105,21 +105,55 @@ export interface AgentPage {
   nextPageToken?: string;
 }
 
-/** What changed, told to change-feed listeners after the change is committed. */
-export type DatastoreChange =
-  | { readonly kind: 'entry'; readonly op: 'upsert'; readonly entry: RegistrationEntry }
-  | { readonly kind: 'entry'; readonly op: 'delete'; readonly entry: RegistrationEntry }
+/** An authority (signing key) as the datastore keeps it, shared by every server of the trust domain. */
+export interface AuthorityRecord {
+  readonly kind: 'x509' | 'jwt';
+  /** X.509: subject key ID (hex); JWT: kid. */
+  readonly id: string;
+  /** As its own server last recorded it. */
+  readonly status: 'prepared' | 'active' | 'old';
+  readonly notAfter: Date;
+  /** X.509: the CA certificate (PEM); JWT: empty. */
+  readonly certificate: string;
+  readonly tainted: boolean;
+  readonly revoked: boolean;
+}
+
+/**
+ * What changed, told to change-feed listeners after the change is committed, with its revision: a
+ * gapless number, in commit order, shared by every server on the datastore. `resync` means the feed
+ * found itself inconsistent (e.g. it was away longer than events are kept): listeners re-read
+ * whatever they hold; changes up to `revision` are in what they read.
+ */
+export type DatastoreChange = { readonly revision: number } & (
+  | { readonly kind: 'entry'; readonly op: 'upsert' | 'delete'; readonly entry: RegistrationEntry }
   | { readonly kind: 'agent'; readonly op: 'upsert' | 'ban' | 'delete'; readonly spiffeId: string }
-  | { readonly kind: 'bundle'; readonly trustDomain: string };
+  | { readonly kind: 'join_token'; readonly op: 'create' | 'use' }
+  | { readonly kind: 'bundle'; readonly op: 'update' | 'delete'; readonly trustDomain: string }
+  | {
+      readonly kind: 'authority';
+      readonly op: 'record' | 'taint' | 'revoke';
+      readonly authorityKind: 'x509' | 'jwt';
+      readonly id: string;
+    }
+  | { readonly kind: 'resync' }
+);
 
 /** The registry's storage: SQLite by default, PostgreSQL for shared deployments. */
 export interface Datastore {
   /**
-   * Subscribes to changes made through this datastore, each told once after its commit, in commit
-   * order. Returns the unsubscribe function. (Changes by other servers on a shared PostgreSQL are
-   * not seen here yet; see docs/server.md.)
+   * Subscribes to the change feed: every committed change, whichever server made it, told once, in
+   * revision order. A write through this datastore resolves after its own changes were told here.
+   * Returns the unsubscribe function.
    */
   onChange(listener: (change: DatastoreChange) => void): () => void;
+  /** The revision of the last change told to listeners. */
+  readonly revision: number;
+  /**
+   * Every entry, read in one consistent snapshot, with the revision it is current at: changes with a
+   * higher revision are not in it.
+   */
+  snapshotEntries(): Promise<{ entries: RegistrationEntry[]; revision: number }>;
   createEntry(input: EntryInput): Promise<RegistrationEntry>;
   /** All or none, in one transaction. */
   createEntries(inputs: readonly EntryInput[]): Promise<RegistrationEntry[]>;
@@ -166,5 +200,12 @@ export interface Datastore {
   banAgent(spiffeId: string): Promise<void>;
   /** Evicts (deletes) an agent: it must attest again; a banned agent becomes able to. */
   deleteAgent(spiffeId: string): Promise<void>;
+  /** Records (or updates the status of) an authority; taint and revocation marks are kept. */
+  recordAuthority(a: Omit<AuthorityRecord, 'tainted' | 'revoked'>): Promise<void>;
+  listAuthorities(): Promise<AuthorityRecord[]>;
+  /** Marks an authority tainted (created as `old` when not recorded yet, e.g. a bundle root). */
+  taintAuthority(a: Omit<AuthorityRecord, 'tainted' | 'revoked' | 'status'>): Promise<void>;
+  /** Marks a tainted authority revoked. */
+  revokeAuthority(kind: 'x509' | 'jwt', id: string): Promise<void>;
   close(): Promise<void>;
 }

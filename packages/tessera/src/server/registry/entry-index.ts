@@ -19,8 +19,15 @@ export interface EntryChange {
  * among the agent's node selectors), and, recursively, the entries parented to any SPIFFE ID it got.
  * Expired entries are not served. Emits 'change' (EntryChange) after each applied change.
  */
-export class EntryIndex extends EventEmitter<{ change: [EntryChange] }> {
+export class EntryIndex extends EventEmitter<{ change: [EntryChange]; reloadError: [Error] }> {
   readonly #serverId: string;
+  readonly #datastore: Datastore;
+  /** The feed revision the index is current at: changes up to it are in it. */
+  #revision = 0;
+  #reloading: Promise<void> | undefined;
+  /** Changes that arrived during a reload, applied after it when newer than its snapshot. */
+  #held: DatastoreChange[] | undefined;
+  #retry: NodeJS.Timeout | undefined;
   readonly #byId = new Map<string, RegistrationEntry>();
   readonly #byParent = new Map<string, Set<string>>();
   readonly #unsubscribe: () => void;
@@ -28,19 +35,66 @@ export class EntryIndex extends EventEmitter<{ change: [EntryChange] }> {
   private constructor(serverId: string, datastore: Datastore) {
     super();
     this.#serverId = serverId;
+    this.#datastore = datastore;
     this.#unsubscribe = datastore.onChange((c) => this.#apply(c));
   }
 
-  /** Subscribes first, then loads every entry, so no change between the two is lost. */
+  /**
+   * Subscribes first, then loads every entry from one snapshot; changes the snapshot already holds
+   * (by revision) are skipped, so none is lost or applied twice.
+   */
   static async load(datastore: Datastore, serverId: string): Promise<EntryIndex> {
     const index = new EntryIndex(serverId, datastore);
-    let pageToken: string | undefined;
-    do {
-      const page = await datastore.listEntries({ pageSize: 1000, ...(pageToken ? { pageToken } : {}) });
-      for (const e of page.entries) if (!index.#byId.has(e.id)) index.#put(e);
-      pageToken = page.nextPageToken;
-    } while (pageToken !== undefined);
+    const { entries, revision } = await datastore.snapshotEntries();
+    for (const e of entries) index.#put(e);
+    index.#revision = revision;
     return index;
+  }
+
+  /** The feed revision the index is current at. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /**
+   * Reads every entry again and applies the difference as changes (the feed said it was
+   * inconsistent); concurrent calls share one reload. Changes told meanwhile are held, then applied
+   * if newer than the snapshot. A failed read is retried every second ('reloadError' says why).
+   */
+  reload(): Promise<void> {
+    this.#reloading ??= (async () => {
+      this.#held ??= [];
+      try {
+        const { entries, revision } = await this.#datastore.snapshotEntries();
+        const fresh = new Map(entries.map((e) => [e.id, e]));
+        for (const before of [...this.#byId.values()])
+          if (!fresh.has(before.id)) {
+            this.#remove(before);
+            this.emit('change', { before, after: undefined });
+          }
+        for (const after of entries) {
+          const before = this.#byId.get(after.id);
+          if (before !== undefined && before.revision === after.revision) continue;
+          if (before !== undefined) this.#remove(before);
+          this.#put(after);
+          this.emit('change', { before, after });
+        }
+        this.#revision = Math.max(this.#revision, revision);
+        const held = this.#held;
+        this.#held = undefined;
+        for (const c of held) this.#apply(c);
+      } catch (err) {
+        this.emit('reloadError', err as Error);
+        this.#retry = setTimeout(() => {
+          this.#retry = undefined;
+          void this.reload();
+        }, 1000);
+        this.#retry.unref();
+      } finally {
+        this.#reloading = undefined;
+      }
+    })();
+    return this.#reloading;
   }
 
   get size(): number {
@@ -95,6 +149,7 @@ export class EntryIndex extends EventEmitter<{ change: [EntryChange] }> {
   }
 
   close(): void {
+    if (this.#retry !== undefined) clearTimeout(this.#retry);
     this.#unsubscribe();
     this.removeAllListeners();
   }
@@ -117,7 +172,16 @@ export class EntryIndex extends EventEmitter<{ change: [EntryChange] }> {
   }
 
   #apply(c: DatastoreChange): void {
-    if (c.kind !== 'entry') return;
+    if (c.kind === 'resync') {
+      void this.reload();
+      return;
+    }
+    if (this.#held !== undefined) {
+      this.#held.push(c);
+      return;
+    }
+    if (c.kind !== 'entry' || c.revision <= this.#revision) return;
+    this.#revision = c.revision;
     const before = this.#byId.get(c.entry.id);
     // A change can only move forward: an older revision arriving late is ignored.
     if (c.op === 'upsert' && before !== undefined && before.revision >= c.entry.revision) return;
