@@ -8,7 +8,7 @@ import { openSqliteDatastore } from '../datastore/sqlite.js';
 import type { Datastore } from '../datastore/types.js';
 import { DiskKeyManager } from '../keymanager/disk.js';
 import { MemoryKeyManager } from '../keymanager/memory.js';
-import { AuthorityManager } from './manager.js';
+import { AuthorityManager, authorityKeyId } from './manager.js';
 
 const td = parseTrustDomain('example.org');
 const HOUR = 3600_000;
@@ -219,3 +219,130 @@ describe('AuthorityManager operator commands (compromised key)', () => {
     await assert.rejects(restarted.taint('jwt', 'nope'), /no jwt authority "nope"/);
   });
 });
+
+describe('AuthorityManager: taints shared by every server of the trust domain', () => {
+  let tmp: TempDir;
+  before(async () => {
+    tmp = await makeTempDir('mgr-ha-');
+  });
+  after(() => tmp.cleanup());
+
+  /** Two servers' managers on one datastore (SQLite here; the feed is the same on PostgreSQL). */
+  async function twoServers(ds: Datastore, clock: FakeClock, upstream?: TestCa) {
+    const opts = (name: string) => ({
+      ...diskOptions(join(tmp.path, name), ds, clock),
+      ...(upstream === undefined
+        ? {}
+        : {
+            upstream: {
+              certificate: upstream.certificate,
+              privateKey: upstream.privateKey,
+              roots: [upstream.root],
+            },
+          }),
+    });
+    const a = new AuthorityManager(opts(`a-${upstream === undefined ? 'self' : 'up'}`));
+    const b = new AuthorityManager(opts(`b-${upstream === undefined ? 'self' : 'up'}`));
+    await a.init();
+    await b.init();
+    return { a, b };
+  }
+
+  it('a taint through one server is told to the other; another server’s active key can be tainted and that server rotates at once', async () => {
+    const ds = await openSqliteDatastore(join(tmp.path, 'shared.db'));
+    const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+    const { a, b } = await twoServers(ds, clock);
+    try {
+      const toldB: string[] = [];
+      b.onTaint((kind, id) => toldB.push(`${kind}:${id}`));
+      const aFirst = (await a.list()).find((x) => x.kind === 'x509' && x.status === 'active')?.id as string;
+      const bActive = (await b.list()).find((x) => x.kind === 'x509' && x.status === 'active')?.id as string;
+      // From A, B's key is listed with B's status, not as an anonymous bundle root.
+      const seenFromA = (await a.list()).find((x) => x.id === bActive);
+      assert.equal(seenFromA?.status, 'active');
+      await a.prepare('x509');
+      await a.activate('x509');
+      assert.equal(
+        (await b.list()).find((x) => x.id === aFirst)?.status,
+        'old',
+        'B sees A’s retired key as old',
+      );
+      await a.taint('x509', aFirst);
+      assert.deepEqual(toldB, [`x509:${aFirst}`], 'B’s listeners (its agent API) were told');
+      assert.ok(b.tainted().includes(`x509:${aFirst}`));
+      await assert.rejects(a.taint('x509', aFirst), /already tainted/);
+
+      // B's active key tainted from A: B replaces it now, so nothing new is signed by it.
+      const bSigning = b.x509.certificate.fingerprint256;
+      await a.taint('x509', bActive);
+      await waitFor(() => toldB.length === 2);
+      assert.equal(toldB[1], `x509:${bActive}`);
+      assert.notEqual(b.x509.certificate.fingerprint256, bSigning, 'B signs with a new key');
+      const bNow = (await a.list()).find((x) => x.id === bActive);
+      assert.equal(bNow?.status, 'old');
+      assert.equal(bNow?.tainted, true);
+      // Revoked through B: it leaves the shared bundle.
+      await b.revoke('x509', bActive);
+      const bundle = await ds.getBundle(td);
+      assert.ok(!bundle?.x509Authorities.some((c) => authorityKeyId(c) === bActive));
+      assert.equal(
+        (await a.list()).find((x) => x.id === bActive),
+        undefined,
+        'revoked keys are not listed',
+      );
+      // A restarted server reads the taints from the datastore, not from its journal.
+      const restarted = new AuthorityManager(diskOptions(join(tmp.path, 'a-self'), ds, clock));
+      await restarted.init();
+      assert.ok(restarted.tainted().includes(`x509:${aFirst}`));
+      restarted.close();
+    } finally {
+      a.close();
+      b.close();
+      await ds.close();
+    }
+  });
+
+  it('under an upstream authority an old intermediate can be tainted and revoked, and stays tainted for agents', async () => {
+    const ds = await openSqliteDatastore(join(tmp.path, 'upstream.db'));
+    const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+    const org = TestCa.create({ trustDomain: 'example.org' });
+    const { a, b } = await twoServers(ds, clock, org);
+    try {
+      const first = authorityKeyId(a.x509.certificate);
+      await a.prepare('x509');
+      await a.activate('x509');
+      const old = (await b.list()).find((x) => x.id === first);
+      assert.equal(old?.status, 'old', 'the retired intermediate is still listed');
+      assert.equal(
+        old?.certificate?.fingerprint256,
+        (await a.list()).find((x) => x.id === first)?.certificate?.fingerprint256,
+      );
+      await b.taint('x509', first);
+      assert.ok(a.tainted().includes(`x509:${first}`));
+      await a.revoke('x509', first);
+      const bundle = await ds.getBundle(td);
+      assert.deepEqual(
+        bundle?.x509Authorities.map((c) => c.fingerprint256),
+        [org.root.fingerprint256],
+        'the bundle keeps the upstream root',
+      );
+      assert.ok(a.tainted().includes(`x509:${first}`), 'still pushed as tainted: the root vouches for it');
+      assert.equal(
+        (await a.list()).find((x) => x.id === first),
+        undefined,
+      );
+    } finally {
+      a.close();
+      b.close();
+      await ds.close();
+    }
+  });
+});
+
+async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setImmediate(r));
+  }
+}
