@@ -331,7 +331,10 @@ function suite(name: string, open: () => Promise<Datastore>): void {
 
     it('tells change listeners about committed writes only, in order', async () => {
       const seen: string[] = [];
+      const revisions: number[] = [];
+      const start = ds.revision;
       const off = ds.onChange((c) => {
+        revisions.push(c.revision);
         seen.push(c.kind === 'entry' ? `${c.op}:${c.entry.spiffeId}:${c.entry.revision}` : `${c.kind}`);
       });
       const e = await ds.createEntry(entry('/feed'));
@@ -359,6 +362,12 @@ function suite(name: string, open: () => Promise<Datastore>): void {
         'bundle',
         'bundle',
       ]);
+      // Gapless and in order: failed writes (rolled back) and unchanged bundles took no revision.
+      assert.deepEqual(
+        revisions,
+        revisions.map((_, i) => start + 1 + i),
+      );
+      assert.equal(ds.revision, start + revisions.length + 1, 'the write after off() has the next revision');
     });
   });
 }
