@@ -171,6 +171,7 @@ if (postgresAvailable('change feed')) {
       const [a, b] = [await server(), await server()];
       const onB = record(b);
       await toldUpTo(b, await head());
+      await waitUntil(() => b.follower?.connected === true);
       const killed = await admin.query(
         'SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1',
         [FEED_APPLICATION_NAME],

@@ -245,41 +245,39 @@ export class ChangeFeed {
 
   async #readAll(): Promise<void> {
     for (;;) {
+      // The head first: every event up to it committed with it, so the read after it sees them
+      // all. An event missing below the head is a real gap (pruned), never one still committing.
+      const head = await headRevision(this.#db);
+      if (head <= this.#applied) return;
       const rows = await this.#db.query(
-        'SELECT revision, kind, op, subject, data FROM change_events WHERE revision > ? ORDER BY revision LIMIT ?',
-        [this.#applied, PAGE],
+        'SELECT revision, kind, op, subject, data FROM change_events WHERE revision > ? AND revision <= ? ORDER BY revision LIMIT ?',
+        [this.#applied, head, PAGE],
       );
-      if (rows.length === 0) {
-        // Nothing after our revision: fine, unless the counter moved on (the events were pruned).
-        const head = await headRevision(this.#db);
-        if (head > this.#applied) await this.#resync(head, 'the events after it were pruned');
-        return;
-      }
       for (const row of rows) {
         const revision = Number(row.revision);
         if (this.#closed) return;
         if (revision !== this.#applied + 1) {
-          await this.#resync(
-            await headRevision(this.#db),
-            `the next event found was ${revision}, not ${this.#applied + 1}`,
-          );
+          this.#resync(head, `the next event found was ${revision}, not ${this.#applied + 1}`);
           return;
         }
         let change: DatastoreChange;
         try {
           change = decode(row);
         } catch (err) {
-          await this.#resync(await headRevision(this.#db), (err as Error).message);
+          this.#resync(head, (err as Error).message);
           return;
         }
         this.#applied = revision;
         this.#tell(change);
       }
-      if (rows.length < PAGE) return;
+      if (rows.length < PAGE && this.#applied < head) {
+        this.#resync(head, `the events after ${this.#applied} up to ${head} are gone (pruned)`);
+        return;
+      }
     }
   }
 
-  async #resync(head: number, why: string): Promise<void> {
+  #resync(head: number, why: string): void {
     this.resyncs++;
     this.#logger.warn?.('datastore: the change feed is inconsistent; reloading everything', {
       revision: this.#applied,

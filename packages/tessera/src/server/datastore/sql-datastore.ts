@@ -279,6 +279,7 @@ export class SqlDatastore implements Datastore {
   readonly #feed: ChangeFeed;
   /** What wakes the feed for other servers' writes; none on SQLite (one server per file). */
   readonly follower: FeedFollower | undefined;
+  #closed = false;
 
   private constructor(driver: SqlDriver, feed: ChangeFeed, follower: FeedFollower | undefined) {
     this.#db = driver;
@@ -881,7 +882,10 @@ export class SqlDatastore implements Datastore {
       );
   }
 
+  /** Stops following the feed and closes the database; later calls do nothing. */
   async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
     await this.follower?.close();
     this.#feed.close();
     await this.#db.close();
