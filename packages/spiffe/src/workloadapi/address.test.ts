@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode, isSpiffeError } from '../errors.js';
 import { grpcTarget, parseWorkloadApiAddress, resolveWorkloadApiAddress } from './address.js';
-import { Backoff } from './backoff.js';
 
 describe('parseWorkloadApiAddress', () => {
   const valid: [string, string][] = [
@@ -57,21 +56,5 @@ describe('parseWorkloadApiAddress', () => {
         isSpiffeError(e, ErrorCode.WORKLOADAPI_ADDRESS) &&
         /not configured.*SPIFFE_ENDPOINT_SOCKET/.test(e.message),
     );
-  });
-});
-
-describe('Backoff', () => {
-  it('grows exponentially to the ceiling, takes off at most the jitter fraction, and resets', () => {
-    const b = new Backoff({ initialMs: 100, maxMs: 1000, multiplier: 2, jitter: 0.5, random: () => 0 });
-    assert.deepEqual(
-      [b.next(), b.next(), b.next(), b.next(), b.next(), b.next()],
-      [100, 200, 400, 800, 1000, 1000],
-    );
-    b.reset();
-    assert.equal(b.next(), 100);
-    const j = new Backoff({ initialMs: 100, maxMs: 1000, jitter: 0.5, random: () => 0.999 });
-    const d = j.next();
-    assert.ok(d >= 50 && d < 100, `jittered delay ${d}`);
-    assert.throws(() => new Backoff({ initialMs: 0 }), RangeError);
   });
 });
