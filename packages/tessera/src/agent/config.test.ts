@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ConfigError } from '../common/config-schema.js';
 import { parseAgentConfig } from './config.js';
+import { parseServerAddress } from './server-address.js';
 
 function problems(text: string): string[] {
   try {
@@ -55,6 +56,85 @@ describe('agent configuration', () => {
         '7:colour: unknown key; allowed here: trust_domain, server_address, server_port, trust_bundle_path, trust_bundle_url, insecure_bootstrap, node_attestor, socket_path, data_dir, workload_key_type, sds, additional_socket_path, workload_attestors, log, health',
       ],
     );
+  });
+
+  it('takes server_address as one address or a list, host-only items getting server_port', () => {
+    const base = 'trust_domain: example.org\nserver_port: 9000\n';
+    assert.deepEqual(parseAgentConfig(`${base}server_address: tessera.internal\n`).server_address, [
+      'tessera.internal',
+    ]);
+    const c = parseAgentConfig(
+      `${base}server_address:\n  - tessera-1.internal\n  - 10.0.0.7:8443\n  - '[::1]:8081'\n  - '[2001:db8::5]'\n`,
+    );
+    assert.deepEqual(c.server_address, [
+      'tessera-1.internal',
+      '10.0.0.7:8443',
+      '[::1]:8081',
+      '[2001:db8::5]',
+    ]);
+    assert.deepEqual(
+      c.server_address.map((item) => parseServerAddress(item, c.server_port)),
+      [
+        { item: 'tessera-1.internal', host: 'tessera-1.internal', port: 9000 },
+        { item: '10.0.0.7:8443', host: '10.0.0.7', port: 8443 },
+        { item: '[::1]:8081', host: '::1', port: 8081 },
+        { item: '[2001:db8::5]', host: '2001:db8::5', port: 9000 },
+      ],
+    );
+    assert.deepEqual(parseAgentConfig(`${base}server_address: [a.internal, b.internal]\n`).server_address, [
+      'a.internal',
+      'b.internal',
+    ]);
+    assert.ok(Object.isFrozen(c.server_address));
+  });
+
+  it('names each bad server_address item, with its line, and says what an item may be', () => {
+    const shapes =
+      'each item is host, host:port or [IPv6]:port, e.g. tessera.internal, 10.0.0.5:8081, [2001:db8::5]:8081';
+    assert.deepEqual(
+      problems(
+        [
+          'trust_domain: example.org',
+          'server_address:',
+          '  - ok.internal:8081',
+          '  - https://tessera.internal',
+          '  - ::1',
+          "  - '[::1'",
+          "  - '[not-v6]:8081'",
+          '  - tessera.internal:http',
+          '  - tessera.internal:0',
+          '  - tessera.internal:65536',
+          "  - ''",
+          '  - under_score.internal',
+          '  - 10.0.0',
+          '  -',
+          '  - { host: a }',
+        ].join('\n'),
+      ),
+      [
+        `4:server_address[1]: "https://tessera.internal" is not an address (no scheme, path or spaces); ${shapes}`,
+        `5:server_address[2]: "::1" is an IPv6 address without brackets; write it as [::1]:<port>; ${shapes}`,
+        `6:server_address[3]: "[::1" has an unclosed or misplaced "]"; ${shapes}`,
+        `7:server_address[4]: "[not-v6]:8081" has "not-v6" in brackets, which is not an IPv6 address; ${shapes}`,
+        `8:server_address[5]: "tessera.internal:http" has port "http"; a port is 1 to 65535; ${shapes}`,
+        `9:server_address[6]: "tessera.internal:0" has port "0"; a port is 1 to 65535; ${shapes}`,
+        `10:server_address[7]: "tessera.internal:65536" has port "65536"; a port is 1 to 65535; ${shapes}`,
+        `11:server_address[8]: "" is empty; ${shapes}`,
+        `12:server_address[9]: "under_score.internal" has "under_score.internal" as its host, which is neither an IPv4 address nor a DNS name (letters, digits, inner hyphens, dots); ${shapes}`,
+        `13:server_address[10]: "10.0.0" has "10.0.0" as its host, which is neither an IPv4 address nor a DNS name (letters, digits, inner hyphens, dots); ${shapes}`,
+        '14:server_address[11]: is required',
+        '15:server_address[12]: must be a string; got a mapping',
+      ],
+    );
+    assert.deepEqual(problems('trust_domain: example.org\nserver_address: []\n'), [
+      '2:server_address: must have at least 1 item',
+    ]);
+    assert.deepEqual(problems('trust_domain: example.org\nserver_address: a.internal:1:2\n'), [
+      `2:server_address: "a.internal:1:2" has more than one ":"; ${shapes}`,
+    ]);
+    assert.deepEqual(problems('trust_domain: example.org\nserver_address: { host: a }\n'), [
+      '2:server_address: must be one item or a list (lines starting with "- "); got a mapping',
+    ]);
   });
 
   it('requires the trust domain and the server address', () => {

@@ -7,13 +7,22 @@ import {
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+import { serverAddressProblem } from './server-address.js';
 
 /** The agent configuration file (`tessera agent run --config agent.yaml`); names follow SPIRE's. */
 export const AGENT_CONFIG_SCHEMA = {
   kind: 'object',
   fields: {
     trust_domain: TRUST_DOMAIN_FIELD,
-    server_address: { kind: 'string', required: true },
+    // One server or several (a list), each `host`, `host:port` or `[IPv6]:port`; a host name stands
+    // for every address it resolves to. The port defaults to server_port.
+    server_address: {
+      kind: 'list',
+      single: true,
+      required: true,
+      minItems: 1,
+      of: { kind: 'string', required: true, check: serverAddressProblem },
+    },
     server_port: { kind: 'int', default: 8081, min: 1, max: 65535 },
     // How the agent first trusts the server: a PEM file, an https URL (web PKI), or, for labs only,
     // nothing at all (insecure_bootstrap: true — the first server to answer is believed).
@@ -74,7 +83,8 @@ export const AGENT_CONFIG_SCHEMA = {
 
 export interface AgentConfig {
   readonly trust_domain: string;
-  readonly server_address: string;
+  /** Always a list: a single address in the file is a list of one. */
+  readonly server_address: readonly string[];
   readonly server_port: number;
   readonly trust_bundle_path?: string;
   readonly trust_bundle_url?: string;

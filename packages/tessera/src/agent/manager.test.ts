@@ -52,7 +52,7 @@ describe('AgentManager', () => {
     agentId = r.spiffeId;
     manager = new AgentManager({
       trustDomain: td,
-      serverAddress: `127.0.0.1:${port}`,
+      servers: [`127.0.0.1:${port}`],
       dataDir: join(tmp.path, 'agent'),
       state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
       workloadKeyType: 'ec-p256',

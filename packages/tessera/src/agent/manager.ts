@@ -1,13 +1,13 @@
 // The agent's brain: it attests (or resumes from data_dir), keeps the push stream from the server
 // open, holds the entries this node is entitled to, generates each workload's key in memory, has
 // the server sign CSRs in batches, renews every SVID (its own included) at about half its life, and
-// tells the endpoints when anything a workload can see changed ('update').
+// tells the endpoints when anything a workload can see changed ('update'). With several servers it
+// talks to one at a time and moves to the next when that one fails (server-rotation.ts).
 
 import { type KeyObject, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import {
-  Backoff,
   type JwtBundle,
   parseSpiffeBundle,
   parseSpiffeId,
@@ -27,7 +27,8 @@ import type { Bundle, Entry } from '../gen/tessera/common/v1/types_pb.js';
 import type { Selector } from '../server/datastore/types.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { KeyType } from '../server/keymanager/key-manager.js';
-import { ServerClient } from './server-client.js';
+import { ServerClient, serverErrorText } from './server-client.js';
+import { ServerRotation } from './server-rotation.js';
 import { type AgentState, saveAgentSvid, saveBundle } from './state.js';
 
 /** How often due renewals and expiries are checked. */
@@ -91,8 +92,18 @@ class LiveBundle extends EventEmitter {
 
 export interface AgentManagerOptions {
   trustDomain: TrustDomain;
-  /** `host:port` of the server's agent API. */
-  serverAddress: string;
+  /**
+   * The servers' agent API addresses (`host:port`, IPv6 as `[addr]:port`), in order. The agent
+   * talks to one at a time, starting at a random one, and moves to the next when it fails.
+   */
+  servers: readonly string[];
+  /**
+   * The servers again, looked up afresh (DNS names): called each time every server has failed, so
+   * a change in DNS is picked up. Default: the list stays as it is.
+   */
+  resolveServers?: () => Promise<readonly string[]>;
+  /** Randomness for the starting server and the jittered waits; default Math.random. */
+  random?: () => number;
   dataDir: string;
   /** The agent's identity: resumed from data_dir or just attested. */
   state: AgentState;
@@ -119,7 +130,10 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   readonly #pending = new Set<string>();
   readonly #retryAt = new Map<string, number>();
   #tainted = new Set<string>();
+  readonly #rotation: ServerRotation;
   #client: ServerClient;
+  /** A failover is looking the servers up again; further failures of the old server are the same one. */
+  #switching = false;
   #stream: grpc.ClientReadableStream<SyncResponse> | undefined;
   /** Entry IDs of the snapshot a new stream is sending; entries not in it were removed meanwhile. */
   #snapshot: Set<string> | undefined;
@@ -132,7 +146,6 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   #issuing = false;
   #timer: NodeJS.Timeout | undefined;
   #reconnect: NodeJS.Timeout | undefined;
-  readonly #backoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
 
   constructor(options: AgentManagerOptions) {
     super();
@@ -145,6 +158,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     this.#bundle = bundle;
     this.#bundleSource = new LiveBundle(bundle.x509Bundle());
     this.#agentRenewAt = renewalTime(this.#now(), new Date((chain[0] as X509Certificate).validTo).getTime());
+    this.#rotation = new ServerRotation(options.servers, options.random);
     this.#client = this.#newClient();
     options.metrics.gaugeFn(
       'tessera_agent_svids_cached',
@@ -161,6 +175,11 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       '1 when the push stream from the server is open.',
       () => (this.#connected ? 1 : 0),
     );
+  }
+
+  /** The server the agent talks to now (or will try next, while it has none). */
+  get server(): string {
+    return this.#rotation.current;
   }
 
   /** The agent's SPIFFE ID. */
@@ -239,13 +258,26 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     });
   }
 
-  /** A JWT-SVID for an entry and audience, from the cache until half its life, else minted by the server. */
+  /**
+   * A JWT-SVID for an entry and audience, from the cache until half its life, else minted by the
+   * server; while no server can be reached, the cached one until it expires.
+   */
   async jwtSvid(entry: Entry, audience: readonly string[]): Promise<{ token: string; expiresAt: number }> {
     const key = `${entry.id}\n${[...audience].sort().join('\n')}`;
     const now = this.#now();
     const hit = this.#jwt.get(key);
     if (hit !== undefined && now < hit.renewAt) return hit;
-    const r = await this.#client.newJwtSvid(entry.id, [...audience]);
+    const client = this.#client;
+    let r: Awaited<ReturnType<ServerClient['newJwtSvid']>>;
+    try {
+      r = await client.newJwtSvid(entry.id, [...audience]);
+    } catch (err) {
+      this.#callFailed(client, err);
+      const code = (err as Partial<grpc.ServiceError>).code;
+      const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
+      if (unreachable && hit !== undefined && this.#now() < hit.expiresAt) return hit;
+      throw err;
+    }
     const expiresAt = Number(r.expiresAt) * 1000;
     const fresh = { token: r.token, expiresAt, renewAt: renewalTime(now, expiresAt) };
     this.#jwt.set(key, fresh);
@@ -262,7 +294,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
 
   #newClient(): ServerClient {
     return new ServerClient({
-      address: this.#o.serverAddress,
+      address: this.#rotation.current,
       trustDomain: this.#o.trustDomain,
       bundle: this.#bundleSource.bundle,
       svid: this.#svid,
@@ -272,14 +304,16 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
 
   #openStream(): void {
     if (this.#closed) return;
-    const stream = this.#client.sync();
+    const client = this.#client;
+    const server = this.#rotation.current;
+    const stream = client.sync();
     this.#stream = stream;
     this.#snapshot = new Set();
     stream.on('data', (m: SyncResponse) => {
       if (!this.#connected) {
         this.#connected = true;
-        this.#backoff.reset();
-        this.#o.logger.info('agent: connected to the server', { server: this.#o.serverAddress });
+        this.#rotation.succeeded();
+        this.#o.logger.info('agent: connected to the server', { server });
       }
       try {
         this.#apply(m);
@@ -289,32 +323,101 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         });
       }
     });
-    stream.on('error', (err: grpc.ServiceError) => this.#streamEnded(stream, err));
-    stream.on('end', () => this.#streamEnded(stream, undefined));
+    stream.on('error', (err: grpc.ServiceError) => this.#streamEnded(stream, client, err));
+    stream.on('end', () => this.#streamEnded(stream, client, undefined));
   }
 
-  #streamEnded(stream: grpc.ClientReadableStream<SyncResponse>, err: grpc.ServiceError | undefined): void {
+  #streamEnded(
+    stream: grpc.ClientReadableStream<SyncResponse>,
+    client: ServerClient,
+    err: grpc.ServiceError | undefined,
+  ): void {
     if (stream !== this.#stream) return; // a stream the agent replaced itself
     this.#stream = undefined;
+    const wasConnected = this.#connected;
     this.#connected = false;
     if (this.#closed || err?.code === grpc.status.CANCELLED) return;
-    if (err?.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details)) {
-      this.#ban(err.details);
-    }
-    const delay = this.#backoff.next();
     this.#o.metrics.inc(
       'tessera_agent_sync_errors_total',
       'Push streams from the server that ended or failed.',
     );
-    this.#o.logger.warn(
-      'agent: lost the push stream from the server; serving cached SVIDs until they expire',
-      {
-        error: err?.details ?? 'stream ended',
-        retry_in_ms: delay,
-      },
-    );
-    this.#reconnect = setTimeout(() => this.#openStream(), delay);
-    this.#reconnect.unref();
+    if (err?.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details)) {
+      // Every server says the same (they share the datastore), and a banned agent stays banned: it
+      // neither fails over nor reconnects.
+      this.#ban(err.details);
+      return;
+    }
+    const error = err === undefined ? 'stream ended' : serverErrorText(err);
+    if (wasConnected)
+      this.#o.logger.warn(
+        'agent: lost the push stream from the server; serving cached SVIDs until they expire',
+        { server: this.#rotation.current, error },
+      );
+    this.#failover(client, error);
+  }
+
+  /**
+   * A unary call failed. UNAVAILABLE from the server the push stream is connected to means that
+   * server is going away: move on at once rather than wait for the stream to notice. (While not
+   * connected, the push stream's own attempts decide where to go.)
+   */
+  #callFailed(client: ServerClient, err: unknown): void {
+    if ((err as Partial<grpc.ServiceError>).code === grpc.status.UNAVAILABLE && this.#connected)
+      this.#failover(client, serverErrorText(err));
+  }
+
+  /**
+   * Leaves the server `from` talks to for the next one: quickly within a round, after a back-off
+   * (and a fresh look-up of the names) once every server has failed in turn. A failure of a client
+   * the agent has already left is the same failure seen twice (stream and call), and is ignored.
+   */
+  #failover(from: ServerClient, error: string): void {
+    if (this.#closed || this.#switching || from !== this.#client) return;
+    this.#switching = true;
+    const failed = this.#rotation.current;
+    const stream = this.#stream;
+    this.#stream = undefined;
+    stream?.cancel();
+    this.#connected = false;
+    const next = this.#rotation.failed();
+    void this.#lookUpAgain(next.roundOver).then(() => {
+      this.#switching = false;
+      if (this.#closed) return;
+      const address = this.#rotation.current;
+      this.#o.metrics.inc(
+        'tessera_agent_server_failovers_total',
+        'Times the agent left a server that failed for the next one in its list.',
+      );
+      this.#o.logger.warn(`agent: server ${failed} unreachable; trying ${address}`, {
+        server: failed,
+        next: address,
+        error,
+        retry_in_ms: next.delayMs,
+        ...(next.roundOver ? { every_server_failed: true } : {}),
+      });
+      this.#client = this.#newClient();
+      from.close();
+      this.#reconnect = setTimeout(() => this.#openStream(), next.delayMs);
+      this.#reconnect.unref();
+    });
+  }
+
+  /** After a whole round of failures, the names again (a DNS change is picked up); a failed look-up keeps the list. */
+  async #lookUpAgain(roundOver: boolean): Promise<void> {
+    const resolve = this.#o.resolveServers;
+    if (!roundOver || resolve === undefined) return;
+    try {
+      const before = this.#rotation.addresses.join(',');
+      this.#rotation.replace(await resolve());
+      const after = this.#rotation.addresses.join(',');
+      if (after !== before)
+        this.#o.logger.info('agent: the server list changed', { servers: after, was: before });
+    } catch (err) {
+      this.#o.logger.warn('agent: cannot look the servers up again; keeping the list', {
+        servers: this.#rotation.addresses.join(','),
+        error: (err as Error).message,
+      });
+    }
   }
 
   #ban(reason: string): void {
@@ -426,14 +529,15 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     this.#scheduleIssue();
   }
 
+  /** Issuance waits while no server is connected: the first message of the next stream starts it again. */
   #scheduleIssue(): void {
-    if (this.#issuing || this.#pending.size === 0 || this.#banned !== undefined) return;
+    if (this.#issuing || this.#pending.size === 0 || this.#banned !== undefined || !this.#connected) return;
     this.#issuing = true;
     setImmediate(() => {
       this.#issue()
         .catch((err: unknown) =>
           this.#o.logger.warn('agent: cannot get SVIDs from the server; will retry', {
-            error: (err as grpc.ServiceError).details ?? (err as Error).message,
+            error: serverErrorText(err),
           }),
         )
         .finally(() => {
@@ -453,13 +557,17 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     for (let i = 0; i < due.length; i += BATCH) {
       const slice = due.slice(i, i + BATCH);
       const keys = slice.map(() => generateKeyPairOfType(this.#o.workloadKeyType).privateKey);
+      const client = this.#client;
       let res: Awaited<ReturnType<ServerClient['batchNewX509Svid']>>;
       try {
-        res = await this.#client.batchNewX509Svid(
+        res = await client.batchNewX509Svid(
           slice.map((entryId, j) => ({ entryId, csr: createCsr(keys[j] as KeyObject) })),
         );
       } catch (err) {
-        for (const id of slice) this.#retryAt.set(id, this.#now() + RETRY_MS);
+        // Unreachable: the next server is tried, and these on the next tick; refused: in a while.
+        const unreachable = (err as Partial<grpc.ServiceError>).code === grpc.status.UNAVAILABLE;
+        for (const id of slice) this.#retryAt.set(id, this.#now() + (unreachable ? TICK_MS : RETRY_MS));
+        this.#callFailed(client, err);
         throw err;
       }
       let changed = false;
@@ -496,10 +604,11 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   }
 
   #renewAgent(): void {
-    if (this.#renewingAgent || this.#banned !== undefined) return;
+    if (this.#renewingAgent || this.#banned !== undefined || !this.#connected) return;
     this.#renewingAgent = true;
     const key = generateKeyPairOfType('ec-p256').privateKey;
-    this.#client
+    const client = this.#client;
+    client
       .renewAgent(createCsr(key))
       .then((ders) => {
         const chain = ders.map((d) => new X509Certificate(d));
@@ -507,8 +616,12 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         this.#svid.set(this.#toSvid(chain, key));
         const leaf = chain[0] as X509Certificate;
         this.#agentRenewAt = renewalTime(this.#now(), new Date(leaf.validTo).getTime());
+        this.#o.logger.info('agent: renewed the agent SVID', { expires: leaf.validTo });
         // An open HTTP/2 connection keeps the certificate of its handshake: move to a new channel so
-        // the server sees the new SVID before the old one expires.
+        // the server sees the new SVID before the old one expires. (A failover under way makes a
+        // new channel anyway.)
+        if (this.#switching || this.#closed) return;
+        if (this.#reconnect) clearTimeout(this.#reconnect);
         const old = this.#client;
         this.#client = this.#newClient();
         const stream = this.#stream;
@@ -516,16 +629,19 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         stream?.cancel();
         this.#openStream();
         old.close();
-        this.#o.logger.info('agent: renewed the agent SVID', { expires: leaf.validTo });
       })
       .catch((err: grpc.ServiceError) => {
-        this.#agentRenewAt = this.#now() + RETRY_MS;
+        const unreachable = err.code === grpc.status.UNAVAILABLE;
+        this.#agentRenewAt = this.#now() + (unreachable ? TICK_MS : RETRY_MS);
         if (err.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details))
           this.#ban(err.details);
-        else
+        else {
           this.#o.logger.warn('agent: cannot renew the agent SVID; will retry', {
-            error: err.details ?? err.message,
+            server: this.#rotation.current,
+            error: serverErrorText(err),
           });
+          this.#callFailed(client, err);
+        }
       })
       .finally(() => {
         this.#renewingAgent = false;

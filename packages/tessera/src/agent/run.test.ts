@@ -5,8 +5,9 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
+import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { createWorkloadApiClient } from 'spiffe';
+import { isTesseraError, TesseraErrorCode } from '../common/errors.js';
 import { createLogger } from '../common/log.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';
 import type { RunningServer } from '../server/run.js';
@@ -116,6 +117,77 @@ describe('startAgent', () => {
     assert.equal(
       agent.manager.bundle.x509Authorities[0]?.fingerprint256,
       server.authority.x509.certificate.fingerprint256,
+    );
+  });
+
+  it('attests with the first server that answers, trying the next (a DNS name here) when one cannot be reached', async () => {
+    await server.datastore.createJoinToken({
+      token: 'several-servers-token-012345',
+      expiresAt: new Date(Date.now() + 60_000),
+    });
+    const dead = await freePort();
+    const lines: string[] = [];
+    const agent = await startAgent(
+      parseAgentConfig(
+        [
+          'trust_domain: example.org',
+          `server_address: ['127.0.0.1:${dead}', tessera.test]`,
+          `server_port: ${server.agentApiPort}`,
+          `socket_path: ${tmp.path}/several.sock`,
+          `data_dir: ${tmp.path}/several`,
+          'health: { port: 0 }',
+          'insecure_bootstrap: true',
+        ].join('\n'),
+      ),
+      {
+        joinToken: 'several-servers-token-012345',
+        logger: createLogger({ level: 'info', write: (l) => lines.push(l) }),
+        lookup: async (host) => (host === 'tessera.test' ? [{ address: '127.0.0.1' }] : []),
+        random: () => 0, // the dead one first
+      },
+    );
+    agents.push(agent);
+    const live = `127.0.0.1:${server.agentApiPort}`;
+    const text = lines.join('\n');
+    assert.match(
+      text,
+      new RegExp(`agent: server 127\\.0\\.0\\.1:${dead} unreachable; trying ${live}.*ECONNREFUSED`),
+    );
+    assert.match(text, new RegExp(`agent: attested .*server=${live}`));
+    assert.match(text, new RegExp(`agent started .*servers=127\\.0\\.0\\.1:${dead},${live}`));
+    assert.ok(
+      await agent.manager.whenSynced(10_000),
+      'the manager, starting at the dead one too, syncs with the live one',
+    );
+    assert.equal(agent.manager.server, live);
+  });
+
+  it('fails naming every server and its error when none answers', async () => {
+    const [one, two] = [await freePort(), await freePort()];
+    await assert.rejects(
+      startAgent(
+        parseAgentConfig(
+          [
+            'trust_domain: example.org',
+            `server_address: ['127.0.0.1:${one}', '[::1]:${two}']`,
+            `socket_path: ${tmp.path}/none.sock`,
+            `data_dir: ${tmp.path}/none`,
+            'health: { port: 0 }',
+            'insecure_bootstrap: true',
+          ].join('\n'),
+        ),
+        { joinToken: 'never-used-token-0123456789', logger: quiet, random: () => 0 },
+      ),
+      (err: unknown) => {
+        assert.ok(isTesseraError(err, TesseraErrorCode.STARTUP), String(err));
+        assert.match(
+          err.message,
+          new RegExp(
+            `node attestation \\(join_token\\) failed: none of the 2 servers answered: 127\\.0\\.0\\.1:${one}: .*ECONNREFUSED.*; \\[::1\\]:${two}: .*(ECONNREFUSED|EADDRNOTAVAIL|ENETUNREACH)`,
+          ),
+        );
+        return true;
+      },
     );
   });
 

@@ -3,6 +3,7 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { create, toBinary } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
 import {
   parseSpiffeBundle,
   parseTrustDomain,
@@ -23,7 +24,8 @@ import type { AgentConfig } from './config.js';
 import { createSds } from './endpoints/sds.js';
 import { createWorkloadApi } from './endpoints/workload-api.js';
 import { AgentManager } from './manager.js';
-import { ServerClient } from './server-client.js';
+import { type LookupAll, parseServerAddress, resolveServers } from './server-address.js';
+import { ServerClient, serverErrorText } from './server-client.js';
 import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
 import { attestWorkload } from './workload/attest.js';
 import { UnixWorkloadAttestor } from './workload/unix.js';
@@ -140,13 +142,19 @@ function nodeEvidence(
   return { type: 'join_token', payload: Buffer.from(token, 'utf8') };
 }
 
-/** Attests the node and saves the agent SVID, key and bundle in data_dir. */
+/**
+ * Attests the node and saves the agent SVID, key and bundle in data_dir. The servers are tried in
+ * turn, from a random one, until one answers: one that cannot be reached (UNAVAILABLE, e.g.
+ * connection refused, a failed TLS handshake, shutting down) or does not answer in time gives way to
+ * the next; a refusal is an answer (the servers share their datastore) and ends the attempt.
+ */
 async function attest(
   config: AgentConfig,
   td: TrustDomain,
-  address: string,
+  servers: readonly string[],
   joinToken: string | undefined,
   logger: DaemonLogger,
+  random: () => number,
 ): Promise<AgentState> {
   const evidence = nodeEvidence(config, joinToken);
   const trust = await bootstrapBundle(config, td);
@@ -154,48 +162,84 @@ async function attest(
     logger.warn(
       'agent: INSECURE BOOTSTRAP — the server is not authenticated for this first attestation (insecure_bootstrap: true); never use this outside a lab',
     );
-  const client = new ServerClient({
-    address,
-    trustDomain: td,
-    ...(trust === 'insecure' ? { insecure: true } : { bundle: trust }),
-  });
-  const key = generateKeyPairOfType('ec-p256').privateKey;
-  try {
-    const r = await client.attest(
-      { type: evidence.type, payload: evidence.payload, csr: createCsr(key) },
-      evidence.respond,
-    );
-    const chain = r.svidChain.map((d) => new X509Certificate(d));
-    const bundle =
-      r.bundle === undefined
-        ? new SpiffeBundle({ trustDomain: td })
-        : parseSpiffeBundle(td, Buffer.from(r.bundle.spiffeBundle).toString());
-    saveAgentSvid(config.data_dir, chain, key);
-    saveBundle(config.data_dir, bundle);
-    logger.info('agent: attested', {
-      spiffe_id: r.spiffeId,
-      attestor: evidence.type,
-      selectors: r.selectors.length,
+  const start = Math.floor(random() * servers.length) % servers.length;
+  const order = [...servers.slice(start), ...servers.slice(0, start)];
+  const failures: string[] = [];
+  for (const address of order) {
+    const client = new ServerClient({
+      address,
+      trustDomain: td,
+      ...(trust === 'insecure' ? { insecure: true } : { bundle: trust }),
     });
-    return { chain, key, bundle };
-  } catch (err) {
-    const e = err as { details?: string; message: string };
-    throw fail(
-      `node attestation (${evidence.type}) with the server at ${address} failed: ${e.details ?? e.message}`,
-      err,
-    );
-  } finally {
-    client.close();
+    const key = generateKeyPairOfType('ec-p256').privateKey;
+    try {
+      const r = await client.attest(
+        { type: evidence.type, payload: evidence.payload, csr: createCsr(key) },
+        evidence.respond,
+      );
+      const chain = r.svidChain.map((d) => new X509Certificate(d));
+      const bundle =
+        r.bundle === undefined
+          ? new SpiffeBundle({ trustDomain: td })
+          : parseSpiffeBundle(td, Buffer.from(r.bundle.spiffeBundle).toString());
+      saveAgentSvid(config.data_dir, chain, key);
+      saveBundle(config.data_dir, bundle);
+      logger.info('agent: attested', {
+        spiffe_id: r.spiffeId,
+        attestor: evidence.type,
+        selectors: r.selectors.length,
+        server: address,
+      });
+      return { chain, key, bundle };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
+      if (!unreachable || servers.length === 1)
+        throw fail(
+          `node attestation (${evidence.type}) with the server at ${address} failed: ${serverErrorText(err)}`,
+          err,
+        );
+      failures.push(`${address}: ${serverErrorText(err)}`);
+      const next = order[failures.length];
+      if (next !== undefined)
+        logger.warn(`agent: server ${address} unreachable; trying ${next}`, {
+          server: address,
+          next,
+          error: serverErrorText(err),
+        });
+    } finally {
+      client.close();
+    }
   }
+  throw fail(
+    `node attestation (${evidence.type}) failed: none of the ${servers.length} servers answered: ${failures.join('; ')}`,
+  );
 }
 
-export async function startAgent(
-  config: AgentConfig,
-  opts: { joinToken?: string; logger?: DaemonLogger } = {},
-): Promise<RunningAgent> {
+export interface StartAgentOptions {
+  joinToken?: string;
+  logger?: DaemonLogger;
+  /** Looks host names in server_address up (all their addresses); default dns.promises.lookup. */
+  lookup?: LookupAll;
+  /** Randomness for the first server tried and the jittered waits; default Math.random. */
+  random?: () => number;
+}
+
+export async function startAgent(config: AgentConfig, opts: StartAgentOptions = {}): Promise<RunningAgent> {
   const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format });
   const td = parseTrustDomain(config.trust_domain);
-  const address = `${config.server_address}:${config.server_port}`;
+  const random = opts.random ?? Math.random;
+  const targets = config.server_address.map((item) => parseServerAddress(item, config.server_port));
+  const lookUp = async (): Promise<readonly string[]> => {
+    const r = await resolveServers(targets, opts.lookup);
+    for (const f of r.failures)
+      logger.warn('agent: cannot look up a server address; gRPC will try it when dialling', {
+        server: f.item,
+        error: f.error,
+      });
+    return r.addresses;
+  };
+  const servers = await lookUp();
   makeDataDir('agent', config.data_dir);
   const unlock = lockDataDir('agent', config.data_dir);
   const cleanups: (() => Promise<void> | void)[] = [unlock];
@@ -208,7 +252,7 @@ export async function startAgent(
       state !== undefined && new Date((state.chain[0] as X509Certificate).validTo).getTime() <= Date.now();
     if (state === undefined || expired || opts.joinToken !== undefined) {
       if (expired) logger.warn('agent: the saved agent SVID has expired; attesting again');
-      state = await attest(config, td, address, opts.joinToken, logger);
+      state = await attest(config, td, servers, opts.joinToken, logger, random);
     } else {
       logger.info('agent: resuming with the saved agent SVID', {
         expires: (state.chain[0] as X509Certificate).validTo,
@@ -217,7 +261,9 @@ export async function startAgent(
     const metrics = new Metrics();
     const manager = new AgentManager({
       trustDomain: td,
-      serverAddress: address,
+      servers,
+      resolveServers: lookUp,
+      random,
       dataDir: config.data_dir,
       state,
       workloadKeyType: config.workload_key_type,
@@ -282,7 +328,7 @@ export async function startAgent(
     cleanups.push(() => health.close());
     logger.info('agent started', {
       spiffe_id: manager.id,
-      server: address,
+      servers: servers.join(','),
       socket: config.socket_path,
       health: `${config.health.address}:${health.port}`,
     });

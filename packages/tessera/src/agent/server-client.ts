@@ -43,6 +43,16 @@ export interface ServerClientOptions {
   insecure?: boolean;
 }
 
+/**
+ * What went wrong with a call, for logs and messages: the server's message (the status details),
+ * else the error's own; grpc-js's empty "Resolution note: " tail is dropped.
+ */
+export function serverErrorText(err: unknown): string {
+  const e = err as { details?: unknown; message?: unknown };
+  const text = typeof e.details === 'string' && e.details !== '' ? e.details : String(e.message ?? err);
+  return text.replace(/\.? Resolution note: ?$/, '');
+}
+
 /** One connection to the agent API. Errors are grpc-js ServiceErrors carrying the server's message. */
 export class ServerClient {
   readonly #typed: ServiceClient<AgentMethods>;
@@ -64,6 +74,11 @@ export class ServerClient {
           });
     this.#typed = new ServiceClient(Agent, options.address, credentials, {
       'grpc.ssl_target_name_override': 'tessera-server',
+      // A server whose host vanished closes nothing: a ping unanswered for 10 s (sent after 30 s
+      // of silence, while a call such as the push stream is open) ends the connection, so the
+      // agent fails over instead of waiting on a dead stream. grpc-js servers accept such pings.
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
     });
   }
 

@@ -28,8 +28,11 @@ export type Field =
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
   | { kind: 'object'; fields: Record<string, Field>; required?: boolean }
-  /** A YAML sequence whose items all follow `of`; absent = an empty list unless required. */
-  | { kind: 'list'; of: Field; required?: boolean; minItems?: number }
+  /**
+   * A YAML sequence whose items all follow `of`; absent = an empty list unless required. With
+   * `single: true`, one item written without the list (`key: a`) is a list of that one (`[a]`).
+   */
+  | { kind: 'list'; of: Field; required?: boolean; minItems?: number; single?: boolean }
   /** A mapping of free-form keys to strings, e.g. labels. */
   | { kind: 'string_map'; check?: (key: string, value: string) => string | undefined }
   /** Exactly one of the named objects, e.g. `datastore: { sqlite: {…} }`. */
@@ -177,7 +180,11 @@ export function validateConfig(
         return out;
       }
       case 'list': {
-        if (!isSeq(node)) return fail(`must be a list (lines starting with "- "); got ${describe(node)}`);
+        if (!isSeq(node) && field.single === true && !isMap(node)) return [check(field.of, node, path, line)];
+        if (!isSeq(node))
+          return fail(
+            `must be ${field.single === true ? 'one item or ' : ''}a list (lines starting with "- "); got ${describe(node)}`,
+          );
         const items = (node as YAMLSeq<Node>).items;
         if (field.minItems !== undefined && items.length < field.minItems)
           return fail(`must have at least ${field.minItems} item${field.minItems === 1 ? '' : 's'}`);
