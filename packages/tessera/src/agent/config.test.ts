@@ -24,6 +24,23 @@ describe('agent configuration', () => {
     assert.equal(c.node_attestor.join_token?.token_file, '/etc/tessera/token');
   });
 
+  it('the several-servers example in docs/agent.md is a valid server_address', () => {
+    const doc = readFileSync(new URL('../../docs/agent.md', import.meta.url), 'utf8');
+    const section = doc.slice(doc.indexOf('## Several servers (HA)'));
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+    assert.ok(yaml, 'the section has a yaml block');
+    const c = parseAgentConfig(`trust_domain: example.org\n${yaml}`, 'docs/agent.md');
+    assert.deepEqual(
+      c.server_address.map((item) => parseServerAddress(item, c.server_port)),
+      [
+        { item: 'tessera-1.internal', host: 'tessera-1.internal', port: 8081 },
+        { item: '10.0.0.12:8443', host: '10.0.0.12', port: 8443 },
+        { item: '[2001:db8::14]:8081', host: '2001:db8::14', port: 8081 },
+        { item: 'tessera.internal', host: 'tessera.internal', port: 8081 },
+      ],
+    );
+  });
+
   it('applies SPIRE-like defaults to a minimal file', () => {
     const c = parseAgentConfig('trust_domain: example.org\nserver_address: tessera.internal\n');
     assert.equal(c.server_port, 8081);
