@@ -155,10 +155,14 @@ if (postgresAvailable('agent failover')) {
     });
 
     after(async () => {
-      for (const m of managers) await m.close();
-      for (const s of running) await stop(s);
-      await cluster?.stop();
-      await tmp?.cleanup();
+      try {
+        for (const m of managers) await m.close();
+        for (const s of running) await stop(s);
+      } finally {
+        // The cluster goes whatever happened above: a leftover postgres outlives the test run.
+        await cluster?.stop();
+        await tmp?.cleanup();
+      }
     });
 
     it('looks the servers up again once every one has failed, and picks up a change', {
