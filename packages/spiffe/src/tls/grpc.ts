@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import type { PeerCertificate } from 'node:tls';
+import { type PeerCertificate, TLSSocket } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type {
   CaCertificateUpdateListener,
@@ -144,6 +144,23 @@ export function peerSpiffeIdOfCall(call: {
   return { id: idFromCertificate(leaf), leaf };
 }
 
+/**
+ * The chain the client presented, leaf first. grpc-js's auth context carries only the leaf
+ * (getPeerCertificate() without details), which is not enough for an SVID signed by an
+ * intermediate (a CA under an upstream authority: the bundle holds the root). The TLS socket of the
+ * call's HTTP/2 session has the whole chain; it is reached through the call grpc-js hands the
+ * interceptor, and the auth context is the fallback.
+ */
+function presentedChain(call: grpc.ServerInterceptingCallInterface): Buffer[] {
+  let c: unknown = call;
+  for (let depth = 0; c !== undefined && depth < 8; depth++) {
+    const socket = (c as { stream?: { session?: { socket?: unknown } } }).stream?.session?.socket;
+    if (socket instanceof TLSSocket) return peerChain(socket.getPeerCertificate(true));
+    c = (c as { nextCall?: unknown }).nextCall;
+  }
+  return peerChain(call.getAuthContext().sslPeerCertificate);
+}
+
 function spiffeServerInterceptor(config: SpiffeTlsConfig, optional: boolean): grpc.ServerInterceptor {
   const logger = config.logger ?? silentLogger;
   return (_method, call) =>
@@ -151,7 +168,7 @@ function spiffeServerInterceptor(config: SpiffeTlsConfig, optional: boolean): gr
       start: (next) => {
         next({
           onReceiveMetadata: (metadata, mdNext) => {
-            const chain = peerChain(call.getAuthContext().sslPeerCertificate);
+            const chain = presentedChain(call);
             if (optional && chain.length === 0) {
               mdNext(metadata);
               return;

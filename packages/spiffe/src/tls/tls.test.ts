@@ -350,8 +350,12 @@ describe('grpc-js with SPIFFE mTLS', () => {
   });
   after(() => server.forceShutdown());
 
-  async function call(clientId: string, authorizer = authorizeId('spiffe://a.org/grpc')): Promise<string> {
-    const source = new TestSource(issue(caA, clientId));
+  async function call(
+    clientId: string,
+    authorizer = authorizeId('spiffe://a.org/grpc'),
+    ca: TestCa = caA,
+  ): Promise<string> {
+    const source = new TestSource(issue(ca, clientId));
     const Client = grpc.makeGenericClientConstructor(echo, 'Echo');
     const client = new Client(
       `127.0.0.1:${port}`,
@@ -372,6 +376,23 @@ describe('grpc-js with SPIFFE mTLS', () => {
 
   it('an authorized client calls the server', async () => {
     assert.equal(await call('spiffe://a.org/good'), 'echo:x');
+  });
+
+  it('a client whose SVID is signed by an intermediate (the bundle has only the root) is verified with the chain it presented', async () => {
+    // As under an upstream authority: [leaf, intermediate], the intermediate not in the bundle.
+    const intermediate = caA.createIntermediate();
+    assert.equal(
+      await call('spiffe://a.org/good', authorizeId('spiffe://a.org/grpc'), intermediate),
+      'echo:x',
+    );
+    await assert.rejects(
+      call('spiffe://a.org/bad', authorizeId('spiffe://a.org/grpc'), intermediate),
+      (e: unknown) => {
+        assert.equal((e as grpc.ServiceError).code, grpc.status.PERMISSION_DENIED);
+        assert.match((e as grpc.ServiceError).details, /unexpected ID "spiffe:\/\/a.org\/bad"/);
+        return true;
+      },
+    );
   });
 
   it('the server refuses an unauthorized client with PERMISSION_DENIED and logs why', async () => {
