@@ -2,15 +2,17 @@
 // the server comes back from an outage during which entries were removed.
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { freePort, makeTempDir, type TempDir } from '@tessera/testkit';
+import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import type { SpiffeBundle } from 'spiffe';
 import { parseTrustDomain } from 'spiffe';
 import { createCsr } from '../common/csr.js';
 import { createLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';
+import { authorityKeyId } from '../server/ca/manager.js';
 import { openSqliteDatastore } from '../server/datastore/sqlite.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { RunningServer } from '../server/run.js';
@@ -114,5 +116,99 @@ describe('AgentManager', () => {
       manager.svidsFor(sel).map((s) => s.entry.id),
       [keep.id],
     );
+  });
+});
+
+describe('AgentManager under an upstream authority', () => {
+  it('re-issues the SVIDs chained through an intermediate tainted by the operator (not in the bundle: the upstream root is)', {
+    timeout: 30_000,
+  }, async () => {
+    const tmp = await makeTempDir('manager-upstream-');
+    const org = TestCa.create({ trustDomain: 'example.org' });
+    writeFileSync(join(tmp.path, 'up.crt'), org.certificate.toString());
+    writeFileSync(
+      join(tmp.path, 'up.key'),
+      org.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+      {
+        mode: 0o600,
+      },
+    );
+    const port = await freePort();
+    const server = await startTestServer(
+      tmp.path,
+      [`upstream_authority: { disk: { cert_file: ${tmp.path}/up.crt, key_file: ${tmp.path}/up.key } }`],
+      port,
+    );
+    let manager: AgentManager | undefined;
+    try {
+      await server.datastore.createJoinToken({
+        token: 'upstream-test-token-0123',
+        expiresAt: new Date(Date.now() + 60_000),
+        agentName: 'u',
+      });
+      const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
+      assert.deepEqual(
+        bundle.x509Authorities.map((c) => c.fingerprint256),
+        [org.certificate.fingerprint256],
+      );
+      const key = generateKeyPairOfType('ec-p256').privateKey;
+      const c = new ServerClient({
+        address: `127.0.0.1:${port}`,
+        trustDomain: td,
+        bundle: bundle.x509Bundle(),
+      });
+      const r = await c.attest({
+        type: 'join_token',
+        payload: Buffer.from('upstream-test-token-0123'),
+        csr: createCsr(key),
+      });
+      c.close();
+      await server.datastore.createEntry({
+        spiffeId: 'spiffe://example.org/up',
+        parentId: r.spiffeId,
+        selectors: sel,
+      });
+      const m = new AgentManager({
+        trustDomain: td,
+        servers: [`127.0.0.1:${port}`],
+        dataDir: join(tmp.path, 'agent'),
+        state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
+        workloadKeyType: 'ec-p256',
+        logger: createLogger({ level: 'error', write: () => undefined }),
+        metrics: new Metrics(),
+      });
+      manager = m;
+      const until = (pred: () => boolean) =>
+        new Promise<void>((resolve) => {
+          if (pred()) return resolve();
+          const check = () => {
+            if (pred()) {
+              m.off('update', check);
+              resolve();
+            }
+          };
+          m.on('update', check);
+        });
+      const intermediate = () => m.svidsFor(sel)[0]?.svid.certificates[1];
+      m.start();
+      await until(() => intermediate() !== undefined);
+      const first = intermediate() as X509Certificate;
+      const firstId = authorityKeyId(first);
+      assert.equal(firstId, authorityKeyId(server.authority.x509.certificate));
+      await server.authority.prepare('x509');
+      await server.authority.activate('x509');
+      await server.authority.taint('x509', firstId);
+      await until(
+        () => intermediate() !== undefined && authorityKeyId(intermediate() as X509Certificate) !== firstId,
+      );
+      assert.equal(
+        authorityKeyId(intermediate() as X509Certificate),
+        authorityKeyId(server.authority.x509.certificate),
+      );
+    } finally {
+      await manager?.close();
+      await server.stop();
+      await tmp.cleanup();
+    }
   });
 });

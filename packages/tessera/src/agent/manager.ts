@@ -501,10 +501,12 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     const skis = new Set(fresh.filter((id) => id.startsWith('x509:')).map((id) => id.slice(5)));
     if (fresh.some((id) => id.startsWith('jwt:'))) this.#jwt.clear();
     if (skis.size === 0) return;
-    const taintedCas = this.#bundle.x509Authorities.filter((c) =>
-      skis.has(Buffer.from(keyIdentifier(spkiOf(c.publicKey))).toString('hex')),
-    );
+    const ski = (c: X509Certificate) => Buffer.from(keyIdentifier(spkiOf(c.publicKey))).toString('hex');
+    const taintedCas = this.#bundle.x509Authorities.filter((c) => skis.has(ski(c)));
+    // Signed by a tainted CA of the bundle, or chained through a tainted intermediate (Tessera's CA
+    // under an upstream authority, which is not in the bundle: the upstream root is).
     const signedByTainted = (chain: readonly X509Certificate[]) =>
+      chain.slice(1).some((c) => skis.has(ski(c))) ||
       taintedCas.some((ca) => chain.some((c) => c.checkIssued(ca) && c.verify(ca.publicKey)));
     for (const [id, c] of this.#svids) if (signedByTainted(c.svid.certificates)) this.#pending.add(id);
     if (signedByTainted(this.#svid.svid.certificates)) this.#agentRenewAt = 0;
