@@ -113,6 +113,46 @@ describe('AuthorityManager rotation', () => {
   });
 });
 
+describe('AuthorityManager on an idle server', () => {
+  it('prune() with nothing expired writes nothing and reads the bundle once; after a change it reads it again', async () => {
+    const tmp = await makeTempDir('mgr-idle-');
+    const ds = await openSqliteDatastore(join(tmp.path, 'ds.db'));
+    try {
+      const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+      const m = new AuthorityManager(diskOptions(tmp.path, ds, clock));
+      await m.init();
+      const calls = { get: 0, update: 0 };
+      const get = ds.getBundle.bind(ds);
+      const update = ds.updateBundle.bind(ds);
+      ds.getBundle = (td) => {
+        calls.get++;
+        return get(td);
+      };
+      ds.updateBundle = (td, change) => {
+        calls.update++;
+        return update(td, change);
+      };
+      for (let i = 0; i < 5; i++) await m.prune();
+      assert.deepEqual(calls, { get: 1, update: 0 }, 'the rotation loop of an idle server costs no query');
+      clock.advance(13 * HOUR);
+      await m.prepare('x509'); // changes the bundle
+      const afterPrepare = { ...calls };
+      await m.prune();
+      await m.prune();
+      assert.equal(calls.get, afterPrepare.get + 1, 'the changed bundle is read again, once');
+      assert.equal(calls.update, afterPrepare.update);
+      clock.advance(12 * HOUR); // the first CA expired, the prepared one not
+      const pruned = await m.prune();
+      assert.equal(calls.update, afterPrepare.update + 1);
+      assert.equal(pruned.x509Authorities.length, 1);
+      m.close();
+    } finally {
+      await ds.close();
+      await tmp.cleanup();
+    }
+  });
+});
+
 describe('AuthorityManager under an upstream authority', () => {
   it('signs its CA with the upstream key; the bundle holds the upstream root; SVIDs chain through Tessera’s CA', async () => {
     const tmp = await makeTempDir('up-');

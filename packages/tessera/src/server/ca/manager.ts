@@ -129,6 +129,8 @@ export class AuthorityManager {
   /** Authorities this server stopped using, to record as `old` with the next persist. */
   #retired: Omit<AuthorityRecord, 'tainted' | 'revoked'>[] = [];
   #refreshing: Promise<void> = Promise.resolve();
+  /** The trust domain's bundle as last read; forgotten at each change to it. */
+  #bundle: SpiffeBundle | undefined;
   #unsubscribe: (() => void) | undefined;
   readonly #taintListeners = new Set<(kind: AuthorityKind, id: string) => void>();
   readonly #rotationListeners = new Set<RotationListener>();
@@ -188,6 +190,8 @@ export class AuthorityManager {
     }
     // Every server of the trust domain hears of taints (by whichever server) through the feed.
     this.#unsubscribe = this.#o.datastore.onChange((c) => {
+      if ((c.kind === 'bundle' && c.trustDomain === this.#o.trustDomain.name) || c.kind === 'resync')
+        this.#bundle = undefined;
       if ((c.kind === 'authority' && c.op !== 'record') || c.kind === 'resync') void this.#refreshTaints();
     });
     await this.#persist();
@@ -527,15 +531,27 @@ export class AuthorityManager {
   /** Drops expired authorities from the bundle (nothing they signed can still be valid). */
   async prune(): Promise<SpiffeBundle> {
     const now = this.#o.now().getTime();
-    return this.#o.datastore.updateBundle(this.#o.trustDomain, (cur) =>
+    const keep = (cur: SpiffeBundle) =>
       cur.with({
         x509Authorities: cur.x509Authorities.filter((c) => new Date(c.validTo).getTime() > now),
         // Only this server's retired keys are removed; other servers sharing the bundle prune theirs.
         jwtAuthorities: [...cur.jwtAuthorities].filter(
           ([kid]) => (this.#retiredJwt.get(kid)?.getTime() ?? Number.POSITIVE_INFINITY) > now,
         ),
-      }),
-    );
+      });
+    // Decided on the bundle as last read (re-read after every change to it), so the rotation loop
+    // of an idle server costs the datastore nothing; only a bundle with something to drop is written.
+    this.#bundle ??= await this.#o.datastore.getBundle(this.#o.trustDomain);
+    const cur = this.#bundle;
+    if (cur !== undefined) {
+      const next = keep(cur);
+      if (
+        next.x509Authorities.length === cur.x509Authorities.length &&
+        next.jwtAuthorities.size === cur.jwtAuthorities.size
+      )
+        return cur;
+    }
+    return this.#o.datastore.updateBundle(this.#o.trustDomain, keep);
   }
 
   #upstreamIntermediates(): X509Certificate[] {
