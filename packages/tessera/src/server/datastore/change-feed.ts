@@ -121,11 +121,16 @@ export async function recordChanges(tx: FeedDb, changes: readonly ChangeInput[])
   const last = Number(rows[0]?.revision);
   let revision = last - changes.length;
   const now = Date.now();
-  for (const c of changes) {
-    const e = encode(c);
+  // Up to 500 events a statement (3,000 parameters, within SQLite's and PostgreSQL's limits).
+  for (let i = 0; i < changes.length; i += 500) {
+    const chunk = changes.slice(i, i + 500);
+    const params = chunk.flatMap((c) => {
+      const e = encode(c);
+      return [++revision, e.kind, e.op, e.subject, e.data, now];
+    });
     await tx.execute(
-      'INSERT INTO change_events (revision, kind, op, subject, data, created_at) VALUES (?, ?, ?, ?, ?, ?)',
-      [++revision, e.kind, e.op, e.subject, e.data, now],
+      `INSERT INTO change_events (revision, kind, op, subject, data, created_at) VALUES ${chunk.map(() => '(?, ?, ?, ?, ?, ?)').join(', ')}`,
+      params,
     );
   }
   if (tx.dialect === 'postgres') await tx.execute(`SELECT pg_notify('${NOTIFY_CHANNEL}', ?)`, [String(last)]);
