@@ -18,6 +18,7 @@ import {
 } from '@tessera/testkit';
 import pg from 'pg';
 import { createWorkloadApiClient, type WorkloadApiClient } from 'spiffe';
+import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import { runCommand, spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -140,35 +141,80 @@ if (postgresAvailable('HA end-to-end test')) {
       return out;
     };
 
+    /** A `tessera server run` process on the shared database; resolves once it serves. */
+    const startServer = async (name: string): Promise<Server> => {
+      const dir = join(tmp.path, `server-${name}`);
+      mkdirSync(dir, { recursive: true });
+      const socket = join(dir, 'admin.sock');
+      const config = join(dir, 'server.yaml');
+      writeFileSync(
+        config,
+        [
+          `trust_domain: ${TD}`,
+          `data_dir: ${dir}/data`,
+          `admin_socket: ${socket}`,
+          `agent_api: { address: 127.0.0.1, port: ${await freePort()} }`,
+          'health: { port: 0 }',
+          // A minute between safety checks: what arrives within seconds came by the feed's wake-ups.
+          `datastore: { postgres: { connection_string: "${cluster.connectionString}", poll_interval: 1m } }`,
+          '',
+        ].join('\n'),
+      );
+      const proc = spawnTessera('server', 'run', '--config', config);
+      const [, port] = await waitForLog(proc, /server started .*agent_api=127\.0\.0\.1:(\d+)/);
+      const server = { name, proc, socket, port: Number(port) };
+      servers.push(server);
+      return server;
+    };
+    /** A `tessera agent run` process with these servers, attested by a join token, and a workload watching. */
+    const startAgent = async (name: string, via: readonly Server[]): Promise<Agent> => {
+      const token = (await cli(via[0] as Server, 'token', 'generate', '--agent-name', name)).token as string;
+      const dir = join(tmp.path, name);
+      mkdirSync(dir, { recursive: true });
+      // The bootstrap bundle as it is now (every server's CA, a server started later included).
+      const bundle = await runCommand(
+        process.execPath,
+        [TESSERA_BIN, 'bundle', 'show', '--socket', (via[0] as Server).socket],
+        {
+          cwd: ROOT,
+        },
+      );
+      writeFileSync(join(dir, 'bundle.pem'), bundle.stdout);
+      const socket = join(dir, 'agent.sock');
+      const config = join(dir, 'agent.yaml');
+      writeFileSync(
+        config,
+        [
+          `trust_domain: ${TD}`,
+          'server_address:',
+          ...via.map((s) => `  - 127.0.0.1:${s.port}`),
+          `trust_bundle_path: ${dir}/bundle.pem`,
+          `socket_path: ${socket}`,
+          `data_dir: ${dir}/data`,
+          'health: { port: 0 }',
+          '',
+        ].join('\n'),
+      );
+      const proc = spawnTessera('agent', 'run', '--config', config, '--join-token', token);
+      await waitForLog(proc, /agent started/);
+      const agent = {
+        name,
+        id: `spiffe://${TD}/tessera/agent/join_token/${name}`,
+        proc,
+        watcher: new Watcher(socket),
+      };
+      agents.push(agent);
+      return agent;
+    };
+
     before(async () => {
       tmp = await makeTempDir('ha-e2e-');
       cluster = await startPostgres();
-      for (const name of ['a', 'b', 'c']) {
-        const dir = join(tmp.path, `server-${name}`);
-        mkdirSync(dir, { recursive: true });
-        const socket = join(dir, 'admin.sock');
-        const config = join(dir, 'server.yaml');
-        writeFileSync(
-          config,
-          [
-            `trust_domain: ${TD}`,
-            `data_dir: ${dir}/data`,
-            `admin_socket: ${socket}`,
-            `agent_api: { address: 127.0.0.1, port: ${await freePort()} }`,
-            'health: { port: 0 }',
-            // A minute between safety checks: what arrives within seconds came by the feed's wake-ups.
-            `datastore: { postgres: { connection_string: "${cluster.connectionString}", poll_interval: 1m } }`,
-            '',
-          ].join('\n'),
-        );
-        const proc = spawnTessera('server', 'run', '--config', config);
-        const [, port] = await waitForLog(proc, /server started .*agent_api=127\.0\.0\.1:(\d+)/);
-        servers.push({ name, proc, socket, port: Number(port) });
-      }
+      const [a, b, c] = [await startServer('a'), await startServer('b'), await startServer('c')];
       // The bundle is the union of the three servers' CAs, read through any of them.
       const bundle = await runCommand(
         process.execPath,
-        [TESSERA_BIN, 'bundle', 'show', '--socket', servers[0]?.socket as string],
+        [TESSERA_BIN, 'bundle', 'show', '--socket', a.socket],
         {
           cwd: ROOT,
         },
@@ -178,42 +224,10 @@ if (postgresAvailable('HA end-to-end test')) {
         3,
         'one CA per server in the bundle',
       );
-      const plan: [string, Server[]][] = [
-        ['node-a', [servers[0] as Server]],
-        ['node-b', [servers[1] as Server]],
-        // The agent that moves: every server, in an order of its own choosing.
-        ['node-c', [servers[2] as Server, servers[0] as Server, servers[1] as Server]],
-      ];
-      for (const [name, via] of plan) {
-        const token = (await cli(servers[2] as Server, 'token', 'generate', '--agent-name', name))
-          .token as string;
-        const dir = join(tmp.path, name);
-        mkdirSync(dir, { recursive: true });
-        writeFileSync(join(dir, 'bundle.pem'), bundle.stdout);
-        const socket = join(dir, 'agent.sock');
-        const config = join(dir, 'agent.yaml');
-        writeFileSync(
-          config,
-          [
-            `trust_domain: ${TD}`,
-            'server_address:',
-            ...via.map((s) => `  - 127.0.0.1:${s.port}`),
-            `trust_bundle_path: ${dir}/bundle.pem`,
-            `socket_path: ${socket}`,
-            `data_dir: ${dir}/data`,
-            'health: { port: 0 }',
-            '',
-          ].join('\n'),
-        );
-        const proc = spawnTessera('agent', 'run', '--config', config, '--join-token', token);
-        await waitForLog(proc, /agent started/);
-        agents.push({
-          name,
-          id: `spiffe://${TD}/tessera/agent/join_token/${name}`,
-          proc,
-          watcher: new Watcher(socket),
-        });
-      }
+      await startAgent('node-a', [a]);
+      await startAgent('node-b', [b]);
+      // The agent that moves: every server, in an order of its own choosing.
+      await startAgent('node-c', [c, a, b]);
     });
 
     after(async () => {
@@ -290,6 +304,38 @@ if (postgresAvailable('HA end-to-end test')) {
       await onC.watcher.until('entry created after the failover', has('/c/after-failover'));
       assert.ok(has('/c/first')(onC.watcher.ids));
       servers.splice(servers.indexOf(victim), 1);
+    });
+
+    it('a server started while another writes catches up: its agent serves exactly what the database holds', async () => {
+      const writer = await openPostgresDatastore(cluster.connectionString);
+      const parent = `spiffe://${TD}/tessera/agent/join_token/node-late`;
+      const kept = new Set<string>();
+      let late: Promise<Server> | undefined;
+      try {
+        for (let i = 0; i < 150; i++) {
+          const e = await writer.createEntry({
+            spiffeId: `spiffe://${TD}/late/${i}`,
+            parentId: parent,
+            selectors: [{ type: 'unix', value: `uid:${UID}` }],
+          });
+          kept.add(`spiffe://${TD}/late/${i}`);
+          if (i % 3 === 1) {
+            await writer.deleteEntry(e.id);
+            kept.delete(`spiffe://${TD}/late/${i}`);
+          }
+          if (i === 20) late = startServer('late'); // starts (migrates, loads, follows) while this goes on
+        }
+      } finally {
+        await writer.close();
+      }
+      const server = await (late as Promise<Server>);
+      const agent = await startAgent('node-late', [server]);
+      const want = [...kept].sort();
+      await agent.watcher.until(
+        `the ${want.length} entries left after the writes`,
+        (ids) => ids.length === want.length && ids.every((id, i) => id === want[i]),
+        30_000,
+      );
     });
   });
 }
