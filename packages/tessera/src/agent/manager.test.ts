@@ -22,6 +22,50 @@ import { ServerClient } from './server-client.js';
 const td = parseTrustDomain('example.org');
 const sel = [{ type: 'unix', value: 'uid:1000' }];
 
+/** An agent attested on `server` with a join token for `name`, and its manager (not started). */
+async function attestedManager(
+  server: RunningServer,
+  port: number,
+  dir: string,
+  name: string,
+): Promise<{ manager: AgentManager; agentId: string }> {
+  const token = `${name}-test-token-0123456`;
+  await server.datastore.createJoinToken({
+    token,
+    expiresAt: new Date(Date.now() + 60_000),
+    agentName: name,
+  });
+  const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
+  const key = generateKeyPairOfType('ec-p256').privateKey;
+  const c = new ServerClient({ address: `127.0.0.1:${port}`, trustDomain: td, bundle: bundle.x509Bundle() });
+  const r = await c.attest({ type: 'join_token', payload: Buffer.from(token), csr: createCsr(key) });
+  c.close();
+  const manager = new AgentManager({
+    trustDomain: td,
+    servers: [`127.0.0.1:${port}`],
+    dataDir: join(dir, 'agent'),
+    state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
+    workloadKeyType: 'ec-p256',
+    logger: createLogger({ level: 'error', write: () => undefined }),
+    metrics: new Metrics(),
+  });
+  return { manager, agentId: r.spiffeId };
+}
+
+/** Resolves once `pred()` holds, checked at each 'update' of the manager. */
+function untilUpdate(manager: AgentManager, pred: () => boolean): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (pred()) return resolve();
+    const check = () => {
+      if (pred()) {
+        manager.off('update', check);
+        resolve();
+      }
+    };
+    manager.on('update', check);
+  });
+}
+
 describe('AgentManager', () => {
   let tmp: TempDir;
   let server: RunningServer;
@@ -33,34 +77,7 @@ describe('AgentManager', () => {
     tmp = await makeTempDir('manager-');
     port = await freePort();
     server = await startTestServer(tmp.path, [], port);
-    await server.datastore.createJoinToken({
-      token: 'manager-test-token-0123',
-      expiresAt: new Date(Date.now() + 60_000),
-      agentName: 'm',
-    });
-    const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
-    const key = generateKeyPairOfType('ec-p256').privateKey;
-    const c = new ServerClient({
-      address: `127.0.0.1:${port}`,
-      trustDomain: td,
-      bundle: bundle.x509Bundle(),
-    });
-    const r = await c.attest({
-      type: 'join_token',
-      payload: Buffer.from('manager-test-token-0123'),
-      csr: createCsr(key),
-    });
-    c.close();
-    agentId = r.spiffeId;
-    manager = new AgentManager({
-      trustDomain: td,
-      servers: [`127.0.0.1:${port}`],
-      dataDir: join(tmp.path, 'agent'),
-      state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
-      workloadKeyType: 'ec-p256',
-      logger: createLogger({ level: 'error', write: () => undefined }),
-      metrics: new Metrics(),
-    });
+    ({ manager, agentId } = await attestedManager(server, port, tmp.path, 'm'));
   });
 
   after(async () => {
@@ -69,17 +86,7 @@ describe('AgentManager', () => {
     await tmp?.cleanup();
   });
 
-  const until = (pred: () => boolean) =>
-    new Promise<void>((resolve) => {
-      if (pred()) return resolve();
-      const check = () => {
-        if (pred()) {
-          manager.off('update', check);
-          resolve();
-        }
-      };
-      manager.on('update', check);
-    });
+  const until = (pred: () => boolean) => untilUpdate(manager, pred);
 
   it('drops an entry removed while it was disconnected, once the new snapshot is complete', {
     timeout: 30_000,
@@ -141,54 +148,20 @@ describe('AgentManager under an upstream authority', () => {
     );
     let manager: AgentManager | undefined;
     try {
-      await server.datastore.createJoinToken({
-        token: 'upstream-test-token-0123',
-        expiresAt: new Date(Date.now() + 60_000),
-        agentName: 'u',
-      });
       const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
       assert.deepEqual(
         bundle.x509Authorities.map((c) => c.fingerprint256),
         [org.certificate.fingerprint256],
       );
-      const key = generateKeyPairOfType('ec-p256').privateKey;
-      const c = new ServerClient({
-        address: `127.0.0.1:${port}`,
-        trustDomain: td,
-        bundle: bundle.x509Bundle(),
-      });
-      const r = await c.attest({
-        type: 'join_token',
-        payload: Buffer.from('upstream-test-token-0123'),
-        csr: createCsr(key),
-      });
-      c.close();
+      const attested = await attestedManager(server, port, tmp.path, 'u');
+      const m = attested.manager;
+      manager = m;
       await server.datastore.createEntry({
         spiffeId: 'spiffe://example.org/up',
-        parentId: r.spiffeId,
+        parentId: attested.agentId,
         selectors: sel,
       });
-      const m = new AgentManager({
-        trustDomain: td,
-        servers: [`127.0.0.1:${port}`],
-        dataDir: join(tmp.path, 'agent'),
-        state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
-        workloadKeyType: 'ec-p256',
-        logger: createLogger({ level: 'error', write: () => undefined }),
-        metrics: new Metrics(),
-      });
-      manager = m;
-      const until = (pred: () => boolean) =>
-        new Promise<void>((resolve) => {
-          if (pred()) return resolve();
-          const check = () => {
-            if (pred()) {
-              m.off('update', check);
-              resolve();
-            }
-          };
-          m.on('update', check);
-        });
+      const until = (pred: () => boolean) => untilUpdate(m, pred);
       const intermediate = () => m.svidsFor(sel)[0]?.svid.certificates[1];
       m.start();
       await until(() => intermediate() !== undefined);
