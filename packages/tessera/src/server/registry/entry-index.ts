@@ -45,9 +45,19 @@ export class EntryIndex extends EventEmitter<{ change: [EntryChange]; reloadErro
    */
   static async load(datastore: Datastore, serverId: string): Promise<EntryIndex> {
     const index = new EntryIndex(serverId, datastore);
-    const { entries, revision } = await datastore.snapshotEntries();
-    for (const e of entries) index.#put(e);
-    index.#revision = revision;
+    // Changes told while the snapshot is read are held, then applied if newer than it.
+    index.#held = [];
+    try {
+      const { entries, revision } = await datastore.snapshotEntries();
+      for (const e of entries) index.#put(e);
+      index.#revision = revision;
+    } catch (err) {
+      index.close();
+      throw err;
+    }
+    const held = index.#held;
+    index.#held = undefined;
+    for (const c of held) index.#apply(c);
     return index;
   }
 
