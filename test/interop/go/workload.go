@@ -132,6 +132,9 @@ func runWorkload(args []string) error {
 		return fmt.Errorf("workload: %w", err)
 	}
 	defer client.Close()
+	// Deferred calls run last first: the watch's context ends before the client closes, so closing
+	// is not reported as a watch error ("the client connection is closing").
+	defer cancel()
 
 	// The watch starts first so that errors while the sources wait (PermissionDenied, ...) are seen.
 	w := &watcher{ctx: ctx, updates: make(chan *workloadapi.X509Context, 64)}
