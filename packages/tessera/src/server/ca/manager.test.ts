@@ -294,7 +294,13 @@ describe('AuthorityManager: taints shared by every server of the trust domain', 
     const { a, b } = await twoServers(ds, clock);
     try {
       const toldB: string[] = [];
-      b.onTaint((kind, id) => toldB.push(`${kind}:${id}`));
+      let secondTaint: () => void = () => {};
+      const toldTwice = new Promise<void>((resolve) => {
+        secondTaint = resolve;
+      });
+      b.onTaint((kind, id) => {
+        if (toldB.push(`${kind}:${id}`) === 2) secondTaint();
+      });
       const aFirst = (await a.list()).find((x) => x.kind === 'x509' && x.status === 'active')?.id as string;
       const bActive = (await b.list()).find((x) => x.kind === 'x509' && x.status === 'active')?.id as string;
       // From A, B's key is listed with B's status, not as an anonymous bundle root.
@@ -315,7 +321,7 @@ describe('AuthorityManager: taints shared by every server of the trust domain', 
       // B's active key tainted from A: B replaces it now, so nothing new is signed by it.
       const bSigning = b.x509.certificate.fingerprint256;
       await a.taint('x509', bActive);
-      await waitFor(() => toldB.length === 2);
+      await toldTwice;
       assert.equal(toldB[1], `x509:${bActive}`);
       assert.notEqual(b.x509.certificate.fingerprint256, bSigning, 'B signs with a new key');
       const bNow = (await a.list()).find((x) => x.id === bActive);
@@ -378,11 +384,3 @@ describe('AuthorityManager: taints shared by every server of the trust domain', 
     }
   });
 });
-
-async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setImmediate(r));
-  }
-}
