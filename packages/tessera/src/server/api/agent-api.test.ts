@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { createCsr, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
+import Database from 'better-sqlite3';
 import {
   authorizeAny,
   authorizeId,
@@ -25,6 +26,7 @@ import { ServiceClient } from '../../common/grpc.js';
 import { Admin } from '../../gen/tessera/admin/v1/admin_pb.js';
 import { type SyncResponse, X509PopPayloadSchema } from '../../gen/tessera/agent/v1/agent_pb.js';
 import { x509popChallengeResponse } from '../attestation/x509pop.js';
+import type { SqlDatastore } from '../datastore/sql-datastore.js';
 import type { RunningServer } from '../run.js';
 import { startTestServer } from './test-server.test.util.js';
 
@@ -309,6 +311,54 @@ describe('agent API', () => {
       a.client.getBundle(),
       (e: grpc.ServiceError) => e.code === grpc.status.PERMISSION_DENIED && /banned/.test(e.details),
     );
+  });
+
+  it('after a gap in the change feed (resync), a stream gets the entries it missed and a ban it missed cuts it', {
+    timeout: 20_000,
+  }, async () => {
+    const a = await attestWithToken('resync-agent');
+    const stream = a.client.sync();
+    const messages: SyncResponse[] = [];
+    let wake: () => void = () => {};
+    stream.on('data', (m: SyncResponse) => {
+      messages.push(m);
+      wake();
+    });
+    const until = async (pred: () => boolean) => {
+      while (!pred()) await new Promise<void>((r) => (wake = r));
+    };
+    await until(() => messages.some((m) => m.synced));
+    // Written behind the feed's back (as if its events had been pruned): an entry, then a ban.
+    const db = new Database(join(tmp.path, 'data', 'datastore.sqlite3'));
+    try {
+      db.prepare(
+        `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_key, x509_svid_ttl, jwt_svid_ttl,
+           dns_names, federates_with, admin, downstream, hint, expires_at, metadata, revision, created_at, updated_at)
+         VALUES ('missed-entry', 'spiffe://example.org/resync/missed', ?, 'unix:uid:7', 0, 0, '[]', '[]', 0, 0, '',
+           NULL, '{}', 1, 0, 0)`,
+      ).run(a.id);
+      db.prepare("INSERT INTO entry_selectors VALUES ('missed-entry', 'unix', 'uid:7')").run();
+      db.prepare('UPDATE change_revision SET revision = revision + 1 WHERE id = 1').run();
+    } finally {
+      db.close();
+    }
+    const feed = (server.datastore as SqlDatastore).feed;
+    const resyncs = feed.resyncs;
+    await feed.poll();
+    assert.equal(feed.resyncs, resyncs + 1);
+    await until(() => messages.some((m) => m.upserted.some((e) => e.id === 'missed-entry')));
+    const ended = new Promise<grpc.ServiceError>((resolve) => stream.on('error', resolve));
+    const db2 = new Database(join(tmp.path, 'data', 'datastore.sqlite3'));
+    try {
+      db2.prepare('UPDATE agents SET banned = 1 WHERE spiffe_id = ?').run(a.id);
+      db2.prepare('UPDATE change_revision SET revision = revision + 1 WHERE id = 1').run();
+    } finally {
+      db2.close();
+    }
+    await feed.poll();
+    const err = await ended;
+    assert.equal(err.code, grpc.status.PERMISSION_DENIED);
+    assert.match(err.details, /banned/);
   });
 
   it('pushes a taint to open streams at once, and counts issuance in /metrics', async () => {
