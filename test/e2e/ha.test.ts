@@ -4,6 +4,7 @@
 // an agent wherever it is connected; the change-feed connections killed in PostgreSQL lose nothing;
 // a server killed with SIGKILL loses its agents to the others.
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,6 +19,7 @@ import {
 } from '@tessera/testkit';
 import pg from 'pg';
 import { createWorkloadApiClient, type WorkloadApiClient } from 'spiffe';
+import { authorityKeyId } from 'tessera/dist/server/ca/manager.js';
 import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import { runCommand, spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
 
@@ -42,6 +44,8 @@ interface Agent {
 /** A workload watching its X.509 context on an agent socket; `until` waits for a state (no polling). */
 class Watcher {
   ids: string[] = [];
+  /** SPIFFE ID → the leaf certificate of its SVID now. */
+  leaves = new Map<string, X509Certificate>();
   readonly #client: WorkloadApiClient;
   readonly #abort = new AbortController();
   readonly #waiters = new Set<() => void>();
@@ -55,8 +59,16 @@ class Watcher {
     this.done = this.#client
       .watchX509Context(
         {
-          onUpdate: (ctx) => this.#set(ctx.svids.map((s) => s.id.toString()).sort()),
-          onError: () => this.#set([]),
+          onUpdate: (ctx) => {
+            this.leaves = new Map(
+              ctx.svids.map((s) => [s.id.toString(), s.certificates[0] as X509Certificate]),
+            );
+            this.#set(ctx.svids.map((s) => s.id.toString()).sort());
+          },
+          onError: () => {
+            this.leaves = new Map();
+            this.#set([]);
+          },
         },
         this.#abort.signal,
       )
@@ -251,6 +263,48 @@ if (postgresAvailable('HA end-to-end test')) {
         'entry deleted on C, gone from B’s agent',
         (ids) => lacks('/b/web')(ids) && has('/b/keep')(ids),
       );
+    });
+
+    it('taints through one server reach agents of the others: an old CA of B (B re-issues), and A’s active CA (A rotates at once)', async () => {
+      const [a, b, c] = servers as [Server, Server, Server];
+      const [onA, onB] = agents as [Agent, Agent];
+      const bundleCas = async () => {
+        const r = await runCommand(process.execPath, [TESSERA_BIN, 'bundle', 'show', '--socket', c.socket], {
+          cwd: ROOT,
+        });
+        return (r.stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []).map(
+          (pem) => new X509Certificate(pem),
+        );
+      };
+      /** The subject key ID of the CA in the bundle that signed the workload's SVID for `id`. */
+      const signer = async (agent: Agent, id: string) => {
+        const leaf = agent.watcher.leaves.get(`spiffe://${TD}${id}`) as X509Certificate;
+        const ca = (await bundleCas()).find((x) => leaf.checkIssued(x) && leaf.verify(x.publicKey));
+        assert.ok(ca !== undefined, `the CA that signed ${id} is in the bundle`);
+        return authorityKeyId(ca);
+      };
+      const reissuedByAnother = async (agent: Agent, id: string, old: string) => {
+        await agent.watcher.until(`${id} re-issued by another CA`, () => {
+          const leaf = agent.watcher.leaves.get(`spiffe://${TD}${id}`);
+          return leaf !== undefined && leaf.serialNumber !== serialsBefore.get(id);
+        });
+        assert.notEqual(await signer(agent, id), old);
+      };
+      const serialsBefore = new Map([
+        ['/b/keep', onB.watcher.leaves.get(`spiffe://${TD}/b/keep`)?.serialNumber],
+        ['/a/api', onA.watcher.leaves.get(`spiffe://${TD}/a/api`)?.serialNumber],
+      ]);
+      // B rotates by operator command; its old CA is then tainted through C.
+      const bOld = await signer(onB, '/b/keep');
+      await cli(b, 'authority', 'prepare', '--kind', 'x509');
+      await cli(b, 'authority', 'activate', '--kind', 'x509');
+      await cli(c, 'authority', 'taint', '--kind', 'x509', '--id', bOld);
+      await reissuedByAnother(onB, '/b/keep', bOld);
+      // A's active CA tainted through C: A replaces it and its agent's SVIDs move to the new one.
+      const aActive = await signer(onA, '/a/api');
+      await cli(c, 'authority', 'taint', '--kind', 'x509', '--id', aActive);
+      await reissuedByAnother(onA, '/a/api', aActive);
+      await waitForLog(a.proc, /active authority was tainted by an operator on another server/);
     });
 
     it('a ban through one server cuts the agent connected to another, and its workloads lose their identities', async () => {
