@@ -161,3 +161,10 @@ export function fdLimit(): number {
     return Number.POSITIVE_INFINITY;
   }
 }
+
+/** VmRSS and VmHWM (peak) of a process, in MB (Linux). */
+export function memoryOf(pid: number): { rssMb: number; peakMb: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (field: string) => Number(status.match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'))?.[1]);
+  return { rssMb: kb('VmRSS') / 1024, peakMb: kb('VmHWM') / 1024 };
+}
