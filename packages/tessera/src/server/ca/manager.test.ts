@@ -113,6 +113,28 @@ describe('AuthorityManager rotation', () => {
   });
 });
 
+describe('AuthorityManager: one change of the slots at a time', () => {
+  it('the rotation loop and an operator preparing at the same moment prepare one key, not two', async () => {
+    const tmp = await makeTempDir('mgr-serial-');
+    const ds = await openSqliteDatastore(join(tmp.path, 'ds.db'));
+    try {
+      const clock = new FakeClock(new Date('2026-06-01T00:00:00Z'));
+      const m = new AuthorityManager(diskOptions(tmp.path, ds, clock));
+      await m.init();
+      clock.advance(13 * HOUR); // past half-life: the schedule prepares
+      const [loop, operator] = await Promise.allSettled([m.rotate(), m.prepare('x509')]);
+      assert.equal(loop.status === 'fulfilled' && loop.value.x509, 'prepare');
+      assert.equal(operator.status, 'rejected');
+      assert.match(String((operator as PromiseRejectedResult).reason), /already prepared/);
+      assert.equal((await ds.getBundle(td))?.x509Authorities.length, 2, 'one new CA published');
+      m.close();
+    } finally {
+      await ds.close();
+      await tmp.cleanup();
+    }
+  });
+});
+
 describe('AuthorityManager on an idle server', () => {
   it('prune() with nothing expired writes nothing and reads the bundle once; after a change it reads it again', async () => {
     const tmp = await makeTempDir('mgr-idle-');

@@ -41,6 +41,9 @@ interface Journal {
 
 export type AuthorityKind = 'x509' | 'jwt';
 
+/** What one step of the rotation schedule did, per kind of key. */
+export type RotationSteps = { x509: 'none' | 'prepare' | 'activate'; jwt: 'none' | 'prepare' | 'activate' };
+
 /** Told after a key is prepared or activated, by the rotation schedule or by an operator command. */
 export type RotationListener = (
   kind: AuthorityKind,
@@ -129,6 +132,7 @@ export class AuthorityManager {
   /** Authorities this server stopped using, to record as `old` with the next persist. */
   #retired: Omit<AuthorityRecord, 'tainted' | 'revoked'>[] = [];
   #refreshing: Promise<void> = Promise.resolve();
+  #slotsBusy: Promise<unknown> = Promise.resolve();
   /** The trust domain's bundle as last read; forgotten at each change to it. */
   #bundle: SpiffeBundle | undefined;
   #unsubscribe: (() => void) | undefined;
@@ -238,7 +242,11 @@ export class AuthorityManager {
   }
 
   /** One step of the rotation loop: prepare or activate what the schedule says, at `now`. */
-  async rotate(): Promise<{ x509: 'none' | 'prepare' | 'activate'; jwt: 'none' | 'prepare' | 'activate' }> {
+  rotate(): Promise<RotationSteps> {
+    return this.#exclusive(() => this.#rotateStep());
+  }
+
+  async #rotateStep(): Promise<RotationSteps> {
     const now = this.#o.now();
     const x = this.#x509.current;
     const j = this.#jwt.current;
@@ -325,6 +333,10 @@ export class AuthorityManager {
 
   /** Prepares a new key now (published in the bundle, not yet signing). Refused when one is prepared. */
   async prepare(kind: AuthorityKind): Promise<AuthorityInfo> {
+    return this.#exclusive(() => this.#prepareNow(kind));
+  }
+
+  async #prepareNow(kind: AuthorityKind): Promise<AuthorityInfo> {
     const slots = kind === 'x509' ? this.#x509 : this.#jwt;
     if (slots.next !== undefined)
       throw opError(
@@ -345,6 +357,10 @@ export class AuthorityManager {
 
   /** Makes the prepared key the signing one; the previous one stays in the bundle until it expires. */
   async activate(kind: AuthorityKind): Promise<AuthorityInfo> {
+    return this.#exclusive(() => this.#activateNow(kind));
+  }
+
+  async #activateNow(kind: AuthorityKind): Promise<AuthorityInfo> {
     const slots = kind === 'x509' ? this.#x509 : this.#jwt;
     if (slots.next === undefined)
       throw opError(
@@ -465,7 +481,8 @@ export class AuthorityManager {
       for (const t of fresh) {
         const kind = t.slice(0, t.indexOf(':')) as AuthorityKind;
         const id = t.slice(t.indexOf(':') + 1);
-        if (this.#ownStatus(kind, id) === 'active') await this.#rotateNow(kind, id);
+        if (this.#ownStatus(kind, id) === 'active')
+          await this.#exclusive(() => this.#replaceTainted(kind, id));
         for (const l of this.#taintListeners) {
           try {
             l(kind, id);
@@ -481,8 +498,19 @@ export class AuthorityManager {
     return this.#refreshing;
   }
 
-  /** Replaces a tainted active key now: prepare (unless prepared) and activate. */
-  async #rotateNow(kind: AuthorityKind, id: string): Promise<void> {
+  /**
+   * Runs one change of the slots at a time: the rotation loop, an operator's prepare or activate,
+   * and the replacement of a key another server tainted never interleave.
+   */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#slotsBusy.then(fn);
+    this.#slotsBusy = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Replaces a tainted active key now (unless it was replaced meanwhile): prepare unless prepared, activate. */
+  async #replaceTainted(kind: AuthorityKind, id: string): Promise<void> {
+    if (this.#ownStatus(kind, id) !== 'active') return;
     this.#o.logger?.warn?.(
       "ca: this server's active authority was tainted by an operator on another server; rotating to a new key now",
       { kind, id },
