@@ -3,7 +3,6 @@
 // getting and renewing SVIDs there, keeps serving what it holds while neither answers, and looks
 // the servers up again once every one has failed.
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -15,16 +14,13 @@ import {
   startPostgres,
   type TempDir,
 } from '@tessera/testkit';
-import { parseTrustDomain, type SpiffeBundle } from 'spiffe';
-import { createCsr } from '../common/csr.js';
+import { parseTrustDomain } from 'spiffe';
 import { createLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';
-import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { RunningServer } from '../server/run.js';
+import { attestTestAgent } from './attest.test.util.js';
 import { AgentManager, type CachedSvid } from './manager.js';
-import { ServerClient } from './server-client.js';
-import type { AgentState } from './state.js';
 
 const td = parseTrustDomain('example.org');
 const sel = [{ type: 'unix', value: 'uid:1000' }];
@@ -127,23 +123,7 @@ if (postgresAvailable('agent failover')) {
     };
 
     /** Attests a new agent (join token `name`) with `via` and returns its state. */
-    const attestAgent = async (name: string, via: RunningServer): Promise<AgentState & { id: string }> => {
-      const token = `failover-test-token-${name}`;
-      await via.datastore.createJoinToken({
-        token,
-        expiresAt: new Date(Date.now() + 60_000),
-        agentName: name,
-      });
-      const bundle = (await via.datastore.getBundle(td)) as SpiffeBundle;
-      const key = generateKeyPairOfType('ec-p256').privateKey;
-      const c = new ServerClient({ address: addressOf(via), trustDomain: td, bundle: bundle.x509Bundle() });
-      try {
-        const r = await c.attest({ type: 'join_token', payload: Buffer.from(token), csr: createCsr(key) });
-        return { id: r.spiffeId, chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle };
-      } finally {
-        c.close();
-      }
-    };
+    const attestAgent = (name: string, via: RunningServer) => attestTestAgent(via, addressOf(via), td, name);
 
     before(async () => {
       tmp = await makeTempDir('failover-');

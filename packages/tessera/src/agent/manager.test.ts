@@ -1,23 +1,21 @@
 // The agent manager against a real server (in-process, real TLS, real SQLite): what it holds after
 // the server comes back from an outage during which entries were removed.
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import type { SpiffeBundle } from 'spiffe';
 import { parseTrustDomain } from 'spiffe';
-import { createCsr } from '../common/csr.js';
 import { createLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';
 import { authorityKeyId } from '../server/ca/manager.js';
 import { openSqliteDatastore } from '../server/datastore/sqlite.js';
-import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { RunningServer } from '../server/run.js';
+import { attestTestAgent } from './attest.test.util.js';
 import { AgentManager } from './manager.js';
-import { ServerClient } from './server-client.js';
 
 const td = parseTrustDomain('example.org');
 const sel = [{ type: 'unix', value: 'uid:1000' }];
@@ -29,27 +27,17 @@ async function attestedManager(
   dir: string,
   name: string,
 ): Promise<{ manager: AgentManager; agentId: string }> {
-  const token = `${name}-test-token-0123456`;
-  await server.datastore.createJoinToken({
-    token,
-    expiresAt: new Date(Date.now() + 60_000),
-    agentName: name,
-  });
-  const bundle = (await server.datastore.getBundle(td)) as SpiffeBundle;
-  const key = generateKeyPairOfType('ec-p256').privateKey;
-  const c = new ServerClient({ address: `127.0.0.1:${port}`, trustDomain: td, bundle: bundle.x509Bundle() });
-  const r = await c.attest({ type: 'join_token', payload: Buffer.from(token), csr: createCsr(key) });
-  c.close();
+  const { id, ...state } = await attestTestAgent(server, `127.0.0.1:${port}`, td, name);
   const manager = new AgentManager({
     trustDomain: td,
     servers: [`127.0.0.1:${port}`],
     dataDir: join(dir, 'agent'),
-    state: { chain: r.svidChain.map((d) => new X509Certificate(d)), key, bundle },
+    state,
     workloadKeyType: 'ec-p256',
     logger: createLogger({ level: 'error', write: () => undefined }),
     metrics: new Metrics(),
   });
-  return { manager, agentId: r.spiffeId };
+  return { manager, agentId: id };
 }
 
 /** Resolves once `pred()` holds, checked at each 'update' of the manager. */
