@@ -63,6 +63,18 @@ async function sha256Of(file: FileHandle): Promise<string> {
 const fileKey = (st: { dev: number; ino: number; mtimeMs: number; size: number }) =>
   `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}`;
 
+/** The keys of the selectors this attestor yields: `unix:<key>:<value>`. */
+export const UNIX_SELECTOR_KEYS = [
+  'uid',
+  'user',
+  'gid',
+  'group',
+  'supplementary_gid',
+  'supplementary_group',
+  'path',
+  'sha256',
+] as const;
+
 export class UnixWorkloadAttestor implements WorkloadAttestor {
   readonly type = 'unix';
   readonly #sha256: boolean;

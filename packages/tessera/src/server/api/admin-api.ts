@@ -12,6 +12,7 @@ import {
   type SpiffeId,
   type TrustDomain,
 } from 'spiffe';
+import { UNIX_SELECTOR_KEYS } from '../../agent/workload/unix.js';
 import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { grpcImplementation, grpcServiceDefinition, toGrpcStatus } from '../../common/grpc.js';
@@ -76,9 +77,47 @@ function invalid(message: string): TesseraError {
 const seconds = (d: Date | undefined): bigint =>
   d === undefined ? 0n : BigInt(Math.floor(d.getTime() / 1000));
 
-function entryInput(e: Entry): EntryInput {
+/**
+ * An entry as the server takes it: its SPIFFE ID and parent in the server's trust domain (a foreign
+ * identity is reached by federation, never registered here), and `unix` selectors with a key the
+ * unix workload attestor yields and a value (`unix:uid` alone matches no workload, ever).
+ */
+function entryInput(e: Entry, td: TrustDomain): EntryInput {
   if (e.expiresAt < 0n) throw invalid(`expires_at ${e.expiresAt} must be Unix seconds (0 = never)`);
-  return entryInputFromProto(e);
+  const input = entryInputFromProto(e);
+  for (const [field, id] of [
+    ['spiffeId', input.spiffeId],
+    ['parentId', input.parentId],
+  ] as const) {
+    let member = false;
+    try {
+      member = parseSpiffeId(id).memberOf(td);
+    } catch {
+      // Not a SPIFFE ID: the datastore's check says so, naming the field.
+      continue;
+    }
+    if (!member)
+      throw new TesseraError(
+        TesseraErrorCode.ENTRY_INVALID,
+        `entry: ${field} "${id}" is not in this server's trust domain "${td.name}"; register identities of ${td.name} (a workload reaches another trust domain through federatesWith)`,
+      );
+  }
+  for (const s of input.selectors) {
+    if (s.type !== 'unix') continue;
+    const i = s.value.indexOf(':');
+    const key = i < 0 ? s.value : s.value.slice(0, i);
+    if (!(UNIX_SELECTOR_KEYS as readonly string[]).includes(key))
+      throw new TesseraError(
+        TesseraErrorCode.ENTRY_INVALID,
+        `entry: selector "unix:${s.value}" has no key the unix attestor yields; use unix:<key>:<value> with key one of ${UNIX_SELECTOR_KEYS.join(', ')} (e.g. unix:uid:1000)`,
+      );
+    if (i < 0 || i === s.value.length - 1)
+      throw new TesseraError(
+        TesseraErrorCode.ENTRY_INVALID,
+        `entry: selector "unix:${s.value}" has no value and would match no workload; write unix:${key}:<value> (e.g. unix:uid:1000)`,
+      );
+  }
+  return input;
 }
 
 function statusOf(err: unknown): MessageInitShape<typeof StatusSchema> {
@@ -216,7 +255,7 @@ export function createAdminService(deps: AdminServiceDeps): {
         const created: (RegistrationEntry | undefined)[] = [];
         const inputs: (EntryInput | undefined)[] = req.entries.map((e, i) => {
           try {
-            return entryInput(e);
+            return entryInput(e, td);
           } catch (err) {
             results[i] = statusOf(err);
             return undefined;
@@ -274,7 +313,7 @@ export function createAdminService(deps: AdminServiceDeps): {
           throw invalid(
             `entry revision ${e.revision} is not one the server gave; read the entry and send its revision`,
           );
-        const updated = await ds.updateEntry(e.id, Number(e.revision), entryInput(e));
+        const updated = await ds.updateEntry(e.id, Number(e.revision), entryInput(e, td));
         audit.record('entry.updated', {
           entry_id: updated.id,
           spiffe_id: updated.spiffeId,

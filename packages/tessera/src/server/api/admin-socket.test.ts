@@ -147,6 +147,73 @@ describe('admin socket', () => {
     assert.equal((await h.client.unary(Admin.method.countEntries, {})).count, 3n);
   });
 
+  it('refuses an entry of another trust domain and a unix selector without a value or with an unknown key, naming each', async () => {
+    const r = await h.client.unary(Admin.method.createEntries, {
+      entries: [
+        {
+          spiffeId: 'spiffe://other.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'unix', value: 'uid:1' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://other.org/agent',
+          selectors: [{ type: 'unix', value: 'uid:1' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'unix', value: 'uid' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'unix', value: 'uid:' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'unix', value: 'pid:7' }],
+        },
+        // Other selector types are the attestors' business: kept as given, as SPIRE does.
+        {
+          spiffeId: 'spiffe://example.org/w-team',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'team', value: 'red' }],
+        },
+      ],
+    });
+    const messages = r.results.map((x) => [x.status?.errorCode, x.status?.message]);
+    assert.deepEqual(
+      messages.map(([code]) => code),
+      [
+        'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        '',
+      ],
+    );
+    assert.match(
+      String(messages[0]?.[1]),
+      /spiffeId "spiffe:\/\/other.org\/w" is not in this server's trust domain "example.org"/,
+    );
+    assert.match(
+      String(messages[1]?.[1]),
+      /parentId "spiffe:\/\/other.org\/agent" is not in this server's trust domain/,
+    );
+    assert.match(
+      String(messages[2]?.[1]),
+      /selector "unix:uid" has no value and would match no workload; write unix:uid:<value>/,
+    );
+    assert.match(String(messages[3]?.[1]), /selector "unix:uid:" has no value/);
+    assert.match(
+      String(messages[4]?.[1]),
+      /selector "unix:pid:7" has no key the unix attestor yields; .*uid, user, gid/,
+    );
+  });
+
   it('updates with the revision read, refuses a stale one, and deletes with a result per ID', async () => {
     const [e] = (await h.client.unary(Admin.method.listEntries, { bySpiffeId: 'spiffe://example.org/a' }))
       .entries;
