@@ -547,6 +547,27 @@ describe('tessera admin commands against a running server', () => {
     assert.match(bad.stderr, /--id is required/);
   });
 
+  it('authority prepare, activate, taint and revoke: each says what it did; a revoked key is reported revoked, not tainted', async () => {
+    const old = (await json('authority', 'show', '--kind', 'x509')).authorities[0].id as string;
+    assert.match(
+      (await cli('authority', 'prepare', '--kind', 'x509')).stdout,
+      /^Prepared x509 authority [0-9a-f]{40}\n/,
+    );
+    assert.match((await cli('authority', 'activate', '--kind', 'x509')).stdout, /^Activated x509 authority /);
+    const tainted = await cli('authority', 'taint', '--kind', 'x509', '--id', old);
+    assert.match(tainted.stdout, new RegExp(`^Tainted x509 authority ${old}\n[\\s\\S]*Tainted\\s+: yes`));
+    const revoked = await cli('authority', 'revoke', '--kind', 'x509', '--id', old);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stdout, new RegExp(`^Revoked x509 authority ${old}\n[\\s\\S]*Revoked\\s+: yes`));
+    assert.doesNotMatch(revoked.stdout, /Tainted/);
+    const shown = await json('authority', 'show', '--kind', 'x509');
+    assert.equal(
+      shown.authorities.some((a: { id: string }) => a.id === old),
+      false,
+      'the revoked CA is no longer listed',
+    );
+  });
+
   it('a uid that is neither root nor the server’s is refused, by the file modes and by the server', async (t) => {
     if (process.getuid?.() !== 0) {
       t.skip('needs root to run the CLI as uid 65534');

@@ -74,13 +74,15 @@ export async function authorityCommand(args: string[], io: Io): Promise<number> 
         revoke: Admin.method.revokeAuthority,
       }[sub];
       const a = await withClient(f.socket, (c) => c.call(method, { kind: k, id }));
-      if (f.output === 'json') printJson(io, authorityJson(a));
+      // The answer describes the key as it was acted on; a revoked key is gone, not "tainted".
+      if (f.output === 'json')
+        printJson(io, { ...authorityJson(a), ...(sub === 'revoke' ? { revoked: true } : {}) });
       else {
         const done = { prepare: 'Prepared', activate: 'Activated', taint: 'Tainted', revoke: 'Revoked' }[sub];
         io.out(`${done} ${a.kind} authority ${a.id}`);
         printFields(io, [
           ['Status', a.status],
-          ['Tainted', a.tainted ? 'yes' : 'no'],
+          sub === 'revoke' ? ['Revoked', 'yes'] : ['Tainted', a.tainted ? 'yes' : 'no'],
           ['Not after', time(a.notAfter)],
         ]);
       }
