@@ -1,7 +1,9 @@
 // The admin CLI as operators use it: a real `tessera server run`, and every command group driven
 // through the `tessera` binary on the server's admin socket, as root and as another uid.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -566,6 +568,18 @@ describe('tessera admin commands against a running server', () => {
       false,
       'the revoked CA is no longer listed',
     );
+  });
+
+  it('a reader that closes the pipe early ends the command quietly, without an EPIPE stack trace', async () => {
+    const child = spawn(process.execPath, [bin, 'help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy(); // the reader is gone before the command writes
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    const [code] = await once(child, 'exit');
+    assert.equal(stderr, '');
+    assert.equal(code, 0);
   });
 
   it('a uid that is neither root nor the server’s is refused, by the file modes and by the server', async (t) => {

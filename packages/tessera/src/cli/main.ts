@@ -62,6 +62,13 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
 
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
 export async function main(argv: string[], io: Io = stdio): Promise<number> {
+  // A reader that stops early (`tessera api fetch x509 | head -1`) closes the pipe: the output is
+  // no longer wanted, so the command ends quietly instead of dying with an EPIPE stack trace.
+  if (io === stdio)
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      process.exit(0);
+    });
   const [group, ...rest] = argv;
   const command = group === undefined ? undefined : GROUPS[group];
   const name = ['tessera', group, rest[0]].filter((x) => x !== undefined && !x.startsWith('-')).join(' ');
