@@ -199,7 +199,7 @@ describe('tessera admin commands against a running server', () => {
     assert.equal((r.stdout.match(/^Entry ID/gm) ?? []).length, 2);
     assert.match(
       r.stderr,
-      /^tessera entry create: entry 1 \(not-an-id\): .*not a SPIFFE ID.* \(ERR_ENTRY_INVALID\)\n$/,
+      /^tessera entry create: entry 2 of 3 \(not-an-id\): .*not a SPIFFE ID.* \(ERR_ENTRY_INVALID\)\n$/,
     );
     const asJson = await cli('entry', 'create', '--data', file, '--output', 'json');
     assert.equal(asJson.code, 1);

@@ -170,9 +170,11 @@ async function create(f: Flags, io: Io): Promise<number> {
       if (i > 0) io.out('');
       printEntry(io, res.entry);
     } else {
-      // In a batch, name the entry by its index in the file and its SPIFFE ID.
+      // In a batch, name the entry by its place in the file (counted from 1) and its SPIFFE ID.
       const which =
-        data === undefined ? '' : `entry ${i}${entries[i]?.spiffeId ? ` (${entries[i]?.spiffeId})` : ''}: `;
+        data === undefined
+          ? ''
+          : `entry ${i + 1} of ${entries.length}${entries[i]?.spiffeId ? ` (${entries[i]?.spiffeId})` : ''}: `;
       io.err(
         `tessera entry create: ${which}${status?.message ?? 'failed'}${status?.errorCode ? ` (${status.errorCode})` : ''}`,
       );

@@ -120,7 +120,7 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       await rejectsWith(
         ds.createEntries([entry('/b/3'), entry('/b/4', { selectors: [] })]),
         TesseraErrorCode.ENTRY_INVALID,
-        /^entry 1: /,
+        /^entry 2 of 2: /,
       );
       assert.equal(await ds.countEntries(), before);
       const made = await ds.createEntries([entry('/b/5'), entry('/b/6')]);

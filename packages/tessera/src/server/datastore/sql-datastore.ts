@@ -362,7 +362,9 @@ export class SqlDatastore implements Datastore {
         return normalizeEntry(input);
       } catch (err) {
         if (inputs.length > 1 && isTesseraError(err))
-          throw new TesseraError(err.code, `entry ${i}: ${err.message}`, { cause: err });
+          throw new TesseraError(err.code, `entry ${i + 1} of ${inputs.length}: ${err.message}`, {
+            cause: err,
+          });
         throw err;
       }
     });
