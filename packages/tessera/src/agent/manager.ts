@@ -19,6 +19,7 @@ import {
   type X509SvidSource,
 } from 'spiffe';
 import { createCsr } from '../common/csr.js';
+import { grpcErrorText } from '../common/grpc.js';
 import type { DaemonLogger } from '../common/log.js';
 import type { Metrics } from '../common/metrics.js';
 import { keyIdentifier, spkiOf } from '../common/x509.js';
@@ -27,7 +28,7 @@ import type { Bundle, Entry } from '../gen/tessera/common/v1/types_pb.js';
 import type { Selector } from '../server/datastore/types.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { KeyType } from '../server/keymanager/key-manager.js';
-import { ServerClient, serverErrorText } from './server-client.js';
+import { ServerClient } from './server-client.js';
 import { ServerRotation } from './server-rotation.js';
 import { type AgentState, saveAgentSvid, saveBundle } from './state.js';
 
@@ -347,7 +348,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       this.#ban(err.details);
       return;
     }
-    const error = err === undefined ? 'stream ended' : serverErrorText(err);
+    const error = err === undefined ? 'stream ended' : grpcErrorText(err);
     if (wasConnected)
       this.#o.logger.warn(
         'agent: lost the push stream from the server; serving cached SVIDs until they expire',
@@ -363,7 +364,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
    */
   #callFailed(client: ServerClient, err: unknown): void {
     if ((err as Partial<grpc.ServiceError>).code === grpc.status.UNAVAILABLE && this.#connected)
-      this.#failover(client, serverErrorText(err));
+      this.#failover(client, grpcErrorText(err));
   }
 
   /**
@@ -539,7 +540,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       this.#issue()
         .catch((err: unknown) =>
           this.#o.logger.warn('agent: cannot get SVIDs from the server; will retry', {
-            error: serverErrorText(err),
+            error: grpcErrorText(err),
           }),
         )
         .finally(() => {
@@ -640,7 +641,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         else {
           this.#o.logger.warn('agent: cannot renew the agent SVID; will retry', {
             server: this.#rotation.current,
-            error: serverErrorText(err),
+            error: grpcErrorText(err),
           });
           this.#callFailed(client, err);
         }

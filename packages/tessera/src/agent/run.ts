@@ -14,6 +14,7 @@ import {
 } from 'spiffe';
 import { createCsr } from '../common/csr.js';
 import { lockDataDir, makeDataDir, startHealthServer, startupError } from '../common/daemon.js';
+import { grpcErrorText } from '../common/grpc.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { serveOnUnixSocket, unixPeerOf } from '../common/unix-grpc.js';
@@ -25,7 +26,7 @@ import { createSds } from './endpoints/sds.js';
 import { createWorkloadApi } from './endpoints/workload-api.js';
 import { AgentManager } from './manager.js';
 import { type LookupAll, parseServerAddress, resolveServers } from './server-address.js';
-import { ServerClient, serverErrorText } from './server-client.js';
+import { ServerClient } from './server-client.js';
 import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
 import { attestWorkload } from './workload/attest.js';
 import { UnixWorkloadAttestor } from './workload/unix.js';
@@ -196,16 +197,16 @@ async function attest(
       const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
       if (!unreachable || servers.length === 1)
         throw fail(
-          `node attestation (${evidence.type}) with the server at ${address} failed: ${serverErrorText(err)}`,
+          `node attestation (${evidence.type}) with the server at ${address} failed: ${grpcErrorText(err)}`,
           err,
         );
-      failures.push(`${address}: ${serverErrorText(err)}`);
+      failures.push(`${address}: ${grpcErrorText(err)}`);
       const next = order[failures.length];
       if (next !== undefined)
         logger.warn(`agent: server ${address} unreachable; trying ${next}`, {
           server: address,
           next,
-          error: serverErrorText(err),
+          error: grpcErrorText(err),
         });
     } finally {
       client.close();

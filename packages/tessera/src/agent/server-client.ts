@@ -43,16 +43,6 @@ export interface ServerClientOptions {
   insecure?: boolean;
 }
 
-/**
- * What went wrong with a call, for logs and messages: the server's message (the status details),
- * else the error's own; grpc-js's empty "Resolution note: " tail is dropped.
- */
-export function serverErrorText(err: unknown): string {
-  const e = err as { details?: unknown; message?: unknown };
-  const text = typeof e.details === 'string' && e.details !== '' ? e.details : String(e.message ?? err);
-  return text.replace(/\.? Resolution note: ?$/, '');
-}
-
 /** One connection to the agent API. Errors are grpc-js ServiceErrors carrying the server's message. */
 export class ServerClient {
   readonly #typed: ServiceClient<AgentMethods>;

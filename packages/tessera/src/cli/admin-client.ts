@@ -6,7 +6,7 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { DescMethod, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { parseDuration } from '../common/duration.js';
-import { errorCodeOf, ServiceClient } from '../common/grpc.js';
+import { errorCodeOf, grpcErrorText, ServiceClient } from '../common/grpc.js';
 import { Admin } from '../gen/tessera/admin/v1/admin_pb.js';
 import type { Io } from './main.js';
 
@@ -117,7 +117,7 @@ export class AdminClient {
   #describe(err: unknown): CliError {
     const e = err as grpc.ServiceError;
     if (e.code === grpc.status.UNAVAILABLE) {
-      const details = e.details ?? '';
+      const details = grpcErrorText(e);
       if (/ENOENT|ECONNREFUSED/.test(details))
         return new CliError(`cannot connect to the server at ${this.socket}: is it running?`);
       if (/EACCES|EPERM/.test(details))
@@ -129,7 +129,7 @@ export class AdminClient {
     if (e.code === grpc.status.DEADLINE_EXCEEDED)
       return new CliError(`the server at ${this.socket} did not answer within ${CALL_TIMEOUT_MS / 1000} s`);
     const code = errorCodeOf(err);
-    return new CliError(`${e.details ?? String(err)}${code === undefined ? '' : ` (${code})`}`);
+    return new CliError(`${grpcErrorText(err)}${code === undefined ? '' : ` (${code})`}`);
   }
 
   close(): void {

@@ -216,3 +216,13 @@ export function errorCodeOf(err: unknown): string | undefined {
   const v = md?.get(ERROR_CODE_METADATA)[0];
   return typeof v === 'string' ? v : undefined;
 }
+
+/**
+ * What went wrong with a gRPC call, for logs and messages: the peer's message (the status details),
+ * else the error's own; grpc-js's empty "Resolution note: " tail is dropped.
+ */
+export function grpcErrorText(err: unknown): string {
+  const e = err as { details?: unknown; message?: unknown };
+  const text = typeof e.details === 'string' && e.details !== '' ? e.details : String(e.message ?? err);
+  return text.replace(/\.? Resolution note: ?$/, '');
+}
