@@ -1,6 +1,6 @@
 /**
- * `tessera envoy bootstrap` against the official Envoy v3 API protos. Envoy cannot be installed
- * here, so each bootstrap the CLI prints is loaded by `interop envoy-validate` (go/envoy_validate.go:
+ * `tessera envoy bootstrap` against the official Envoy v3 API protos (envoy.test.ts runs real Envoys
+ * on two of them). Each bootstrap the CLI prints is loaded by `interop envoy-validate` (go/envoy_validate.go:
  * go-control-plane's types, protojson refusing unknown fields, protoc-gen-validate's rules on the
  * bootstrap and on every typed_config, and cluster references). The validator is shown to refuse
  * each kind of mistake, so an OK means something.

