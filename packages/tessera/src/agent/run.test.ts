@@ -6,7 +6,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { createWorkloadApiClient } from 'spiffe';
+import { createWorkloadApiClient, parseTrustDomain } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../common/errors.js';
 import { createLogger } from '../common/log.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';
@@ -160,6 +160,40 @@ describe('startAgent', () => {
       'the manager, starting at the dead one too, syncs with the live one',
     );
     assert.equal(agent.manager.server, live);
+  });
+
+  it('a server of another trust domain is named as such, with a trust bundle and with insecure_bootstrap', {
+    timeout: 30_000,
+  }, async () => {
+    const bundle = await server.datastore.getBundle(parseTrustDomain('example.org'));
+    writeFileSync(
+      join(tmp.path, 'example-org.pem'),
+      (bundle?.x509Authorities ?? []).map((c) => c.toString()).join(''),
+    );
+    for (const [name, extra] of [
+      ['wrong-td-bundle', [`trust_bundle_path: ${tmp.path}/example-org.pem`]],
+      ['wrong-td-insecure', ['insecure_bootstrap: true']],
+    ] as const) {
+      const token = `${name}-token-0123456789`;
+      await server.datastore.createJoinToken({ token, expiresAt: new Date(Date.now() + 60_000) });
+      const yaml = agentYaml(name, [...extra]).replace(
+        'trust_domain: example.org',
+        'trust_domain: other.org',
+      );
+      await assert.rejects(
+        startAgent(parseAgentConfig(yaml), { joinToken: token, logger: quiet }),
+        (err: unknown) => {
+          assert.ok(isTesseraError(err, TesseraErrorCode.STARTUP), String(err));
+          assert.match(
+            err.message,
+            /the server at 127\.0\.0\.1:\d+ is in trust domain "example\.org", but this agent's trust_domain is "other\.org"; set trust_domain: example\.org/,
+            name,
+          );
+          assert.doesNotMatch(err.message, /federation/);
+          return true;
+        },
+      );
+    }
   });
 
   it('fails naming every server and its error when none answers', async () => {

@@ -6,6 +6,7 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import {
   parseSpiffeBundle,
+  parseSpiffeId,
   parseTrustDomain,
   parseX509BundlePem,
   SpiffeBundle,
@@ -149,6 +150,16 @@ function nodeEvidence(
  * connection refused, a failed TLS handshake, shutting down) or does not answer in time gives way to
  * the next; a refusal is an answer (the servers share their datastore) and ends the attempt.
  */
+/** The trust domain in the spiffe library's refusal of a server SVID for which there is no bundle. */
+const SERVER_OF_TRUST_DOMAIN =
+  /no X\.509 bundle for trust domain "([^"]+)" of "spiffe:\/\/[^"/]+\/tessera\/server"/;
+
+function otherTrustDomain(address: string, server: string, td: TrustDomain): Error {
+  return fail(
+    `the server at ${address} is in trust domain "${server}", but this agent's trust_domain is "${td.name}"; set trust_domain: ${server} in the agent's configuration, or point server_address at a server of ${td.name}`,
+  );
+}
+
 async function attest(
   config: AgentConfig,
   td: TrustDomain,
@@ -166,6 +177,7 @@ async function attest(
   const start = Math.floor(random() * servers.length) % servers.length;
   const order = [...servers.slice(start), ...servers.slice(0, start)];
   const failures: string[] = [];
+  let mismatch: Error | undefined;
   for (const address of order) {
     const client = new ServerClient({
       address,
@@ -178,6 +190,12 @@ async function attest(
         { type: evidence.type, payload: evidence.payload, csr: createCsr(key) },
         evidence.respond,
       );
+      // An insecure bootstrap believes any server: one of another trust domain is found out here.
+      const issuedIn = parseSpiffeId(r.spiffeId).trustDomain.name;
+      if (issuedIn !== td.name) {
+        mismatch = otherTrustDomain(address, issuedIn, td);
+        throw mismatch;
+      }
       const chain = r.svidChain.map((d) => new X509Certificate(d));
       const bundle =
         r.bundle === undefined
@@ -193,6 +211,11 @@ async function attest(
       });
       return { chain, key, bundle };
     } catch (err) {
+      if (err === mismatch) throw err;
+      // The server's SVID names its trust domain: another one than ours is a configuration mistake,
+      // said as such (not as a bundle to add by federation).
+      const server = grpcErrorText(err).match(SERVER_OF_TRUST_DOMAIN)?.[1];
+      if (server !== undefined && server !== td.name) throw otherTrustDomain(address, server, td);
       const code = (err as { code?: unknown }).code;
       const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
       if (!unreachable || servers.length === 1)
