@@ -60,3 +60,39 @@ describe('tessera server validate', () => {
     assert.match(badFlag.stderr, /Unknown option '--colour'/);
   });
 });
+
+describe('tessera --help and --version', () => {
+  it('every command group and subcommand prints its usage for --help and -h, on stdout, with exit 0', async () => {
+    for (const [args, usage] of [
+      [['entry', '--help'], 'usage: tessera entry'],
+      [['entry', 'create', '--help'], 'usage: tessera entry'],
+      [['agent', 'run', '-h'], 'usage: tessera agent'],
+      [['server', 'run', '--help'], 'usage: tessera server'],
+      [['token', 'generate', '-h'], 'usage: tessera token'],
+      [['bundle', '--help'], 'usage: tessera bundle'],
+      [['authority', 'taint', '--help'], 'usage: tessera authority'],
+      [['api', 'fetch', '--help'], 'usage: tessera api'],
+      [['envoy', 'bootstrap', '--help'], 'usage: tessera envoy'],
+      [['proxy', 'run', '--help'], 'usage: tessera proxy'],
+      [['policy', 'check', '--help'], 'usage: tessera policy'],
+      [['x509', 'mint', '-h'], 'usage: tessera x509'],
+      [['jwt', 'mint', '-h'], 'usage: tessera jwt'],
+      [['healthcheck', '--help'], 'usage: tessera healthcheck'],
+      [['--help'], 'usage: tessera <command>'],
+    ] as const) {
+      const r = await tessera(...args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      assert.ok(
+        r.stdout.startsWith(usage),
+        `${args.join(' ')} printed ${JSON.stringify(r.stdout.slice(0, 80))}`,
+      );
+      assert.equal(r.stderr, '', args.join(' '));
+    }
+  });
+
+  it('--version prints the version', async () => {
+    const r = await tessera('--version');
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^tessera \S+\n$/);
+  });
+});

@@ -1,3 +1,4 @@
+import { tesseraVersion } from '../common/version.js';
 import { CliError } from './admin-client.js';
 import { agentCommand } from './agent.js';
 import { apiCommand } from './api.js';
@@ -42,7 +43,7 @@ commands:
   policy       Istio AuthorizationPolicies on their own: check a request's decision, lint policy files
 
 Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
-/run/tessera/server.sock) and takes --output json for scripts. "tessera <command>" shows its usage.`;
+/run/tessera/server.sock) and takes --output json for scripts. "tessera <command> --help" shows its usage; "tessera --version" the version.`;
 
 const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   server: serverCommand,
@@ -60,6 +61,9 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   policy: policyCommand,
 };
 
+/** Groups that answer --help themselves, with each command's own usage. */
+const OWN_HELP = new Set(['healthcheck', 'policy', 'envoy']);
+
 /** The CLI: returns the exit code. Usage errors exit 2, failures 1; an error never prints a stack trace. */
 export async function main(argv: string[], io: Io = stdio): Promise<number> {
   // A reader that stops early (`tessera api fetch x509 | head -1`) closes the pipe: the output is
@@ -70,10 +74,24 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
       process.exit(0);
     });
   const [group, ...rest] = argv;
+  if (group === '--version' || group === 'version') {
+    io.out(`tessera ${tesseraVersion()}`);
+    return 0;
+  }
   const command = group === undefined ? undefined : GROUPS[group];
   const name = ['tessera', group, rest[0]].filter((x) => x !== undefined && !x.startsWith('-')).join(' ');
   try {
-    if (command !== undefined) return await command(rest, io);
+    if (command !== undefined) {
+      // --help or -h anywhere: the group's usage (what `tessera <group>` prints), on stdout with
+      // exit 0 — except for the groups that print a usage of their own for each command.
+      if (!OWN_HELP.has(group as string) && rest.some((a) => a === '--help' || a === '-h')) {
+        const usage: string[] = [];
+        await command([], { out: (line) => usage.push(line), err: (line) => usage.push(line) });
+        io.out(usage.join('\n'));
+        return 0;
+      }
+      return await command(rest, io);
+    }
     switch (group) {
       case undefined:
       case 'help':
