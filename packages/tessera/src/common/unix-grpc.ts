@@ -196,7 +196,15 @@ export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcSer
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
         injector.drain(DRAIN_MS);
-        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        // Bounded: a session grpc-js never sees close (seen under load in CI) must not hold a
+        // daemon's shutdown, and everything stopped after it, forever.
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, DRAIN_MS + 1000);
+          server.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
         injector.destroy();
         server.forceShutdown();
         await closed;
