@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { makeTempDir } from '@tessera/testkit';
-import { parseAgentConfig } from 'tessera/dist/agent/config.js';
 import { SECRET_TYPE_URL } from 'tessera/dist/agent/endpoints/sds.js';
-import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import {
   type DiscoveryRequest,
@@ -54,20 +54,7 @@ try {
     expiresAt: new Date(Date.now() + 60_000),
     agentName: 'sds-bench',
   });
-  agent = await startAgent(
-    parseAgentConfig(
-      [
-        'trust_domain: example.org',
-        'server_address: 127.0.0.1',
-        `server_port: ${server.agentApiPort}`,
-        'insecure_bootstrap: true',
-        `socket_path: ${tmp.path}/agent.sock`,
-        `data_dir: ${tmp.path}/agent`,
-        'health: { port: 0 }',
-      ].join('\n'),
-    ),
-    { joinToken: 'sds-bench-token-0123456789', logger: quiet },
-  );
+  agent = await startTestAgent(server, tmp.path, 'sds-bench-token-0123456789', quiet);
   await server.datastore.createEntry({
     spiffeId: 'spiffe://example.org/envoy',
     parentId: agent.manager.id,

@@ -9,8 +9,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
-import { parseAgentConfig } from 'tessera/dist/agent/config.js';
-import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
 import type { RunningServer } from 'tessera/dist/server/run.js';
@@ -57,20 +57,7 @@ describe('go-spiffe and py-spiffe against the Tessera agent', {
       selectors: [{ type: 'unix', value: `uid:${uid}` }],
       hint: 'api',
     });
-    agent = await startAgent(
-      parseAgentConfig(
-        [
-          'trust_domain: example.org',
-          'server_address: 127.0.0.1',
-          `server_port: ${server.agentApiPort}`,
-          'insecure_bootstrap: true',
-          `socket_path: ${tmp.path}/agent.sock`,
-          `data_dir: ${tmp.path}/agent`,
-          'health: { port: 0 }',
-        ].join('\n'),
-      ),
-      { joinToken: 'interop-agent-token-0123', logger: quiet },
-    );
+    agent = await startTestAgent(server, tmp.path, 'interop-agent-token-0123', quiet);
   });
 
   after(async () => {

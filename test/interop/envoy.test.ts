@@ -18,8 +18,8 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
 import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { parseAgentConfig } from 'tessera/dist/agent/config.js';
-import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
 import type { RunningServer } from 'tessera/dist/server/run.js';
@@ -163,22 +163,11 @@ describe('real Envoys from tessera envoy bootstrap, on the agent', {
     ordersEntryId = (await server.datastore.createEntry({ spiffeId: ORDERS, parentId, selectors: nobody }))
       .id;
     await server.datastore.createEntry({ spiffeId: CATALOGUE, parentId, selectors: mine });
-    agent = await startAgent(
-      parseAgentConfig(
-        [
-          'trust_domain: example.org',
-          'server_address: 127.0.0.1',
-          `server_port: ${server.agentApiPort}`,
-          'insecure_bootstrap: true',
-          `socket_path: ${tmp.path}/agent.sock`,
-          `data_dir: ${tmp.path}/agent`,
-          'health: { port: 0 }',
-        ].join('\n'),
-      ),
-      {
-        joinToken: 'envoy-interop-agent-token-0123',
-        logger: createLogger({ level: 'error', write: () => undefined }),
-      },
+    agent = await startTestAgent(
+      server,
+      tmp.path,
+      'envoy-interop-agent-token-0123',
+      createLogger({ level: 'error', write: () => undefined }),
     );
     await whenAgent(
       () => agent.manager.svidsFor(mine).length === 1 && agent.manager.svidsFor(nobody).length === 1,

@@ -26,8 +26,8 @@ import {
   spiffeTlsConnect,
   X509BundleSet,
 } from 'spiffe';
-import { parseAgentConfig } from 'tessera/dist/agent/config.js';
-import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { SdsClient, type SdsSecret, type SdsUpdate } from 'tessera/dist/envoy/sds-client.test.util.js';
 import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
@@ -139,22 +139,11 @@ before(async () => {
   });
   await server.datastore.createEntry({ spiffeId: API, parentId, selectors: mine, hint: 'api' });
   await server.datastore.createEntry({ spiffeId: BACKEND, parentId, selectors: nobody });
-  agent = await startAgent(
-    parseAgentConfig(
-      [
-        'trust_domain: example.org',
-        'server_address: 127.0.0.1',
-        `server_port: ${server.agentApiPort}`,
-        'insecure_bootstrap: true',
-        `socket_path: ${tmp.path}/agent.sock`,
-        `data_dir: ${tmp.path}/agent`,
-        'health: { port: 0 }',
-      ].join('\n'),
-    ),
-    {
-      joinToken: 'sds-interop-agent-token-0123',
-      logger: createLogger({ level: 'warn', write: (l) => logs.push(l) }),
-    },
+  agent = await startTestAgent(
+    server,
+    tmp.path,
+    'sds-interop-agent-token-0123',
+    createLogger({ level: 'warn', write: (l) => logs.push(l) }),
   );
   await until(
     () =>

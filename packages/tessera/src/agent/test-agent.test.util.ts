@@ -1,0 +1,29 @@
+// An agent started in-process exactly as `tessera agent run` starts it, for tests and benchmarks:
+// attached to a test server on 127.0.0.1 with insecure_bootstrap (a lab), its socket and data in
+// `dir`. The join token must exist in the server's datastore.
+import type { DaemonLogger } from '../common/log.js';
+import type { RunningServer } from '../server/run.js';
+import { parseAgentConfig } from './config.js';
+import { type RunningAgent, startAgent } from './run.js';
+
+export function startTestAgent(
+  server: RunningServer,
+  dir: string,
+  joinToken: string,
+  logger: DaemonLogger,
+): Promise<RunningAgent> {
+  return startAgent(
+    parseAgentConfig(
+      [
+        'trust_domain: example.org',
+        'server_address: 127.0.0.1',
+        `server_port: ${server.agentApiPort}`,
+        'insecure_bootstrap: true',
+        `socket_path: ${dir}/agent.sock`,
+        `data_dir: ${dir}/agent`,
+        'health: { port: 0 }',
+      ].join('\n'),
+    ),
+    { joinToken, logger },
+  );
+}
