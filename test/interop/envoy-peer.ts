@@ -133,6 +133,13 @@ export interface StartEnvoyOptions {
   /** Run Envoy as this user (uid-based attestation by the agent); default this process's. */
   uid?: number;
   gid?: number;
+  /** Envoy's working directory (relative paths in the bootstrap, e.g. a `pipe`, start there); default this process's. */
+  cwd?: string;
+  /**
+   * How often Envoy writes out its access log (`--file-flush-interval-msec`); Envoy's default is
+   * 10 s, so a line can take that long to reach `nextLog`.
+   */
+  logFlushMs?: number;
   /** How long to wait for `/ready` to answer LIVE. */
   readyMs?: number;
 }
@@ -155,9 +162,11 @@ export async function startEnvoy(o: StartEnvoyOptions): Promise<RunningEnvoy> {
       '2',
       '--log-level',
       'warn',
+      ...(o.logFlushMs === undefined ? [] : ['--file-flush-interval-msec', String(o.logFlushMs)]),
     ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(o.cwd === undefined ? {} : { cwd: o.cwd }),
       ...(o.uid === undefined ? {} : { uid: o.uid }),
       ...(o.gid === undefined ? {} : { gid: o.gid }),
     },
