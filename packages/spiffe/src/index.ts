@@ -23,7 +23,12 @@ export type {
   HttpsSpiffeProfileOptions,
   HttpsWebProfileOptions,
 } from './federation/fetch-bundle.js';
-export { DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_MAX_BUNDLE_SIZE, fetchBundle } from './federation/fetch-bundle.js';
+export {
+  bundleEndpointUrlProblem,
+  DEFAULT_FETCH_TIMEOUT_MS,
+  DEFAULT_MAX_BUNDLE_SIZE,
+  fetchBundle,
+} from './federation/fetch-bundle.js';
 export type {
   BundleWatcher,
   Schedule,

@@ -207,6 +207,19 @@ function positive(value: number | undefined, fallback: number, name: string): nu
 }
 
 /** A bundle endpoint URL: https, a host, no userinfo (spec §7.2). */
+/**
+ * Why `text` is not a bundle endpoint URL fetchBundle accepts (spec §7.2: https, a host, no user
+ * information), or undefined when it is one. For configuration checks before any fetch.
+ */
+export function bundleEndpointUrlProblem(text: string): string | undefined {
+  try {
+    checkEndpointUrl(text, (detail) => new Error(detail));
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
 function checkEndpointUrl(text: string, fail: (detail: string) => Error, base?: URL): URL {
   let url: URL;
   try {
