@@ -27,12 +27,15 @@ export type Field =
   | { kind: 'bool'; default?: boolean }
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
-  | { kind: 'object'; fields: Record<string, Field>; required?: boolean }
+  /** With `optional: true`, an absent object is left out (undefined) instead of filled with defaults. */
+  | { kind: 'object'; fields: Record<string, Field>; required?: boolean; optional?: boolean }
   /**
    * A YAML sequence whose items all follow `of`; absent = an empty list unless required. With
    * `single: true`, one item written without the list (`key: a`) is a list of that one (`[a]`).
    */
   | { kind: 'list'; of: Field; required?: boolean; minItems?: number; single?: boolean }
+  /** A mapping of free-form keys (checked by `checkKey`) to values that all follow `of`. */
+  | { kind: 'map'; of: Field; checkKey?: (key: string) => string | undefined }
   /** A mapping of free-form keys to strings, e.g. labels. */
   | { kind: 'string_map'; check?: (key: string, value: string) => string | undefined }
   /** Exactly one of the named objects, e.g. `datastore: { sqlite: {…} }`. */
@@ -114,6 +117,7 @@ export function validateConfig(
       switch (field.kind) {
         case 'object':
           if (field.required === true) return fail('is required');
+          if (field.optional === true) return undefined;
           return objectDefaults(field, path);
         case 'choice':
           if (field.default !== undefined)
@@ -134,6 +138,7 @@ export function validateConfig(
           if (field.required === true) return fail('is required');
           return [];
         case 'string_map':
+        case 'map':
           return {};
         case 'duration':
           return field.default === undefined ? undefined : (parseDuration(field.default) as number);
@@ -189,6 +194,21 @@ export function validateConfig(
         if (field.minItems !== undefined && items.length < field.minItems)
           return fail(`must have at least ${field.minItems} item${field.minItems === 1 ? '' : 's'}`);
         return items.map((item, i) => check(field.of, item, `${path}[${i}]`, lineOf(item)));
+      }
+      case 'map': {
+        if (!isMap(node)) return fail('must be a mapping (key: value lines)');
+        const out: Record<string, Value> = {};
+        for (const pair of (node as YAMLMap<Node, Node>).items) {
+          const key = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
+          const subPath = path === '' ? key : `${path}.${key}`;
+          const why = field.checkKey?.(key);
+          if (why !== undefined) {
+            problems.push({ path: subPath, line: lineOf(pair.key), message: why });
+            continue;
+          }
+          out[key] = check(field.of, pair.value, subPath, lineOf(pair.key));
+        }
+        return out;
       }
       case 'string_map': {
         if (!isMap(node)) return fail('must be a mapping (key: value lines)');

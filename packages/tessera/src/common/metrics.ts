@@ -10,6 +10,8 @@ interface Family {
   type: 'counter' | 'gauge';
   values: Map<string, { labels: Labels; value: number }>;
   collect?: () => Promise<number> | number;
+  /** Labelled values computed at each scrape. */
+  collectAll?: () => readonly { labels: Labels; value: number }[];
 }
 
 const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
@@ -72,12 +74,17 @@ export class Metrics {
     this.#family(name, help, 'gauge').collect = collect;
   }
 
+  /** A gauge with one labelled value per item, computed at each scrape (e.g. one per trust domain). */
+  gaugesFn(name: string, help: string, collect: () => readonly { labels: Labels; value: number }[]): void {
+    this.#family(name, help, 'gauge').collectAll = collect;
+  }
+
   async render(): Promise<string> {
     const out: string[] = [];
     for (const f of this.#families.values()) {
       out.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`);
       if (f.collect !== undefined) out.push(`${f.name} ${await f.collect()}`);
-      for (const { labels, value } of f.values.values()) {
+      for (const { labels, value } of [...f.values.values(), ...(f.collectAll?.() ?? [])]) {
         const l = Object.entries(labels)
           .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
           .join(',');
