@@ -24,6 +24,12 @@ export const TesseraErrorCode = {
   AGENT_NOT_FOUND: 'ERR_AGENT_NOT_FOUND',
   /** No bundle is stored for that trust domain. */
   BUNDLE_NOT_FOUND: 'ERR_BUNDLE_NOT_FOUND',
+  /** A federation relationship with that trust domain exists already. */
+  FEDERATION_EXISTS: 'ERR_FEDERATION_EXISTS',
+  /** No federation relationship names that trust domain (or it is defined in server.yaml). */
+  FEDERATION_NOT_FOUND: 'ERR_FEDERATION_NOT_FOUND',
+  /** A bundle endpoint could not be fetched or its answer was not a valid bundle. */
+  FEDERATION_FETCH: 'ERR_FEDERATION_FETCH',
   /** The agent is banned: it must be evicted before it can attest again. */
   AGENT_BANNED: 'ERR_AGENT_BANNED',
   /** Node attestation failed: unknown attestor, bad evidence, failed challenge. */

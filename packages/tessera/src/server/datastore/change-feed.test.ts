@@ -33,6 +33,8 @@ function describeChange(c: DatastoreChange): string {
       return `${c.revision} agent ${c.op} ${c.spiffeId}`;
     case 'bundle':
       return `${c.revision} bundle ${c.op} ${c.trustDomain}`;
+    case 'federation':
+      return `${c.revision} federation ${c.op} ${c.trustDomain}`;
     case 'authority':
       return `${c.revision} authority ${c.op} ${c.authorityKind}:${c.id}`;
     case 'join_token':

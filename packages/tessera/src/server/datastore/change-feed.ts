@@ -66,6 +66,7 @@ function encode(c: ChangeInput): { kind: string; op: string; subject: string; da
     case 'join_token':
       return { kind: c.kind, op: c.op, subject: '', data: '' };
     case 'bundle':
+    case 'federation':
       return { kind: c.kind, op: c.op, subject: c.trustDomain, data: '' };
     case 'authority':
       return { kind: c.kind, op: c.op, subject: `${c.authorityKind}:${c.id}`, data: '' };
@@ -93,6 +94,8 @@ function decode(row: Record<string, unknown>): DatastoreChange {
       return { revision, kind, op: op as 'create' | 'use' };
     case 'bundle':
       return { revision, kind, op: op as 'update' | 'delete', trustDomain: subject };
+    case 'federation':
+      return { revision, kind, op: op as 'upsert' | 'delete', trustDomain: subject };
     case 'authority': {
       const i = subject.indexOf(':');
       return {

@@ -24,6 +24,7 @@ import type {
   ListEntriesOptions,
   RegistrationEntry,
   Selector,
+  StoredFederationRelationship,
 } from './types.js';
 
 export type Row = Record<string, unknown>;
@@ -148,6 +149,21 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
         revoked INTEGER NOT NULL,
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (kind, id)
+      )`,
+    ],
+  },
+  {
+    version: 5,
+    statements: [
+      // Federation relationships created through the admin API (server.yaml's are not stored).
+      `CREATE TABLE federation_relationships (
+        trust_domain TEXT PRIMARY KEY,
+        bundle_endpoint_url TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        endpoint_spiffe_id TEXT NOT NULL,
+        ca_bundle TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
       )`,
     ],
   },
@@ -602,6 +618,158 @@ export class SqlDatastore implements Datastore {
     return n > 0;
   }
 
+  async storeFetchedBundle(bundle: SpiffeBundle): Promise<boolean> {
+    const td = bundle.trustDomain;
+    let changed = false;
+    try {
+      await this.#write(
+        async (tx) => {
+          if (tx.dialect === 'postgres')
+            await tx.execute('SELECT pg_advisory_xact_lock(hashtext(?))', [`bundle:${td.name}`]);
+          const rows = await tx.query('SELECT document FROM bundles WHERE trust_domain = ?', [td.name]);
+          const doc = rows[0]?.document;
+          if (doc !== undefined && parseSpiffeBundle(td, String(doc)).equals(bundle)) return;
+          const params = [bundle.marshal(), String(bundle.sequenceNumber ?? 0n), Date.now(), td.name];
+          await tx.execute(
+            doc === undefined
+              ? 'INSERT INTO bundles (document, sequence, updated_at, trust_domain) VALUES (?, ?, ?, ?)'
+              : 'UPDATE bundles SET document = ?, sequence = ?, updated_at = ? WHERE trust_domain = ?',
+            params,
+          );
+          changed = true;
+        },
+        () => (changed ? [{ kind: 'bundle', op: 'update', trustDomain: td.name }] : []),
+      );
+    } catch (err) {
+      wrap('store fetched bundle', err);
+    }
+    return changed;
+  }
+
+  async listFederationRelationships(): Promise<StoredFederationRelationship[]> {
+    try {
+      const rows = await this.#db.query('SELECT * FROM federation_relationships ORDER BY trust_domain');
+      return rows.map(relationshipFromRow);
+    } catch (err) {
+      wrap('list federation relationships', err);
+    }
+  }
+
+  async getFederationRelationship(trustDomain: string): Promise<StoredFederationRelationship | undefined> {
+    try {
+      const rows = await this.#db.query('SELECT * FROM federation_relationships WHERE trust_domain = ?', [
+        trustDomain,
+      ]);
+      return rows[0] === undefined ? undefined : relationshipFromRow(rows[0]);
+    } catch (err) {
+      wrap('get federation relationship', err);
+    }
+  }
+
+  async putFederationRelationship(
+    rel: Omit<StoredFederationRelationship, 'createdAt' | 'updatedAt'>,
+    mode: 'create' | 'update',
+    bundle?: SpiffeBundle,
+  ): Promise<StoredFederationRelationship> {
+    if (bundle !== undefined && bundle.trustDomain.name !== rel.trustDomain)
+      throw new TypeError('datastore: the bundle of a relationship must be of its trust domain');
+    let stored: StoredFederationRelationship | undefined;
+    try {
+      stored = await this.#write(
+        async (tx) => {
+          const rows = await tx.query('SELECT * FROM federation_relationships WHERE trust_domain = ?', [
+            rel.trustDomain,
+          ]);
+          const existing = rows[0] === undefined ? undefined : relationshipFromRow(rows[0]);
+          if (mode === 'create' && existing !== undefined) return undefined;
+          if (mode === 'update' && existing === undefined) return undefined;
+          const now = Date.now();
+          const params = [
+            rel.bundleEndpointUrl,
+            rel.profile,
+            rel.endpointSpiffeId,
+            rel.caBundlePem,
+            now,
+            rel.trustDomain,
+          ];
+          if (existing === undefined)
+            await tx.execute(
+              `INSERT INTO federation_relationships
+                 (bundle_endpoint_url, profile, endpoint_spiffe_id, ca_bundle, updated_at, trust_domain, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)`,
+              [...params, now],
+            );
+          else
+            await tx.execute(
+              `UPDATE federation_relationships SET bundle_endpoint_url = ?, profile = ?, endpoint_spiffe_id = ?,
+                 ca_bundle = ?, updated_at = ? WHERE trust_domain = ?`,
+              params,
+            );
+          if (bundle !== undefined) {
+            const doc = (
+              await tx.query('SELECT 1 AS x FROM bundles WHERE trust_domain = ?', [rel.trustDomain])
+            )[0];
+            await tx.execute(
+              doc === undefined
+                ? 'INSERT INTO bundles (document, sequence, updated_at, trust_domain) VALUES (?, ?, ?, ?)'
+                : 'UPDATE bundles SET document = ?, sequence = ?, updated_at = ? WHERE trust_domain = ?',
+              [bundle.marshal(), String(bundle.sequenceNumber ?? 0n), now, rel.trustDomain],
+            );
+          }
+          return {
+            ...rel,
+            createdAt: existing?.createdAt ?? new Date(now),
+            updatedAt: new Date(now),
+          };
+        },
+        (r) =>
+          r === undefined
+            ? []
+            : [
+                ...(bundle === undefined
+                  ? []
+                  : [{ kind: 'bundle' as const, op: 'update' as const, trustDomain: rel.trustDomain }]),
+                { kind: 'federation', op: 'upsert', trustDomain: rel.trustDomain },
+              ],
+      );
+    } catch (err) {
+      wrap(`${mode} federation relationship`, err);
+    }
+    if (stored === undefined)
+      throw mode === 'create'
+        ? new TesseraError(
+            TesseraErrorCode.FEDERATION_EXISTS,
+            `federation: a relationship with "${rel.trustDomain}" exists already; change it with tessera federation update`,
+          )
+        : federationNotFound(rel.trustDomain);
+    return stored;
+  }
+
+  async deleteFederationRelationship(trustDomain: string): Promise<void> {
+    let n: number;
+    try {
+      n = await this.#write(
+        async (tx) => {
+          const deleted = await tx.execute('DELETE FROM federation_relationships WHERE trust_domain = ?', [
+            trustDomain,
+          ]);
+          if (deleted > 0) await tx.execute('DELETE FROM bundles WHERE trust_domain = ?', [trustDomain]);
+          return deleted;
+        },
+        (deleted) =>
+          deleted > 0
+            ? [
+                { kind: 'federation', op: 'delete', trustDomain },
+                { kind: 'bundle', op: 'delete', trustDomain },
+              ]
+            : [],
+      );
+    } catch (err) {
+      wrap('delete federation relationship', err);
+    }
+    if (n === 0) throw federationNotFound(trustDomain);
+  }
+
   async attestAgent(input: AgentAttestationInput): Promise<AttestedAgent> {
     const now = Date.now();
     const selectors = selectorsKey(input.selectors);
@@ -998,4 +1166,23 @@ function toEntry(row: Row, selectors: readonly Row[]): RegistrationEntry {
     createdAt: new Date(Number(row.created_at)),
     updatedAt: new Date(Number(row.updated_at)),
   };
+}
+
+function relationshipFromRow(r: Row): StoredFederationRelationship {
+  return {
+    trustDomain: String(r.trust_domain),
+    bundleEndpointUrl: String(r.bundle_endpoint_url),
+    profile: String(r.profile) as StoredFederationRelationship['profile'],
+    endpointSpiffeId: String(r.endpoint_spiffe_id),
+    caBundlePem: String(r.ca_bundle),
+    createdAt: new Date(Number(r.created_at)),
+    updatedAt: new Date(Number(r.updated_at)),
+  };
+}
+
+function federationNotFound(trustDomain: string): TesseraError {
+  return new TesseraError(
+    TesseraErrorCode.FEDERATION_NOT_FOUND,
+    `federation: no stored relationship with "${trustDomain}" (tessera federation list shows them all)`,
+  );
 }

@@ -119,6 +119,19 @@ export interface AuthorityRecord {
   readonly revoked: boolean;
 }
 
+/** A federation relationship created through the admin API (stored); config ones are not stored. */
+export interface StoredFederationRelationship {
+  readonly trustDomain: string;
+  readonly bundleEndpointUrl: string;
+  readonly profile: 'https_spiffe' | 'https_web';
+  /** https_spiffe; empty for https_web. */
+  readonly endpointSpiffeId: string;
+  /** https_web with a private CA: its PEM roots; empty = the system's. */
+  readonly caBundlePem: string;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
 /**
  * What changed, told to change-feed listeners after the change is committed, with its revision: a
  * gapless number, in commit order, shared by every server on the datastore. `resync` means the feed
@@ -130,6 +143,7 @@ export type DatastoreChange = { readonly revision: number } & (
   | { readonly kind: 'agent'; readonly op: 'upsert' | 'ban' | 'delete'; readonly spiffeId: string }
   | { readonly kind: 'join_token'; readonly op: 'create' | 'use' }
   | { readonly kind: 'bundle'; readonly op: 'update' | 'delete'; readonly trustDomain: string }
+  | { readonly kind: 'federation'; readonly op: 'upsert' | 'delete'; readonly trustDomain: string }
   | {
       readonly kind: 'authority';
       readonly op: 'record' | 'taint' | 'revoke';
@@ -181,6 +195,28 @@ export interface Datastore {
   listBundles(): Promise<SpiffeBundle[]>;
   /** Removes a (federated) trust domain's bundle; false when there was none. */
   deleteBundle(trustDomain: TrustDomain): Promise<boolean>;
+  /**
+   * Stores a bundle fetched from a trust domain's bundle endpoint as it was served (its own
+   * spiffe_sequence kept); nothing is written when it equals the stored one. True when it changed.
+   */
+  storeFetchedBundle(bundle: SpiffeBundle): Promise<boolean>;
+  listFederationRelationships(): Promise<StoredFederationRelationship[]>;
+  getFederationRelationship(trustDomain: string): Promise<StoredFederationRelationship | undefined>;
+  /**
+   * Creates (`create`: refused with ERR_FEDERATION_EXISTS when one exists) or replaces (refused with
+   * ERR_FEDERATION_NOT_FOUND when none does) a relationship; with `bundle`, that trust domain's
+   * bundle (the one that authenticates the first fetch) is set in the same transaction.
+   */
+  putFederationRelationship(
+    rel: Omit<StoredFederationRelationship, 'createdAt' | 'updatedAt'>,
+    mode: 'create' | 'update',
+    bundle?: SpiffeBundle,
+  ): Promise<StoredFederationRelationship>;
+  /**
+   * Deletes a relationship and the trust domain's bundle in one transaction (workloads stop
+   * trusting it); ERR_FEDERATION_NOT_FOUND when there is none.
+   */
+  deleteFederationRelationship(trustDomain: string): Promise<void>;
   /**
    * Records a successful attestation: creates the agent or, when it attested before, replaces its
    * selectors and SVID serial. Refused with ERR_AGENT_BANNED for a banned agent.
