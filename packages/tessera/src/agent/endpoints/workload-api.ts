@@ -208,8 +208,11 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
           ...mine.map((s) => s.svid.certificates[0]?.serialNumber),
           ...message.svids.map((s) => s.hint),
           manager.bundle.sequenceNumber?.toString(),
-          Object.keys(message.federatedBundles).join(','),
           manager.bundle.x509Authorities.map((c) => c.fingerprint256).join(','),
+          // A federated bundle's roots, not only its name: a peer's rotation must reach watchers.
+          ...federatedFor(manager, entries).map(
+            (b) => `${b.trustDomain.name}:${b.x509Authorities.map((c) => c.fingerprint256).join(',')}`,
+          ),
         ].join('|');
         return { message, key };
       })) as grpc.UntypedHandleCall,
