@@ -6,6 +6,7 @@ import { authorityCommand } from './authority.js';
 import { bundleCommand } from './bundle.js';
 import { entryCommand } from './entry.js';
 import { envoyCommand } from './envoy.js';
+import { federationCommand } from './federation.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { jwtCommand } from './jwt.js';
 import { policyCommand } from './policy.js';
@@ -33,6 +34,7 @@ commands:
   token        join tokens for node attestation: generate
   agent        attested agents: list, show, ban, evict, count
   bundle       trust bundles, own and federated: show, list, set, delete
+  federation   relationships with other trust domains: create, list, show, update, delete, refresh
   x509         mint an X509-SVID (tessera x509 mint --spiffe-id … --write dir)
   jwt          mint a JWT-SVID (tessera jwt mint --spiffe-id … --audience …)
   authority    the signing keys: show, prepare, activate, taint, revoke
@@ -51,6 +53,7 @@ const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
   token: tokenCommand,
   agent: agentCommand,
   bundle: bundleCommand,
+  federation: federationCommand,
   x509: x509Command,
   jwt: jwtCommand,
   authority: authorityCommand,

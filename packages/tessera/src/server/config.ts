@@ -1,3 +1,4 @@
+import { bundleEndpointUrlProblem, parseSpiffeId, parseTrustDomain } from 'spiffe';
 import {
   absolutePath,
   type HealthConfig,
@@ -7,6 +8,15 @@ import {
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+
+const problemOf = (f: () => unknown) => {
+  try {
+    f();
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+};
 
 /** The server configuration file (`tessera server run --config server.yaml`). */
 export const SERVER_CONFIG_SCHEMA = {
@@ -84,10 +94,107 @@ export const SERVER_CONFIG_SCHEMA = {
         },
       },
     },
+    // SPIFFE federation, with SPIRE's names: this server's bundle endpoint, and the foreign trust
+    // domains whose bundles it fetches (more can be added at run time: tessera federation create).
+    federation: {
+      kind: 'object',
+      fields: {
+        bundle_endpoint: {
+          kind: 'object',
+          optional: true,
+          fields: {
+            address: { kind: 'string', default: '0.0.0.0' },
+            port: { kind: 'int', default: 8443, min: 0, max: 65535 },
+            refresh_hint: { kind: 'duration', default: '5m', min: '1s' },
+            profile: {
+              kind: 'choice',
+              default: 'https_spiffe',
+              options: {
+                https_spiffe: { kind: 'object', fields: {} },
+                https_web: {
+                  kind: 'object',
+                  fields: {
+                    serving_cert_file: {
+                      kind: 'object',
+                      required: true,
+                      fields: {
+                        cert_file_path: { kind: 'string', required: true, check: absolutePath },
+                        key_file_path: { kind: 'string', required: true, check: absolutePath },
+                        file_sync_interval: { kind: 'duration', default: '1h', min: '1s' },
+                      },
+                    },
+                  },
+                },
+              },
+            },
+          },
+        },
+        federates_with: {
+          kind: 'map',
+          checkKey: (k) => {
+            const why = problemOf(() => parseTrustDomain(k));
+            return why === undefined ? undefined : `is not a trust domain name: ${why}`;
+          },
+          of: {
+            kind: 'object',
+            fields: {
+              bundle_endpoint_url: { kind: 'string', required: true, check: bundleEndpointUrlProblem },
+              bundle_endpoint_profile: {
+                kind: 'choice',
+                required: true,
+                options: {
+                  https_spiffe: {
+                    kind: 'object',
+                    fields: {
+                      endpoint_spiffe_id: {
+                        kind: 'string',
+                        required: true,
+                        check: (v) => problemOf(() => parseSpiffeId(v)),
+                      },
+                    },
+                  },
+                  https_web: {
+                    kind: 'object',
+                    // PEM roots of a private CA that issued the endpoint's certificate; default the system's.
+                    fields: { ca_bundle_path: { kind: 'string', check: absolutePath } },
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
     log: LOG_FIELD,
     health: healthField(8080),
   },
 } as const satisfies Field;
+
+export interface FederatesWithConfig {
+  readonly bundle_endpoint_url: string;
+  readonly bundle_endpoint_profile: {
+    readonly https_spiffe?: { readonly endpoint_spiffe_id: string };
+    readonly https_web?: { readonly ca_bundle_path?: string };
+  };
+}
+
+export interface BundleEndpointConfig {
+  readonly address: string;
+  readonly port: number;
+  /** Milliseconds. */
+  readonly refresh_hint: number;
+  readonly profile: {
+    readonly https_spiffe?: Record<string, never>;
+    readonly https_web?: {
+      readonly serving_cert_file: {
+        readonly cert_file_path: string;
+        readonly key_file_path: string;
+        /** Milliseconds. */
+        readonly file_sync_interval: number;
+      };
+    };
+  };
+}
 
 export interface ServerConfig {
   readonly trust_domain: string;
@@ -128,6 +235,11 @@ export interface ServerConfig {
   readonly key_manager: 'disk' | 'memory';
   readonly upstream_authority?: {
     readonly disk: { readonly cert_file: string; readonly key_file: string; readonly bundle_file?: string };
+  };
+  readonly federation: {
+    readonly bundle_endpoint?: BundleEndpointConfig;
+    /** By trust domain name. */
+    readonly federates_with: Readonly<Record<string, FederatesWithConfig>>;
   };
   readonly log: LogConfig;
   readonly health: HealthConfig;

@@ -26,6 +26,9 @@ import type { ServerConfig } from './config.js';
 import { openPostgresDatastore } from './datastore/postgres.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
 import type { Datastore } from './datastore/types.js';
+import { type BundleEndpoint, startBundleEndpoint } from './federation/bundle-endpoint.js';
+import { Federation, type FederationTiming } from './federation/federation.js';
+import { checkRelationship, type FederationRelationship } from './federation/relationship.js';
 import { DiskKeyManager } from './keymanager/disk.js';
 import type { KeyManager } from './keymanager/key-manager.js';
 import { MemoryKeyManager } from './keymanager/memory.js';
@@ -123,7 +126,43 @@ function nodeAttestors(config: ServerConfig, datastore: Datastore): Map<string, 
   return out;
 }
 
+/** server.yaml's federation.federates_with, checked; each problem names the trust domain. */
+function configuredRelationships(config: ServerConfig): FederationRelationship[] {
+  const own = parseTrustDomain(config.trust_domain);
+  return Object.entries(config.federation.federates_with).map(([name, f]) => {
+    const web = f.bundle_endpoint_profile.https_web;
+    let caBundlePem: string | undefined;
+    if (web?.ca_bundle_path !== undefined) {
+      try {
+        caBundlePem = readFileSync(web.ca_bundle_path, 'utf8');
+      } catch (err) {
+        throw startupError(
+          `federation.federates_with.${name}: cannot read ca_bundle_path ${web.ca_bundle_path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+          err,
+        );
+      }
+    }
+    try {
+      return checkRelationship(
+        {
+          trustDomain: name,
+          bundleEndpointUrl: f.bundle_endpoint_url,
+          profile: web === undefined ? 'https_spiffe' : 'https_web',
+          ...(f.bundle_endpoint_profile.https_spiffe === undefined
+            ? {}
+            : { endpointSpiffeId: f.bundle_endpoint_profile.https_spiffe.endpoint_spiffe_id }),
+          ...(caBundlePem === undefined ? {} : { caBundlePem }),
+        },
+        own,
+      );
+    } catch (err) {
+      throw startupError(`server.yaml federation.federates_with: ${(err as Error).message}`, err);
+    }
+  });
+}
+
 export interface RunningServer {
+  readonly trustDomain: string;
   readonly healthPort: number;
   readonly agentApiPort: number;
   readonly agentApi: AgentApi;
@@ -131,6 +170,9 @@ export interface RunningServer {
   readonly metrics: Metrics;
   readonly authority: AuthorityManager;
   readonly datastore: Datastore;
+  readonly federation: Federation;
+  /** The bundle endpoint's port, when federation.bundle_endpoint is configured. */
+  readonly bundleEndpointPort: number | undefined;
   /** Stops the loops, closes listeners and the datastore, releases the data directory. */
   stop(): Promise<void>;
 }
@@ -141,7 +183,12 @@ export interface RunningServer {
  */
 export async function startServer(
   config: ServerConfig,
-  opts: { logger?: DaemonLogger; now?: () => Date } = {},
+  opts: {
+    logger?: DaemonLogger;
+    now?: () => Date;
+    /** Refresh timing of federated bundles (tests shorten the one-minute floor). */
+    federationTiming?: Partial<FederationTiming>;
+  } = {},
 ): Promise<RunningServer> {
   const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format });
   const now = opts.now ?? (() => new Date());
@@ -208,6 +255,7 @@ export async function startServer(
     await authority.init();
     cleanups.push(() => authority.close());
     const trustDomain = parseTrustDomain(config.trust_domain);
+    const configured = configuredRelationships(config);
     const attestors = nodeAttestors(config, datastore);
     const metrics = new Metrics();
     const index = await EntryIndex.load(datastore, serverId(trustDomain));
@@ -242,6 +290,45 @@ export async function startServer(
       now,
     });
     cleanups.push(() => agentApi.close());
+    const federation = await Federation.start({
+      trustDomain,
+      datastore,
+      configured,
+      logger: logger.with({ subsystem: 'federation' }),
+      metrics,
+      ...(opts.federationTiming === undefined ? {} : { timing: opts.federationTiming }),
+    });
+    cleanups.push(() => federation.close());
+    let bundleEndpoint: BundleEndpoint | undefined;
+    const endpointConfig = config.federation.bundle_endpoint;
+    if (endpointConfig !== undefined) {
+      const web = endpointConfig.profile.https_web;
+      bundleEndpoint = await startBundleEndpoint({
+        address: endpointConfig.address,
+        port: endpointConfig.port,
+        refreshHintS: Math.max(1, Math.round(endpointConfig.refresh_hint / 1000)),
+        profile:
+          web === undefined
+            ? { kind: 'https_spiffe', identity }
+            : {
+                kind: 'https_web',
+                certFile: web.serving_cert_file.cert_file_path,
+                keyFile: web.serving_cert_file.key_file_path,
+                fileSyncIntervalMs: web.serving_cert_file.file_sync_interval,
+              },
+        bundle: () => identity.bundle,
+        logger: logger.with({ subsystem: 'federation' }),
+      });
+      const endpoint = bundleEndpoint;
+      cleanups.push(() => endpoint.close());
+      if (endpointConfig.refresh_hint >= 24 * 3600_000)
+        logger.warn(
+          'federation: bundle_endpoint.refresh_hint is a day or more; peers will be slow to see a rotation',
+          {
+            refresh_hint_s: Math.round(endpointConfig.refresh_hint / 1000),
+          },
+        );
+    }
     let ready = true;
     const adminLogger = logger.with({ subsystem: 'admin' });
     const adminService = createAdminService({
@@ -256,6 +343,7 @@ export async function startServer(
       ready: () => ready,
       version: tesseraVersion(),
       connectedAgents: () => agentApi.connectedAgents(),
+      federation,
     });
     // The admin API is also served on the agent API port, to SVIDs of entries marked admin.
     const agentApiPort = await agentApi.listen(config.agent_api.address, config.agent_api.port, adminService);
@@ -336,10 +424,30 @@ export async function startServer(
       health: `${config.health.address}:${healthPort}`,
       agent_api: `${config.agent_api.address}:${agentApiPort}`,
       node_attestors: [...attestors.keys()].join(','),
+      bundle_endpoint:
+        bundleEndpoint === undefined
+          ? undefined
+          : `https://${endpointConfig?.address}:${bundleEndpoint.port}`,
+      federates_with: federation
+        .list()
+        .map((v) => v.relationship.trustDomain.name)
+        .join(','),
       ca: authority.x509.certificate.fingerprint256,
       jwt_kid: authority.jwt.kid,
     });
-    return { healthPort, agentApiPort, agentApi, audit, metrics, authority, datastore, stop };
+    return {
+      trustDomain: trustDomain.name,
+      healthPort,
+      agentApiPort,
+      agentApi,
+      audit,
+      metrics,
+      authority,
+      datastore,
+      federation,
+      bundleEndpointPort: bundleEndpoint?.port,
+      stop,
+    };
   } catch (err) {
     await stop();
     throw err;

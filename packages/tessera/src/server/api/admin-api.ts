@@ -33,6 +33,8 @@ import type {
   RegistrationEntry,
   Selector,
 } from '../datastore/types.js';
+import { federationHandlers } from '../federation/admin.js';
+import type { Federation } from '../federation/federation.js';
 import { bundleToProto, entryInputFromProto, entryToProto } from '../registry/entry-proto.js';
 import { adminCallerOf, callerFields } from './admin-caller.js';
 
@@ -66,6 +68,8 @@ export interface AdminServiceDeps {
   version?: string;
   /** SPIFFE IDs of the agents with an open sync stream to this server (the agent API knows). */
   connectedAgents?: () => Iterable<string>;
+  /** The federation relationships and their refreshes (absent: the federation methods refuse). */
+  federation?: Federation;
   /** Randomness for join tokens; default crypto.randomBytes. */
   randomBytes?: (n: number) => Buffer;
 }
@@ -583,6 +587,14 @@ export function createAdminService(deps: AdminServiceDeps): {
       async health() {
         return { ready: deps.ready?.() ?? true, trustDomain: td.name, version: deps.version ?? '' };
       },
+
+      ...federationHandlers({
+        trustDomain: td,
+        datastore: ds,
+        ...(deps.federation === undefined ? {} : { federation: deps.federation }),
+        audit,
+        logger,
+      }),
     },
     (method, err) => {
       if (isTesseraError(err))

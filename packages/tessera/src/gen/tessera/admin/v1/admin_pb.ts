@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tessera/admin/v1/admin.proto.
  */
 export const file_tessera_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chx0ZXNzZXJhL2FkbWluL3YxL2FkbWluLnByb3RvEhB0ZXNzZXJhLmFkbWluLnYxIgcKBUVtcHR5IjsKBlN0YXR1cxIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSEgoKZXJyb3JfY29kZRgDIAEoCSJBChRDcmVhdGVFbnRyaWVzUmVxdWVzdBIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiZgoRQ3JlYXRlRW50cnlSZXN1bHQSKAoGc3RhdHVzGAEgASgLMhgudGVzc2VyYS5hZG1pbi52MS5TdGF0dXMSJwoFZW50cnkYAiABKAsyGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeSJNChVDcmVhdGVFbnRyaWVzUmVzcG9uc2USNAoHcmVzdWx0cxgBIAMoCzIjLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cnlSZXN1bHQiPQoSVXBkYXRlRW50cnlSZXF1ZXN0EicKBWVudHJ5GAEgASgLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiIwoURGVsZXRlRW50cmllc1JlcXVlc3QSCwoDaWRzGAEgAygJIkkKEURlbGV0ZUVudHJ5UmVzdWx0EgoKAmlkGAEgASgJEigKBnN0YXR1cxgCIAEoCzIYLnRlc3NlcmEuYWRtaW4udjEuU3RhdHVzIk0KFURlbGV0ZUVudHJpZXNSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyeVJlc3VsdCIdCg9HZXRFbnRyeVJlcXVlc3QSCgoCaWQYASABKAkimQEKEkxpc3RFbnRyaWVzUmVxdWVzdBIUCgxieV9zcGlmZmVfaWQYASABKAkSFAoMYnlfcGFyZW50X2lkGAIgASgJEjAKC2J5X3NlbGVjdG9yGAMgASgLMhsudGVzc2VyYS5jb21tb24udjEuU2VsZWN0b3ISEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiWQoTTGlzdEVudHJpZXNSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIg4KDENvdW50UmVxdWVzdCIeCg1Db3VudFJlc3BvbnNlEg0KBWNvdW50GAEgASgDIkwKFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSCwoDdHRsGAEgASgFEhIKCmFnZW50X25hbWUYAiABKAkSEQoJc3BpZmZlX2lkGAMgASgJIk4KF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMSEAoIYWdlbnRfaWQYAyABKAkiywEKBUFnZW50EhEKCXNwaWZmZV9pZBgBIAEoCRIQCghhdHRlc3RvchgCIAEoCRIuCglzZWxlY3RvcnMYAyADKAsyGy50ZXNzZXJhLmNvbW1vbi52MS5TZWxlY3RvchIOCgZzZXJpYWwYBCABKAkSEgoKZXhwaXJlc19hdBgFIAEoAxIOCgZiYW5uZWQYBiABKAgSEgoKY3JlYXRlZF9hdBgHIAEoAxISCgp1cGRhdGVkX2F0GAggASgDEhEKCWNvbm5lY3RlZBgJIAEoCCJ8ChFMaXN0QWdlbnRzUmVxdWVzdBIwCgtieV9zZWxlY3RvchgBIAEoCzIbLnRlc3NlcmEuY29tbW9uLnYxLlNlbGVjdG9yEg4KBmJhbm5lZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJWChJMaXN0QWdlbnRzUmVzcG9uc2USJwoGYWdlbnRzGAEgAygLMhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoMQWdlbnRSZXF1ZXN0EhEKCXNwaWZmZV9pZBgBIAEoCSISChBHZXRCdW5kbGVSZXF1ZXN0IhQKEkxpc3RCdW5kbGVzUmVxdWVzdCJBChNMaXN0QnVuZGxlc1Jlc3BvbnNlEioKB2J1bmRsZXMYASADKAsyGS50ZXNzZXJhLmNvbW1vbi52MS5CdW5kbGUiKwoTRGVsZXRlQnVuZGxlUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiVQoTTWludFg1MDlTVklEUmVxdWVzdBIRCglzcGlmZmVfaWQYASABKAkSCwoDY3NyGAIgASgMEgsKA3R0bBgDIAEoBRIRCglkbnNfbmFtZXMYBCADKAkiTgoUTWludFg1MDlTVklEUmVzcG9uc2USEgoKc3ZpZF9jaGFpbhgBIAMoDBIOCgZidW5kbGUYAiADKAwSEgoKZXhwaXJlc19hdBgDIAEoAyJGChJNaW50SldUU1ZJRFJlcXVlc3QSEQoJc3BpZmZlX2lkGAEgASgJEhAKCGF1ZGllbmNlGAIgAygJEgsKA3R0bBgDIAEoBSI4ChNNaW50SldUU1ZJRFJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMigwEKCUF1dGhvcml0eRIMCgRraW5kGAEgASgJEgoKAmlkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIPCgd0YWludGVkGAQgASgIEhEKCW5vdF9hZnRlchgFIAEoAxITCgtjZXJ0aWZpY2F0ZRgGIAEoDBITCgt1cHN0cmVhbV9pZBgHIAEoCSIXChVHZXRBdXRob3JpdGllc1JlcXVlc3QiSgoWR2V0QXV0aG9yaXRpZXNSZXNwb25zZRIwCgthdXRob3JpdGllcxgBIAMoCzIbLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5IiwKEEF1dGhvcml0eVJlcXVlc3QSDAoEa2luZBgBIAEoCRIKCgJpZBgCIAEoCSIPCg1IZWFsdGhSZXF1ZXN0IkYKDkhlYWx0aFJlc3BvbnNlEg0KBXJlYWR5GAEgASgIEhQKDHRydXN0X2RvbWFpbhgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJMuwPCgVBZG1pbhJgCg1DcmVhdGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5DcmVhdGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cmllc1Jlc3BvbnNlEk0KC1VwZGF0ZUVudHJ5EiQudGVzc2VyYS5hZG1pbi52MS5VcGRhdGVFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJgCg1EZWxldGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlRW50cmllc1Jlc3BvbnNlEkcKCEdldEVudHJ5EiEudGVzc2VyYS5hZG1pbi52MS5HZXRFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJaCgtMaXN0RW50cmllcxIkLnRlc3NlcmEuYWRtaW4udjEuTGlzdEVudHJpZXNSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5MaXN0RW50cmllc1Jlc3BvbnNlEk8KDENvdW50RW50cmllcxIeLnRlc3NlcmEuYWRtaW4udjEuQ291bnRSZXF1ZXN0Gh8udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlc3BvbnNlEmYKD0NyZWF0ZUpvaW5Ub2tlbhIoLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVxdWVzdBopLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USVwoKTGlzdEFnZW50cxIjLnRlc3NlcmEuYWRtaW4udjEuTGlzdEFnZW50c1JlcXVlc3QaJC50ZXNzZXJhLmFkbWluLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJDCghHZXRBZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBJDCghCYW5BZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJFCgpFdmljdEFnZW50Eh4udGVzc2VyYS5hZG1pbi52MS5BZ2VudFJlcXVlc3QaFy50ZXNzZXJhLmFkbWluLnYxLkVtcHR5Ek4KC0NvdW50QWdlbnRzEh4udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlcXVlc3QaHy50ZXNzZXJhLmFkbWluLnYxLkNvdW50UmVzcG9uc2USSgoJR2V0QnVuZGxlEiIudGVzc2VyYS5hZG1pbi52MS5HZXRCdW5kbGVSZXF1ZXN0GhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEloKC0xpc3RCdW5kbGVzEiQudGVzc2VyYS5hZG1pbi52MS5MaXN0QnVuZGxlc1JlcXVlc3QaJS50ZXNzZXJhLmFkbWluLnYxLkxpc3RCdW5kbGVzUmVzcG9uc2USQQoJU2V0QnVuZGxlEhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlGhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEk4KDERlbGV0ZUJ1bmRsZRIlLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlQnVuZGxlUmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuRW1wdHkSXQoMTWludFg1MDlTVklEEiUudGVzc2VyYS5hZG1pbi52MS5NaW50WDUwOVNWSURSZXF1ZXN0GiYudGVzc2VyYS5hZG1pbi52MS5NaW50WDUwOVNWSURSZXNwb25zZRJaCgtNaW50SldUU1ZJRBIkLnRlc3NlcmEuYWRtaW4udjEuTWludEpXVFNWSURSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5NaW50SldUU1ZJRFJlc3BvbnNlEmMKDkdldEF1dGhvcml0aWVzEicudGVzc2VyYS5hZG1pbi52MS5HZXRBdXRob3JpdGllc1JlcXVlc3QaKC50ZXNzZXJhLmFkbWluLnYxLkdldEF1dGhvcml0aWVzUmVzcG9uc2USUwoQUHJlcGFyZUF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5ElQKEUFjdGl2YXRlQXV0aG9yaXR5EiIudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHlSZXF1ZXN0GhsudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHkSUQoOVGFpbnRBdXRob3JpdHkSIi50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eVJlcXVlc3QaGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eRJSCg9SZXZva2VBdXRob3JpdHkSIi50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eVJlcXVlc3QaGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eRJLCgZIZWFsdGgSHy50ZXNzZXJhLmFkbWluLnYxLkhlYWx0aFJlcXVlc3QaIC50ZXNzZXJhLmFkbWluLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_tessera_common_v1_types]);
+  fileDesc("Chx0ZXNzZXJhL2FkbWluL3YxL2FkbWluLnByb3RvEhB0ZXNzZXJhLmFkbWluLnYxIgcKBUVtcHR5IjsKBlN0YXR1cxIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSEgoKZXJyb3JfY29kZRgDIAEoCSJBChRDcmVhdGVFbnRyaWVzUmVxdWVzdBIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiZgoRQ3JlYXRlRW50cnlSZXN1bHQSKAoGc3RhdHVzGAEgASgLMhgudGVzc2VyYS5hZG1pbi52MS5TdGF0dXMSJwoFZW50cnkYAiABKAsyGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeSJNChVDcmVhdGVFbnRyaWVzUmVzcG9uc2USNAoHcmVzdWx0cxgBIAMoCzIjLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cnlSZXN1bHQiPQoSVXBkYXRlRW50cnlSZXF1ZXN0EicKBWVudHJ5GAEgASgLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiIwoURGVsZXRlRW50cmllc1JlcXVlc3QSCwoDaWRzGAEgAygJIkkKEURlbGV0ZUVudHJ5UmVzdWx0EgoKAmlkGAEgASgJEigKBnN0YXR1cxgCIAEoCzIYLnRlc3NlcmEuYWRtaW4udjEuU3RhdHVzIk0KFURlbGV0ZUVudHJpZXNSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyeVJlc3VsdCIdCg9HZXRFbnRyeVJlcXVlc3QSCgoCaWQYASABKAkimQEKEkxpc3RFbnRyaWVzUmVxdWVzdBIUCgxieV9zcGlmZmVfaWQYASABKAkSFAoMYnlfcGFyZW50X2lkGAIgASgJEjAKC2J5X3NlbGVjdG9yGAMgASgLMhsudGVzc2VyYS5jb21tb24udjEuU2VsZWN0b3ISEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiWQoTTGlzdEVudHJpZXNSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIg4KDENvdW50UmVxdWVzdCIeCg1Db3VudFJlc3BvbnNlEg0KBWNvdW50GAEgASgDIkwKFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSCwoDdHRsGAEgASgFEhIKCmFnZW50X25hbWUYAiABKAkSEQoJc3BpZmZlX2lkGAMgASgJIk4KF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMSEAoIYWdlbnRfaWQYAyABKAkiywEKBUFnZW50EhEKCXNwaWZmZV9pZBgBIAEoCRIQCghhdHRlc3RvchgCIAEoCRIuCglzZWxlY3RvcnMYAyADKAsyGy50ZXNzZXJhLmNvbW1vbi52MS5TZWxlY3RvchIOCgZzZXJpYWwYBCABKAkSEgoKZXhwaXJlc19hdBgFIAEoAxIOCgZiYW5uZWQYBiABKAgSEgoKY3JlYXRlZF9hdBgHIAEoAxISCgp1cGRhdGVkX2F0GAggASgDEhEKCWNvbm5lY3RlZBgJIAEoCCJ8ChFMaXN0QWdlbnRzUmVxdWVzdBIwCgtieV9zZWxlY3RvchgBIAEoCzIbLnRlc3NlcmEuY29tbW9uLnYxLlNlbGVjdG9yEg4KBmJhbm5lZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJWChJMaXN0QWdlbnRzUmVzcG9uc2USJwoGYWdlbnRzGAEgAygLMhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoMQWdlbnRSZXF1ZXN0EhEKCXNwaWZmZV9pZBgBIAEoCSISChBHZXRCdW5kbGVSZXF1ZXN0IhQKEkxpc3RCdW5kbGVzUmVxdWVzdCJBChNMaXN0QnVuZGxlc1Jlc3BvbnNlEioKB2J1bmRsZXMYASADKAsyGS50ZXNzZXJhLmNvbW1vbi52MS5CdW5kbGUiKwoTRGVsZXRlQnVuZGxlUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiVQoTTWludFg1MDlTVklEUmVxdWVzdBIRCglzcGlmZmVfaWQYASABKAkSCwoDY3NyGAIgASgMEgsKA3R0bBgDIAEoBRIRCglkbnNfbmFtZXMYBCADKAkiTgoUTWludFg1MDlTVklEUmVzcG9uc2USEgoKc3ZpZF9jaGFpbhgBIAMoDBIOCgZidW5kbGUYAiADKAwSEgoKZXhwaXJlc19hdBgDIAEoAyJGChJNaW50SldUU1ZJRFJlcXVlc3QSEQoJc3BpZmZlX2lkGAEgASgJEhAKCGF1ZGllbmNlGAIgAygJEgsKA3R0bBgDIAEoBSI4ChNNaW50SldUU1ZJRFJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMigwEKCUF1dGhvcml0eRIMCgRraW5kGAEgASgJEgoKAmlkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIPCgd0YWludGVkGAQgASgIEhEKCW5vdF9hZnRlchgFIAEoAxITCgtjZXJ0aWZpY2F0ZRgGIAEoDBITCgt1cHN0cmVhbV9pZBgHIAEoCSIXChVHZXRBdXRob3JpdGllc1JlcXVlc3QiSgoWR2V0QXV0aG9yaXRpZXNSZXNwb25zZRIwCgthdXRob3JpdGllcxgBIAMoCzIbLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5IiwKEEF1dGhvcml0eVJlcXVlc3QSDAoEa2luZBgBIAEoCRIKCgJpZBgCIAEoCSIPCg1IZWFsdGhSZXF1ZXN0IkYKDkhlYWx0aFJlc3BvbnNlEg0KBXJlYWR5GAEgASgIEhQKDHRydXN0X2RvbWFpbhgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIoACChZGZWRlcmF0aW9uUmVsYXRpb25zaGlwEhQKDHRydXN0X2RvbWFpbhgBIAEoCRIbChNidW5kbGVfZW5kcG9pbnRfdXJsGAIgASgJEh8KF2J1bmRsZV9lbmRwb2ludF9wcm9maWxlGAMgASgJEhoKEmVuZHBvaW50X3NwaWZmZV9pZBgEIAEoCRIVCg1jYV9idW5kbGVfcGVtGAUgASgJEhsKE3RydXN0X2RvbWFpbl9idW5kbGUYBiABKAwSDgoGc291cmNlGAcgASgJEjIKBnN0YXR1cxgIIAEoCzIiLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblN0YXR1cyLwAQoQRmVkZXJhdGlvblN0YXR1cxIUCgxsYXN0X2F0dGVtcHQYASABKAMSFAoMbGFzdF9zdWNjZXNzGAIgASgDEhIKCmxhc3RfZXJyb3IYAyABKAkSFAoMbmV4dF9yZWZyZXNoGAQgASgDEhIKCmhhc19idW5kbGUYBSABKAgSFwoPYnVuZGxlX3NlcXVlbmNlGAYgASgEEhQKDHJlZnJlc2hfaGludBgHIAEoAxIYChB4NTA5X2F1dGhvcml0aWVzGAggASgNEhcKD2p3dF9hdXRob3JpdGllcxgJIAEoDRIQCghmYWlsdXJlcxgKIAEoDSIpChFGZWRlcmF0aW9uUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiJAoiTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzUmVxdWVzdCJmCiNMaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXNwb25zZRI/Cg1yZWxhdGlvbnNoaXBzGAEgAygLMigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwMosVCgVBZG1pbhJgCg1DcmVhdGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5DcmVhdGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cmllc1Jlc3BvbnNlEk0KC1VwZGF0ZUVudHJ5EiQudGVzc2VyYS5hZG1pbi52MS5VcGRhdGVFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJgCg1EZWxldGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlRW50cmllc1Jlc3BvbnNlEkcKCEdldEVudHJ5EiEudGVzc2VyYS5hZG1pbi52MS5HZXRFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJaCgtMaXN0RW50cmllcxIkLnRlc3NlcmEuYWRtaW4udjEuTGlzdEVudHJpZXNSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5MaXN0RW50cmllc1Jlc3BvbnNlEk8KDENvdW50RW50cmllcxIeLnRlc3NlcmEuYWRtaW4udjEuQ291bnRSZXF1ZXN0Gh8udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlc3BvbnNlEmYKD0NyZWF0ZUpvaW5Ub2tlbhIoLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVxdWVzdBopLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USVwoKTGlzdEFnZW50cxIjLnRlc3NlcmEuYWRtaW4udjEuTGlzdEFnZW50c1JlcXVlc3QaJC50ZXNzZXJhLmFkbWluLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJDCghHZXRBZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBJDCghCYW5BZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJFCgpFdmljdEFnZW50Eh4udGVzc2VyYS5hZG1pbi52MS5BZ2VudFJlcXVlc3QaFy50ZXNzZXJhLmFkbWluLnYxLkVtcHR5Ek4KC0NvdW50QWdlbnRzEh4udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlcXVlc3QaHy50ZXNzZXJhLmFkbWluLnYxLkNvdW50UmVzcG9uc2USSgoJR2V0QnVuZGxlEiIudGVzc2VyYS5hZG1pbi52MS5HZXRCdW5kbGVSZXF1ZXN0GhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEloKC0xpc3RCdW5kbGVzEiQudGVzc2VyYS5hZG1pbi52MS5MaXN0QnVuZGxlc1JlcXVlc3QaJS50ZXNzZXJhLmFkbWluLnYxLkxpc3RCdW5kbGVzUmVzcG9uc2USQQoJU2V0QnVuZGxlEhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlGhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEk4KDERlbGV0ZUJ1bmRsZRIlLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlQnVuZGxlUmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuRW1wdHkScgocQ3JlYXRlRmVkZXJhdGlvblJlbGF0aW9uc2hpcBIoLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBJyChxVcGRhdGVGZWRlcmF0aW9uUmVsYXRpb25zaGlwEigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwGigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwElwKHERlbGV0ZUZlZGVyYXRpb25SZWxhdGlvbnNoaXASIy50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJqChlHZXRGZWRlcmF0aW9uUmVsYXRpb25zaGlwEiMudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBKKAQobTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzEjQudGVzc2VyYS5hZG1pbi52MS5MaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXF1ZXN0GjUudGVzc2VyYS5hZG1pbi52MS5MaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXNwb25zZRJeCg1SZWZyZXNoQnVuZGxlEiMudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBJdCgxNaW50WDUwOVNWSUQSJS50ZXNzZXJhLmFkbWluLnYxLk1pbnRYNTA5U1ZJRFJlcXVlc3QaJi50ZXNzZXJhLmFkbWluLnYxLk1pbnRYNTA5U1ZJRFJlc3BvbnNlEloKC01pbnRKV1RTVklEEiQudGVzc2VyYS5hZG1pbi52MS5NaW50SldUU1ZJRFJlcXVlc3QaJS50ZXNzZXJhLmFkbWluLnYxLk1pbnRKV1RTVklEUmVzcG9uc2USYwoOR2V0QXV0aG9yaXRpZXMSJy50ZXNzZXJhLmFkbWluLnYxLkdldEF1dGhvcml0aWVzUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuR2V0QXV0aG9yaXRpZXNSZXNwb25zZRJTChBQcmVwYXJlQXV0aG9yaXR5EiIudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHlSZXF1ZXN0GhsudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHkSVAoRQWN0aXZhdGVBdXRob3JpdHkSIi50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eVJlcXVlc3QaGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eRJRCg5UYWludEF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5ElIKD1Jldm9rZUF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5EksKBkhlYWx0aBIfLnRlc3NlcmEuYWRtaW4udjEuSGVhbHRoUmVxdWVzdBogLnRlc3NlcmEuYWRtaW4udjEuSGVhbHRoUmVzcG9uc2ViBnByb3RvMw", [file_tessera_common_v1_types]);
 
 /**
  * @generated from message tessera.admin.v1.Empty
@@ -819,6 +819,188 @@ export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
   messageDesc(file_tessera_admin_v1_admin, 33);
 
 /**
+ * @generated from message tessera.admin.v1.FederationRelationship
+ */
+export type FederationRelationship = Message<"tessera.admin.v1.FederationRelationship"> & {
+  /**
+   * @generated from field: string trust_domain = 1;
+   */
+  trustDomain: string;
+
+  /**
+   * @generated from field: string bundle_endpoint_url = 2;
+   */
+  bundleEndpointUrl: string;
+
+  /**
+   * "https_spiffe" or "https_web".
+   *
+   * @generated from field: string bundle_endpoint_profile = 3;
+   */
+  bundleEndpointProfile: string;
+
+  /**
+   * https_spiffe: the SPIFFE ID the bundle endpoint presents.
+   *
+   * @generated from field: string endpoint_spiffe_id = 4;
+   */
+  endpointSpiffeId: string;
+
+  /**
+   * https_web: PEM roots that authenticate the endpoint instead of the system's (a private CA).
+   *
+   * @generated from field: string ca_bundle_pem = 5;
+   */
+  caBundlePem: string;
+
+  /**
+   * Create and update only: the trust domain's bundle (a SPIFFE bundle document) that
+   * authenticates the first fetch of a self-serving https_spiffe endpoint. Never returned.
+   *
+   * @generated from field: bytes trust_domain_bundle = 6;
+   */
+  trustDomainBundle: Uint8Array;
+
+  /**
+   * Returned: "config" (server.yaml) or "datastore".
+   *
+   * @generated from field: string source = 7;
+   */
+  source: string;
+
+  /**
+   * Returned: this server's view of the refreshes.
+   *
+   * @generated from field: tessera.admin.v1.FederationStatus status = 8;
+   */
+  status?: FederationStatus | undefined;
+};
+
+/**
+ * Describes the message tessera.admin.v1.FederationRelationship.
+ * Use `create(FederationRelationshipSchema)` to create a new message.
+ */
+export const FederationRelationshipSchema: GenMessage<FederationRelationship> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 34);
+
+/**
+ * @generated from message tessera.admin.v1.FederationStatus
+ */
+export type FederationStatus = Message<"tessera.admin.v1.FederationStatus"> & {
+  /**
+   * Unix seconds; 0 = never.
+   *
+   * @generated from field: int64 last_attempt = 1;
+   */
+  lastAttempt: bigint;
+
+  /**
+   * @generated from field: int64 last_success = 2;
+   */
+  lastSuccess: bigint;
+
+  /**
+   * Of the last attempt; empty when it succeeded.
+   *
+   * @generated from field: string last_error = 3;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: int64 next_refresh = 4;
+   */
+  nextRefresh: bigint;
+
+  /**
+   * The stored bundle of the trust domain: present, its spiffe_sequence, refresh hint (seconds) and authorities.
+   *
+   * @generated from field: bool has_bundle = 5;
+   */
+  hasBundle: boolean;
+
+  /**
+   * @generated from field: uint64 bundle_sequence = 6;
+   */
+  bundleSequence: bigint;
+
+  /**
+   * @generated from field: int64 refresh_hint = 7;
+   */
+  refreshHint: bigint;
+
+  /**
+   * @generated from field: uint32 x509_authorities = 8;
+   */
+  x509Authorities: number;
+
+  /**
+   * @generated from field: uint32 jwt_authorities = 9;
+   */
+  jwtAuthorities: number;
+
+  /**
+   * Failed attempts since the last success.
+   *
+   * @generated from field: uint32 failures = 10;
+   */
+  failures: number;
+};
+
+/**
+ * Describes the message tessera.admin.v1.FederationStatus.
+ * Use `create(FederationStatusSchema)` to create a new message.
+ */
+export const FederationStatusSchema: GenMessage<FederationStatus> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 35);
+
+/**
+ * @generated from message tessera.admin.v1.FederationRequest
+ */
+export type FederationRequest = Message<"tessera.admin.v1.FederationRequest"> & {
+  /**
+   * @generated from field: string trust_domain = 1;
+   */
+  trustDomain: string;
+};
+
+/**
+ * Describes the message tessera.admin.v1.FederationRequest.
+ * Use `create(FederationRequestSchema)` to create a new message.
+ */
+export const FederationRequestSchema: GenMessage<FederationRequest> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 36);
+
+/**
+ * @generated from message tessera.admin.v1.ListFederationRelationshipsRequest
+ */
+export type ListFederationRelationshipsRequest = Message<"tessera.admin.v1.ListFederationRelationshipsRequest"> & {
+};
+
+/**
+ * Describes the message tessera.admin.v1.ListFederationRelationshipsRequest.
+ * Use `create(ListFederationRelationshipsRequestSchema)` to create a new message.
+ */
+export const ListFederationRelationshipsRequestSchema: GenMessage<ListFederationRelationshipsRequest> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 37);
+
+/**
+ * @generated from message tessera.admin.v1.ListFederationRelationshipsResponse
+ */
+export type ListFederationRelationshipsResponse = Message<"tessera.admin.v1.ListFederationRelationshipsResponse"> & {
+  /**
+   * @generated from field: repeated tessera.admin.v1.FederationRelationship relationships = 1;
+   */
+  relationships: FederationRelationship[];
+};
+
+/**
+ * Describes the message tessera.admin.v1.ListFederationRelationshipsResponse.
+ * Use `create(ListFederationRelationshipsResponseSchema)` to create a new message.
+ */
+export const ListFederationRelationshipsResponseSchema: GenMessage<ListFederationRelationshipsResponse> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 38);
+
+/**
  * @generated from service tessera.admin.v1.Admin
  */
 export const Admin: GenService<{
@@ -957,6 +1139,60 @@ export const Admin: GenService<{
     methodKind: "unary";
     input: typeof DeleteBundleRequestSchema;
     output: typeof EmptySchema;
+  },
+  /**
+   * Federation relationships (SPIRE's model and names): which foreign trust domains' bundles this
+   * server fetches from their bundle endpoints. Those defined in server.yaml are listed (source
+   * "config") but not changed here; the others are stored in the datastore.
+   *
+   * @generated from rpc tessera.admin.v1.Admin.CreateFederationRelationship
+   */
+  createFederationRelationship: {
+    methodKind: "unary";
+    input: typeof FederationRelationshipSchema;
+    output: typeof FederationRelationshipSchema;
+  },
+  /**
+   * @generated from rpc tessera.admin.v1.Admin.UpdateFederationRelationship
+   */
+  updateFederationRelationship: {
+    methodKind: "unary";
+    input: typeof FederationRelationshipSchema;
+    output: typeof FederationRelationshipSchema;
+  },
+  /**
+   * @generated from rpc tessera.admin.v1.Admin.DeleteFederationRelationship
+   */
+  deleteFederationRelationship: {
+    methodKind: "unary";
+    input: typeof FederationRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * @generated from rpc tessera.admin.v1.Admin.GetFederationRelationship
+   */
+  getFederationRelationship: {
+    methodKind: "unary";
+    input: typeof FederationRequestSchema;
+    output: typeof FederationRelationshipSchema;
+  },
+  /**
+   * @generated from rpc tessera.admin.v1.Admin.ListFederationRelationships
+   */
+  listFederationRelationships: {
+    methodKind: "unary";
+    input: typeof ListFederationRelationshipsRequestSchema;
+    output: typeof ListFederationRelationshipsResponseSchema;
+  },
+  /**
+   * Fetches the trust domain's bundle now; the answer carries the outcome in status.
+   *
+   * @generated from rpc tessera.admin.v1.Admin.RefreshBundle
+   */
+  refreshBundle: {
+    methodKind: "unary";
+    input: typeof FederationRequestSchema;
+    output: typeof FederationRelationshipSchema;
   },
   /**
    * SVIDs for anything (the CLI's `x509 mint`, `jwt mint`): the key stays with the caller.
