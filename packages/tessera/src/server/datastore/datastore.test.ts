@@ -14,7 +14,7 @@ import {
   TestCa,
   TestJwtAuthority,
 } from '@tessera/testkit';
-import { parseTrustDomain, type SpiffeBundle } from 'spiffe';
+import { parseTrustDomain, SpiffeBundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { openPostgresDatastore } from './postgres.js';
 import { openSqliteDatastore } from './sqlite.js';
@@ -255,6 +255,60 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       );
       assert.equal(revoked.sequenceNumber, 4n);
       assert.equal((await ds.getBundle(td))?.x509Authorities.length, 1);
+    });
+
+    it('federation relationships: create once, update, delete with the bundle, all told to the feed', async () => {
+      const told: string[] = [];
+      const off = ds.onChange((c) => {
+        if (c.kind === 'federation' || (c.kind === 'bundle' && c.trustDomain === 'peer.test'))
+          told.push(`${c.kind} ${c.op} ${c.trustDomain}`);
+      });
+      const td = parseTrustDomain('peer.test');
+      const peer = TestCa.create({ trustDomain: 'peer.test' }).root;
+      const rel = {
+        trustDomain: 'peer.test',
+        bundleEndpointUrl: 'https://peer.test:8443',
+        profile: 'https_spiffe' as const,
+        endpointSpiffeId: 'spiffe://peer.test/spire/server',
+        caBundlePem: '',
+      };
+      const bootstrap = new SpiffeBundle({ trustDomain: td, x509Authorities: [peer], sequenceNumber: 41n });
+      const made = await ds.putFederationRelationship(rel, 'create', bootstrap);
+      assert.equal(made.bundleEndpointUrl, rel.bundleEndpointUrl);
+      // The bootstrap bundle is stored as given, its sequence kept.
+      assert.equal((await ds.getBundle(td))?.sequenceNumber, 41n);
+      await rejectsWith(ds.putFederationRelationship(rel, 'create'), 'ERR_FEDERATION_EXISTS', /peer\.test/);
+      await rejectsWith(
+        ds.putFederationRelationship({ ...rel, trustDomain: 'nobody.test' }, 'update'),
+        'ERR_FEDERATION_NOT_FOUND',
+      );
+      await ds.putFederationRelationship({ ...rel, bundleEndpointUrl: 'https://peer.test:9443' }, 'update');
+      assert.equal(
+        (await ds.getFederationRelationship('peer.test'))?.bundleEndpointUrl,
+        'https://peer.test:9443',
+      );
+      assert.deepEqual(
+        (await ds.listFederationRelationships()).map((r) => r.trustDomain),
+        ['peer.test'],
+      );
+      // A fetched bundle is stored as served; the same again is not a change.
+      const fetched = bootstrap.with({ sequenceNumber: 7n, refreshHint: 300 });
+      assert.equal(await ds.storeFetchedBundle(fetched), true);
+      assert.equal(await ds.storeFetchedBundle(fetched), false);
+      assert.equal((await ds.getBundle(td))?.sequenceNumber, 7n);
+      await ds.deleteFederationRelationship('peer.test');
+      assert.equal(await ds.getBundle(td), undefined);
+      assert.equal(await ds.getFederationRelationship('peer.test'), undefined);
+      await rejectsWith(ds.deleteFederationRelationship('peer.test'), 'ERR_FEDERATION_NOT_FOUND');
+      off();
+      assert.deepEqual(told, [
+        'bundle update peer.test',
+        'federation upsert peer.test',
+        'federation upsert peer.test',
+        'bundle update peer.test',
+        'federation delete peer.test',
+        'bundle delete peer.test',
+      ]);
     });
 
     it('two concurrent uses of one token: exactly one wins', async () => {
