@@ -5,7 +5,14 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
+import {
+  makeTempDir,
+  type PostgresCluster,
+  postgresAvailable,
+  startPostgres,
+  type TempDir,
+  TestCa,
+} from '@tessera/testkit';
 import { createWorkloadApiClient, parseTrustDomain, type X509Context } from 'spiffe';
 import type { RunningAgent } from '../../agent/run.js';
 import { startTestAgent } from '../../agent/test-agent.test.util.js';
@@ -378,6 +385,91 @@ describe('federation between tessera servers', () => {
     }
   });
 });
+
+if (postgresAvailable('federation across servers on one PostgreSQL'))
+  describe('federation across servers sharing a PostgreSQL datastore', () => {
+    let tmp: TempDir;
+    let cluster: PostgresCluster;
+    const servers: RunningServer[] = [];
+    before(async () => {
+      tmp = await makeTempDir('federation-ha-');
+      cluster = await startPostgres();
+    });
+    after(async () => {
+      for (const s of servers.reverse()) await s.stop();
+      await cluster?.stop();
+      await tmp?.cleanup();
+    });
+
+    it('a relationship created through one server is fetched by every server; a delete stops them all', async () => {
+      const peer = await startTestServer(
+        join(tmp.path, 'peer'),
+        ['federation: { bundle_endpoint: { address: 127.0.0.1, port: 0 } }'],
+        0,
+        'peer.test',
+      );
+      servers.push(peer);
+      const pg = `datastore: { postgres: { connection_string: "${cluster.connectionString}" } }`;
+      const one = await startTestServer(join(tmp.path, 'one'), [pg]);
+      servers.push(one);
+      const two = await startTestServer(join(tmp.path, 'two'), [pg]);
+      servers.push(two);
+      const file = join(tmp.path, 'peer.json');
+      writeFileSync(file, (await peer.datastore.getBundle(parseTrustDomain('peer.test')))?.marshal() ?? '');
+      const created = await tessera(
+        'federation',
+        'create',
+        '--socket',
+        join(tmp.path, 'one', 'admin.sock'),
+        '--trust-domain',
+        'peer.test',
+        '--bundle-endpoint-url',
+        `https://127.0.0.1:${peer.bundleEndpointPort}`,
+        '--bundle-endpoint-profile',
+        'https_spiffe',
+        '--endpoint-spiffe-id',
+        'spiffe://peer.test/tessera/server',
+        '--trust-domain-bundle-path',
+        file,
+      );
+      assert.equal(created.code, 0, created.stderr);
+      // The other server learns of it from the change feed, and fetches it itself.
+      const refreshed = await tessera(
+        'federation',
+        'refresh',
+        '--socket',
+        join(tmp.path, 'two', 'admin.sock'),
+        '--trust-domain',
+        'peer.test',
+      );
+      assert.equal(refreshed.code, 0, refreshed.stderr);
+      assert.notEqual(two.federation.get('peer.test')?.status.lastSuccess, undefined);
+      assert.equal(two.federation.get('peer.test')?.source, 'datastore');
+      const del = await tessera(
+        'federation',
+        'delete',
+        '--socket',
+        join(tmp.path, 'two', 'admin.sock'),
+        '--trust-domain',
+        'peer.test',
+      );
+      assert.equal(del.code, 0, del.stderr);
+      // The delete reaches the first server through its feed (NOTIFY): wait for the change, then
+      // for its federation to apply it.
+      await new Promise<void>((resolve) => {
+        if (one.federation.get('peer.test') === undefined) return resolve();
+        const off = one.datastore.onChange((c) => {
+          if (c.kind !== 'federation') return;
+          void one.federation.settled().then(() => {
+            if (one.federation.get('peer.test') !== undefined) return;
+            off();
+            resolve();
+          });
+        });
+      });
+      assert.equal(one.federation.get('peer.test'), undefined);
+    });
+  });
 
 describe('server.yaml federation keys', () => {
   const base = ['trust_domain: example.org', 'federation:'];
