@@ -8,7 +8,8 @@
 //    this run, first, before anything of tessera's starts (spire-reference.ts): one spire-server on
 //    SQLite and one spire-agent as child processes, default settings, entries written with the
 //    spire-server CLI, watched by the same Workload API client. Without SPIRE's binaries (bash
-//    bench/setup-spire.sh builds them) it prints the figure measured here earlier, marked a constant.
+//    test/interop/setup-spire.sh builds them) it prints the figure measured here earlier, marked a
+//    constant.
 // 2. The datastore's work while nothing changes: 1,000 simulated agents (agent API clients with
 //    agent SVIDs, one mTLS channel and one Sync stream each) spread over the three servers, then 30 s
 //    idle: transactions from pg_stat_database, statements per server from pg_stat_statements.
@@ -61,7 +62,7 @@ const PROPAGATION_TIMEOUT_MS = 10_000;
 const MAX_TIMEOUTS = 3;
 const WRITE_TIMEOUT_MS = 30_000;
 /** Printed when SPIRE's binaries are missing. */
-const SPIRE_CONSTANT = `SPIRE v${SPIRE_VERSION}, one server, measured here earlier (a constant, not run now): p99 9.5 s (run bash bench/setup-spire.sh to measure it in the same run)`;
+const SPIRE_CONSTANT = `SPIRE v${SPIRE_VERSION}, one server, measured here earlier (a constant, not run now): p99 9.5 s (run bash test/interop/setup-spire.sh to measure it in the same run)`;
 /** SPIRE in this run: at most this many entries, none started after the budget; the SPIRE part stays under ~3 min. */
 const SPIRE_ENTRIES = 20;
 const SPIRE_BUDGET_MS = 150_000;
@@ -554,7 +555,7 @@ async function spireReference(dir: string): Promise<SpireOutcome> {
   const found = findSpire();
   if (!found.found) {
     console.log(
-      `\nSPIRE reference not measured in this run: ${found.why}; run bash bench/setup-spire.sh (builds SPIRE v${SPIRE_VERSION} with Go, a few minutes) to measure it`,
+      `\nSPIRE reference not measured in this run: ${found.why}; run bash test/interop/setup-spire.sh (builds SPIRE v${SPIRE_VERSION} with Go: some 15 min from scratch, seconds once built) to measure it`,
     );
     return { kind: 'missing', why: found.why };
   }

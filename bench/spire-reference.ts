@@ -15,8 +15,8 @@ import { memoryOf } from './harness.js';
 import { watchX509Ids } from './x509-watch.js';
 
 export const SPIRE_VERSION = '1.13.3';
-/** Where bench/setup-spire.sh installs the binaries (from bench/dist/). */
-const LOCAL_BIN = fileURLToPath(new URL('../.spire/bin', import.meta.url));
+/** Where test/interop/setup-spire.sh installs the binaries (from bench/dist/); the interop suites use them too. */
+const LOCAL_BIN = fileURLToPath(new URL('../../test/interop/.spire/bin', import.meta.url));
 /** SPIRE's defaults this measurement runs with (doc/spire_server.md, doc/spire_agent.md of v1.13.3); none is set in the configs. */
 export const SPIRE_DEFAULTS =
   'server experimental.cache_reload_interval 5 s (full reload of the entry cache), events_based_cache false; agent sync_interval 5 s';
@@ -40,7 +40,7 @@ export interface SpireBinaries {
 
 export type SpireLookup = { found: true; bin: SpireBinaries } | { found: false; why: string };
 
-/** spire-server and spire-agent from bench/.spire/bin, else from PATH, if both report v1.13.3. */
+/** spire-server and spire-agent from test/interop/.spire/bin, else from PATH, if both report v1.13.3. */
 export function findSpire(): SpireLookup {
   const dirs = [LOCAL_BIN, ...(process.env.PATH ?? '').split(delimiter).filter((d) => d !== '')];
   const locate = (name: string) =>

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Builds SPIRE's spire-server and spire-agent (the version ha.bench.ts compares against) from the Go
-# module proxy into bench/.spire/bin, where ha.bench.ts looks for them. Idempotent: a binary already
-# there that reports the wanted version is kept. Needs Go 1.25.3 or later (SPIRE v1.13.3's go.mod).
+# Builds SPIRE's spire-server and spire-agent v1.13.3 from the Go module proxy into
+# test/interop/.spire/bin (gitignored), for the two things that run a real SPIRE: the interop suites
+# (spire.test.util.ts; test/interop/setup.sh calls this script) and the HA bench's reference
+# measurement (bench/spire-reference.ts). Idempotent: a binary already there that reports the wanted
+# version is kept (~0.1 s). Needs Go 1.25.3 or later (SPIRE v1.13.3's go.mod).
+#
+# Cold, it is the slow part of the interop setup: spire-server took 855 s (module downloads
+# included), spire-agent then 102 s (sharing its build cache), on 2 cores busy with other work; with
+# a warm Go build cache but no binaries, 26 s for both (the link). CI should cache
+# test/interop/.spire/bin (~320 MB) keyed by SPIRE_VERSION, so that only a version bump pays it.
 #
 # Built as `go install …@v1.13.3` builds it: no release ldflags, so the binaries report
 # "1.13.3-dev-unk" (SPIRE's release builds stamp the tag with -X; the code is the same).
@@ -9,8 +16,8 @@ set -euo pipefail
 
 SPIRE_VERSION=1.13.3
 MODULE=github.com/spiffe/spire
-bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bin_dir="$bench_dir/.spire/bin"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin_dir="$here/.spire/bin"
 
 if ! command -v go >/dev/null 2>&1; then
   echo "setup-spire: go not found on PATH; install Go 1.25.3 or later to build SPIRE v$SPIRE_VERSION" >&2
@@ -56,3 +63,4 @@ for cmd in spire-server spire-agent; do
   fi
   echo "setup-spire: built $bin_dir/$cmd ($have) in $((SECONDS - start)) s"
 done
+echo "setup-spire: SPIRE v$SPIRE_VERSION in $bin_dir (spire-server, spire-agent)"

