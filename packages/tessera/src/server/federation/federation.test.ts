@@ -457,15 +457,16 @@ if (postgresAvailable('federation across servers on one PostgreSQL'))
       // The delete reaches the first server through its feed (NOTIFY): wait for the change, then
       // for its federation to apply it.
       await new Promise<void>((resolve) => {
-        if (one.federation.get('peer.test') === undefined) return resolve();
-        const off = one.datastore.onChange((c) => {
-          if (c.kind !== 'federation') return;
+        const check = () =>
           void one.federation.settled().then(() => {
             if (one.federation.get('peer.test') !== undefined) return;
             off();
             resolve();
           });
+        const off = one.datastore.onChange((c) => {
+          if (c.kind === 'federation') check();
         });
+        check();
       });
       assert.equal(one.federation.get('peer.test'), undefined);
     });
