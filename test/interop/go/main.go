@@ -9,6 +9,10 @@
 //	            [--handshake-with addr | --listen addr] [--linger D] [--timeout D] [--fetch | --delta]
 //	            (an Envoy SDS v3 client, go-control-plane types; see sds.go)
 //	interop envoy-validate <bootstrap.yaml>   (an Envoy bootstrap against the Envoy v3 API protos; envoy_validate.go)
+//	interop x509-server (--authorize-id ID | --authorize-member-of TD) [--addr 127.0.0.1:0] [--socket P] [--timeout 30s]
+//	interop x509-client (--authorize-id ID | --authorize-member-of TD) --addr host:port [--message hi] [--socket P] [--timeout 30s]
+//	interop x509-bundles [--wait-td TD [--wait-roots N] [--wait-exact]] [--socket P] [--timeout 30s]
+//	            (mTLS server / client, bundle watcher, all on a Workload API: --socket or $SPIFFE_ENDPOINT_SOCKET; x509_workload.go)
 //	interop grpc-client --cert F --key F --bundle td=F (--authorize-id ID | --authorize-member-of TD) --addr host:port
 //	                    --method /pkg.Service/Method [--message body]   (a grpc-go client; grpc.go)
 package main
@@ -21,7 +25,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ... | sds ...")
+	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ... | sds ... | x509-server ... | x509-client ... | x509-bundles ...")
 	os.Exit(2)
 }
 
@@ -50,6 +54,12 @@ func main() {
 		err = runEnvoyValidate(os.Args[2:])
 	case "grpc-client":
 		err = runGRPCClient(os.Args[2:])
+	case "x509-server":
+		err = runX509Server(os.Args[2:])
+	case "x509-client":
+		err = runX509Client(os.Args[2:])
+	case "x509-bundles":
+		err = runX509Bundles(os.Args[2:])
 	default:
 		usage()
 	}

@@ -68,21 +68,30 @@ func (f *tlsFlags) material() (*x509svid.SVID, *x509bundle.Set, tlsconfig.Author
 		}
 		set.Add(b)
 	}
-	var authorizer tlsconfig.Authorizer
-	if f.authorizeID != "" {
-		id, err := spiffeid.FromString(f.authorizeID)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		authorizer = tlsconfig.AuthorizeID(id)
-	} else {
-		td, err := spiffeid.TrustDomainFromString(f.authorizeMemberOf)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		authorizer = tlsconfig.AuthorizeMemberOf(td)
+	authorizer, err := authorizerOf(f.authorizeID, f.authorizeMemberOf)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	return svid, set, authorizer, nil
+}
+
+// authorizerOf is tlsconfig.AuthorizeID(id) or tlsconfig.AuthorizeMemberOf(td): exactly one of them.
+func authorizerOf(id, memberOf string) (tlsconfig.Authorizer, error) {
+	if (id == "") == (memberOf == "") {
+		return nil, errors.New("exactly one of --authorize-id and --authorize-member-of is required")
+	}
+	if id != "" {
+		parsed, err := spiffeid.FromString(id)
+		if err != nil {
+			return nil, err
+		}
+		return tlsconfig.AuthorizeID(parsed), nil
+	}
+	td, err := spiffeid.TrustDomainFromString(memberOf)
+	if err != nil {
+		return nil, err
+	}
+	return tlsconfig.AuthorizeMemberOf(td), nil
 }
 
 func runTLSServer(args []string) error {
