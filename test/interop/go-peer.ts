@@ -80,19 +80,25 @@ export interface GoServer {
   port: number;
   /**
    * Resolves with the first stderr line (ACCEPTED / REFUSED / READ ...) matching `pattern` that no
-   * earlier call took, waiting for it if it has not been written yet.
+   * earlier call took, waiting for it if it has not been written yet; with `ms`, rejects after that long.
    */
-  nextLog(pattern: RegExp): Promise<string>;
+  nextLog(pattern: RegExp, ms?: number): Promise<string>;
   /** Everything written to stderr so far. */
   stderr(): string;
   close(): Promise<void>;
 }
 
 /** Starts `interop tls-server` and resolves once it prints `LISTEN <addr>`. */
-export async function startGoServer(files: GoPeerFiles, authorize: Authorize): Promise<GoServer> {
-  const child = spawn(GO_BINARY, ['tls-server', ...flags(files, authorize), '--addr', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export function startGoServer(files: GoPeerFiles, authorize: Authorize): Promise<GoServer> {
+  return startGoListener(['tls-server', ...flags(files, authorize), '--addr', '127.0.0.1:0']);
+}
+
+/**
+ * Starts the Go peer with `args` (a subcommand that prints `LISTEN <addr>` on stdout once it listens
+ * and one stderr line per connection: tls-server, x509-server) and resolves once it listens.
+ */
+export async function startGoListener(args: readonly string[]): Promise<GoServer> {
+  const child = spawn(GO_BINARY, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   const logLines: string[] = [];
   const waiters: { pattern: RegExp; resolve: (l: string) => void }[] = [];
@@ -106,7 +112,7 @@ export async function startGoServer(files: GoPeerFiles, authorize: Authorize): P
   try {
     const exited = new Promise<never>((_, reject) =>
       child.once('exit', (code, signal) =>
-        reject(new Error(`interop: go tls-server exited (${code ?? signal}) before listening: ${stderr}`)),
+        reject(new Error(`interop: go ${args[0]} exited (${code ?? signal}) before listening: ${stderr}`)),
       ),
     );
     const listen = await Promise.race([
@@ -118,10 +124,30 @@ export async function startGoServer(files: GoPeerFiles, authorize: Authorize): P
     return {
       address,
       port,
-      nextLog(pattern) {
+      nextLog(pattern, ms) {
         const i = logLines.findIndex((l) => pattern.test(l));
         if (i >= 0) return Promise.resolve(logLines.splice(i, 1)[0] as string);
-        return new Promise((resolve) => waiters.push({ pattern, resolve }));
+        return new Promise((resolve, reject) => {
+          const waiter = {
+            pattern,
+            resolve: (line: string) => {
+              clearTimeout(timer);
+              resolve(line);
+            },
+          };
+          const timer =
+            ms === undefined
+              ? undefined
+              : setTimeout(() => {
+                  waiters.splice(waiters.indexOf(waiter), 1);
+                  reject(
+                    new Error(
+                      `interop: go ${args[0]} logged no line matching ${pattern} within ${ms} ms; its stderr:\n${stderr}`,
+                    ),
+                  );
+                }, ms);
+          waiters.push(waiter);
+        });
       },
       stderr: () => stderr,
       close,
@@ -146,10 +172,10 @@ export interface GoClientResult {
   stderr: string;
 }
 
-/** Runs the Go peer once with `args`; its exit code and output. */
-function runGo(args: string[]): Promise<GoClientResult> {
+/** Runs the Go peer once with `args` (killed after `timeoutMs`, default 30 s); its exit code and output. */
+export function runGo(args: readonly string[], timeoutMs = 30_000): Promise<GoClientResult> {
   return new Promise((resolve) => {
-    execFile(GO_BINARY, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(GO_BINARY, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
       resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
     });
