@@ -14,7 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
-import { createServer, get, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -27,7 +27,16 @@ import { tessera } from 'tessera/dist/cli/main.test.util.js';
 import { createLogger } from 'tessera/dist/common/log.js';
 import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
 import type { RunningServer } from 'tessera/dist/server/run.js';
-import { ENVOY_BINARY, envoyBootstrap, freePort, type RunningEnvoy, startEnvoy } from './envoy-peer.js';
+import {
+  ENVOY_BINARY,
+  envoyBootstrap,
+  freePort,
+  httpGet,
+  type RunningEnvoy,
+  startEnvoy,
+  untilEnvoy,
+  whenAgent,
+} from './envoy-peer.js';
 import { interopUnavailable } from './verdicts.js';
 
 const skip = interopUnavailable('real Envoys across federated trust domains', [ENVOY_BINARY]);
@@ -38,51 +47,6 @@ const ORDERS = 'spiffe://partner.org/orders';
 const CATALOGUE = 'spiffe://example.org/catalogue';
 const PARTNER = parseTrustDomain('partner.org');
 const quiet = createLogger({ level: 'error', write: () => undefined });
-
-/** One GET on a new connection: every request is a new mTLS handshake between the Envoys. */
-function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = get({ host: '127.0.0.1', port, path, agent: false, timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', reject);
-  });
-}
-
-/** Polls `check` every 100 ms (Envoy's state is seen only through its admin interface and traffic). */
-async function until(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline)
-      throw new Error(`envoy federation test: ${what} did not happen within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Resolves once `check()` holds after an update of the agent (or at once). */
-function whenAgent(agent: RunningAgent, check: () => boolean, ms: number, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onUpdate = () => {
-      if (!check()) return;
-      clearTimeout(timer);
-      agent.manager.off('update', onUpdate);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      agent.manager.off('update', onUpdate);
-      reject(new Error(`envoy federation test: ${what} did not happen within ${ms} ms`));
-    }, ms);
-    agent.manager.on('update', onUpdate);
-    onUpdate();
-  });
-}
 
 describe('real Envoys across federated trust domains (SDS ALL, SPIFFE validator)', {
   skip,
@@ -308,7 +272,7 @@ describe('real Envoys across federated trust domains (SDS ALL, SPIFFE validator)
       15_000,
       'ORDERS re-issued by the new partner.org CA',
     );
-    await until(
+    await untilEnvoy(
       async () => {
         const certs = await (outbound as RunningEnvoy).certs();
         const serial = partnerAgent.manager
@@ -344,7 +308,7 @@ describe('real Envoys across federated trust domains (SDS ALL, SPIFFE validator)
     );
     const before = appSaw.length;
     // Envoy applies the new validation context to new connections; it has no event to wait on.
-    await until(
+    await untilEnvoy(
       async () => {
         const r = await httpGet(outPort, '/after-delete').catch(() => ({ status: 0, body: '' }));
         return r.status !== 200;

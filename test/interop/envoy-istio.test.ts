@@ -25,7 +25,7 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { chmodSync } from 'node:fs';
-import { createServer, get, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
@@ -40,9 +40,11 @@ import {
   ENVOY_BINARY,
   type EnvoyTlsContextCerts,
   freePort,
+  httpGet,
   type RunningEnvoy,
   sameSerial,
   startEnvoy,
+  whenAgent,
 } from './envoy-peer.js';
 import { interopUnavailable } from './verdicts.js';
 
@@ -268,27 +270,6 @@ function istioBootstrap(s: Sidecar): string {
   );
 }
 
-interface Answer {
-  status: number;
-  body: string;
-}
-
-function httpGet(port: number, path: string): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = get({ host: '127.0.0.1', port, path, agent: false, timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', reject);
-  });
-}
-
 /** What a TLS client talking straight to the inbound sidecar got: the HTTP bytes it read, or the error. */
 interface Direct {
   data: string;
@@ -342,24 +323,6 @@ describe('an Envoy with an Istio-shaped bootstrap, on the agent at workload-spif
   let outPort: number;
   const appSaw: string[] = [];
 
-  /** Resolves once `check()` holds after an agent update (or at once); rejects after `ms`. */
-  function whenAgent(check: () => boolean, ms: number, what: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onUpdate = () => {
-        if (!check()) return;
-        clearTimeout(timer);
-        agent.manager.off('update', onUpdate);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        agent.manager.off('update', onUpdate);
-        reject(new Error(`envoy-istio test: ${what} did not happen within ${ms} ms`));
-      }, ms);
-      agent.manager.on('update', onUpdate);
-      onUpdate();
-    });
-  }
-
   before(async () => {
     tmp = await makeTempDir('envoy-istio-');
     chmodSync(tmp.path, 0o755); // the uid-65534 Envoy reads its bootstrap and reaches the agent's socket
@@ -381,6 +344,7 @@ describe('an Envoy with an Istio-shaped bootstrap, on the agent at workload-spif
       { socketPath: `${tmp.path}/var/run/secrets/workload-spiffe-uds/socket` },
     );
     await whenAgent(
+      agent,
       () => agent.manager.svidsFor(mine).length === 1 && agent.manager.svidsFor(nobody).length === 1,
       20_000,
       'both SVIDs reaching the agent',

@@ -7,11 +7,12 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { request } from 'node:http';
+import { get, request } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
+import type { RunningAgent } from 'tessera/dist/agent/run.js';
 import { TESSERA_BIN } from '../e2e/tessera-process.js';
 import { INTEROP_DIR } from './verdicts.js';
 
@@ -251,4 +252,62 @@ async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<vo
   const killed = setTimeout(() => child.kill('SIGKILL'), 10_000);
   await exited;
   clearTimeout(killed);
+}
+
+/** An HTTP answer through the Envoys. */
+export interface Answer {
+  status: number;
+  body: string;
+}
+
+/** One GET on a new connection (so every request is a new mTLS handshake between the Envoys). */
+export function httpGet(port: number, path: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: '127.0.0.1', port, path, agent: false, timeout: 5_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        body += c;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', reject);
+  });
+}
+
+/** Resolves once `check()` holds after an update of the agent (or at once); rejects after `ms`. */
+export function whenAgent(
+  agent: RunningAgent,
+  check: () => boolean,
+  ms: number,
+  what: string,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onUpdate = () => {
+      if (!check()) return;
+      clearTimeout(timer);
+      agent.manager.off('update', onUpdate);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      agent.manager.off('update', onUpdate);
+      reject(new Error(`envoy test: ${what} did not happen within ${ms} ms`));
+    }, ms);
+    agent.manager.on('update', onUpdate);
+    onUpdate();
+  });
+}
+
+/**
+ * Polls `check` every 100 ms until it holds or `ms` pass. Only for what Envoy holds: its admin
+ * interface is the one view of it, and Envoy has no event to wait on.
+ */
+export async function untilEnvoy(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`envoy test: ${what} did not happen within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

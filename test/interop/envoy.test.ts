@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import type { X509Certificate } from 'node:crypto';
 import { chmodSync } from 'node:fs';
-import { createServer, get, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
@@ -28,9 +28,12 @@ import {
   type EnvoyTlsContextCerts,
   envoyBootstrap,
   freePort,
+  httpGet,
   type RunningEnvoy,
   sameSerial,
   startEnvoy,
+  untilEnvoy,
+  whenAgent,
 } from './envoy-peer.js';
 import { interopUnavailable } from './verdicts.js';
 
@@ -47,28 +50,6 @@ const CATALOGUE = 'spiffe://example.org/catalogue';
 const mine = [{ type: 'unix', value: `uid:${uid}` }];
 const nobody = [{ type: 'unix', value: `uid:${NOBODY}` }];
 const TTL_S = 8;
-
-interface Answer {
-  status: number;
-  body: string;
-}
-
-/** One GET on a new connection (so every request is a new mTLS handshake between the Envoys). */
-function httpGet(port: number, path: string): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = get({ host: '127.0.0.1', port, path, agent: false, timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', reject);
-  });
-}
 
 /** What a TLS client talking straight to the inbound Envoy got: the HTTP bytes it read, or the error. */
 interface Direct {
@@ -120,36 +101,6 @@ describe('real Envoys from tessera envoy bootstrap, on the agent', {
   let inPort: number;
   const appSaw: string[] = [];
 
-  /** Resolves once `check()` holds after an agent update (or at once); rejects after `ms`. */
-  function whenAgent(check: () => boolean, ms: number, what: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onUpdate = () => {
-        if (!check()) return;
-        clearTimeout(timer);
-        agent.manager.off('update', onUpdate);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        agent.manager.off('update', onUpdate);
-        reject(new Error(`envoy test: ${what} did not happen within ${ms} ms`));
-      }, ms);
-      agent.manager.on('update', onUpdate);
-      onUpdate();
-    });
-  }
-
-  /**
-   * Polls `check` every 100 ms until it holds or `ms` pass. Only for what Envoy holds: its admin
-   * interface is the one view of it, and Envoy has no event to wait on.
-   */
-  async function untilEnvoy(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await check())) {
-      if (Date.now() > deadline) throw new Error(`envoy test: ${what} did not happen within ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-
   before(async () => {
     tmp = await makeTempDir('envoy-interop-');
     chmodSync(tmp.path, 0o755); // the uid-65534 Envoy reads its bootstrap and reaches the agent's socket
@@ -170,6 +121,7 @@ describe('real Envoys from tessera envoy bootstrap, on the agent', {
       createLogger({ level: 'error', write: () => undefined }),
     );
     await whenAgent(
+      agent,
       () => agent.manager.svidsFor(mine).length === 1 && agent.manager.svidsFor(nobody).length === 1,
       20_000,
       'both SVIDs reaching the agent',
@@ -438,7 +390,12 @@ describe('real Envoys from tessera envoy bootstrap, on the agent', {
     const o = outbound as RunningEnvoy;
     const deleted = performance.now();
     await server.datastore.deleteEntry(ordersEntryId);
-    await whenAgent(() => agent.manager.svidsFor(nobody).length === 0, 20_000, 'the agent dropping ORDERS');
+    await whenAgent(
+      agent,
+      () => agent.manager.svidsFor(nobody).length === 0,
+      20_000,
+      'the agent dropping ORDERS',
+    );
     const dropped = performance.now();
     // Envoy keeps the last secret it received (the agent ends the SDS stream: no identity issued).
     const last = (await o.certs())[0]?.cert_chain[0];
