@@ -7,6 +7,7 @@ import {
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+import { agentPluginConfigOptions } from './node-attestation/registry.js';
 import { serverAddressProblem } from './server-address.js';
 
 /** The agent configuration file (`tessera agent run --config agent.yaml`); names follow SPIRE's. */
@@ -52,6 +53,8 @@ export const AGENT_CONFIG_SCHEMA = {
             private_key_path: { kind: 'string', required: true, check: absolutePath },
           },
         },
+        // The others (node-attestation/registry.ts).
+        ...agentPluginConfigOptions(),
       },
     },
     socket_path: { kind: 'string', default: '/run/tessera/agent.sock', check: absolutePath },

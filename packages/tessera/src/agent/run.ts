@@ -26,6 +26,7 @@ import type { AgentConfig } from './config.js';
 import { createSds } from './endpoints/sds.js';
 import { createWorkloadApi } from './endpoints/workload-api.js';
 import { AgentManager } from './manager.js';
+import { AGENT_NODE_ATTESTOR_PLUGINS, type NodeEvidence } from './node-attestation/registry.js';
 import { type LookupAll, parseServerAddress, resolveServers } from './server-address.js';
 import { ServerClient } from './server-client.js';
 import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
@@ -84,10 +85,25 @@ async function bootstrapBundle(config: AgentConfig, td: TrustDomain): Promise<X5
 }
 
 /** The node attestor's evidence and, for challenge–response attestors, how to answer. */
-function nodeEvidence(
+async function nodeEvidence(
   config: AgentConfig,
   joinToken: string | undefined,
-): { type: string; payload: Uint8Array; respond?: (c: Uint8Array) => Uint8Array } {
+  logger: DaemonLogger,
+): Promise<NodeEvidence> {
+  const sections = config.node_attestor as unknown as Record<string, unknown>;
+  for (const plugin of AGENT_NODE_ATTESTOR_PLUGINS) {
+    const section = sections[plugin.name];
+    if (section === undefined) continue;
+    if (joinToken !== undefined)
+      throw fail(
+        `--join-token is for the join_token node attestor; this agent's node_attestor is ${plugin.name}`,
+      );
+    try {
+      return await plugin.evidence(section, { logger: logger.with({ attestor: plugin.name }) });
+    } catch (err) {
+      throw fail(`node_attestor.${plugin.name}: ${(err as Error).message}`, err);
+    }
+  }
   const pop = config.node_attestor.x509pop;
   if (pop !== undefined) {
     let chain: X509Certificate[];
@@ -168,7 +184,7 @@ async function attest(
   logger: DaemonLogger,
   random: () => number,
 ): Promise<AgentState> {
-  const evidence = nodeEvidence(config, joinToken);
+  const evidence = await nodeEvidence(config, joinToken, logger);
   const trust = await bootstrapBundle(config, td);
   if (trust === 'insecure')
     logger.warn(

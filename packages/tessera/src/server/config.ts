@@ -8,6 +8,7 @@ import {
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+import { pluginConfigFields } from './attestation/registry.js';
 
 const problemOf = (f: () => unknown) => {
   try {
@@ -78,6 +79,8 @@ export const SERVER_CONFIG_SCHEMA = {
         join_token: { kind: 'object', fields: { enabled: { kind: 'bool', default: true } } },
         // Enabled when ca_bundle_path names the PEM file of the CAs that issue node certificates.
         x509pop: { kind: 'object', fields: { ca_bundle_path: { kind: 'string', check: absolutePath } } },
+        // The others (attestation/registry.ts), each enabled when its section is present.
+        ...pluginConfigFields(),
       },
     },
     key_manager: { kind: 'enum', values: ['disk', 'memory'], default: 'disk' },

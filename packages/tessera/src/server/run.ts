@@ -18,6 +18,7 @@ import { startAdminSocket } from './api/admin-socket.js';
 import { AgentApi } from './api/agent-api.js';
 import { ServerIdentity, serverId } from './api/server-identity.js';
 import { JoinTokenAttestor } from './attestation/join-token.js';
+import { NODE_ATTESTOR_PLUGINS } from './attestation/registry.js';
 import type { NodeAttestor } from './attestation/types.js';
 import { X509PopAttestor } from './attestation/x509pop.js';
 import { AuthorityManager } from './ca/manager.js';
@@ -94,8 +95,16 @@ function loadUpstream(disk: { cert_file: string; key_file: string; bundle_file?:
   return { certificate, privateKey, chain, roots };
 }
 
-/** The node attestors the configuration enables; an unreadable x509pop CA file is a startup error. */
-function nodeAttestors(config: ServerConfig, datastore: Datastore): Map<string, NodeAttestor> {
+/**
+ * The node attestors the configuration enables; an unreadable x509pop CA file, or a plugin's
+ * problem (attestation/registry.ts), is a startup error naming its key.
+ */
+async function nodeAttestors(
+  config: ServerConfig,
+  datastore: Datastore,
+  logger: DaemonLogger,
+  now: () => Date,
+): Promise<Map<string, NodeAttestor>> {
   const td = parseTrustDomain(config.trust_domain);
   const out = new Map<string, NodeAttestor>();
   if (config.node_attestors.join_token.enabled) out.set('join_token', new JoinTokenAttestor(td, datastore));
@@ -122,6 +131,24 @@ function nodeAttestors(config: ServerConfig, datastore: Datastore): Map<string, 
       );
     }
     out.set('x509pop', new X509PopAttestor(td, roots));
+  }
+  const sections = config.node_attestors as unknown as Record<string, unknown>;
+  for (const plugin of NODE_ATTESTOR_PLUGINS) {
+    const section = sections[plugin.name];
+    if (section === undefined) continue;
+    try {
+      out.set(
+        plugin.name,
+        await plugin.create(section, {
+          trustDomain: td,
+          datastore,
+          logger: logger.with({ subsystem: 'attestation', attestor: plugin.name }),
+          now,
+        }),
+      );
+    } catch (err) {
+      throw startupError(`node_attestors.${plugin.name}: ${(err as Error).message}`, err);
+    }
   }
   return out;
 }
@@ -256,7 +283,7 @@ export async function startServer(
     cleanups.push(() => authority.close());
     const trustDomain = parseTrustDomain(config.trust_domain);
     const configured = configuredRelationships(config);
-    const attestors = nodeAttestors(config, datastore);
+    const attestors = await nodeAttestors(config, datastore, logger, now);
     const metrics = new Metrics();
     const index = await EntryIndex.load(datastore, serverId(trustDomain));
     cleanups.push(() => index.close());
