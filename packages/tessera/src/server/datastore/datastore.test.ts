@@ -311,6 +311,21 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       ]);
     });
 
+    it('attestation evidence is used once until it expires, also when two use it at once', async () => {
+      const now = new Date();
+      const later = new Date(now.getTime() + 60_000);
+      assert.equal(await ds.useEvidence('jwt', 'digest-1', later, now), true);
+      assert.equal(await ds.useEvidence('jwt', 'digest-1', later, now), false);
+      assert.equal(await ds.useEvidence('aws_iid', 'digest-1', later, now), true, 'per attestor');
+      // Once expired, the record is dropped: the evidence itself is refused by its own expiry then.
+      assert.equal(await ds.useEvidence('jwt', 'digest-1', later, new Date(later.getTime() + 1)), true);
+      const both = await Promise.all([
+        ds.useEvidence('jwt', 'digest-2', later, now),
+        ds.useEvidence('jwt', 'digest-2', later, now),
+      ]);
+      assert.deepEqual(both.sort(), [false, true]);
+    });
+
     it('two concurrent uses of one token: exactly one wins', async () => {
       await ds.createJoinToken({ token: 'tok-cccccccccccccccc', expiresAt: new Date(Date.now() + 60_000) });
       const results = await Promise.allSettled([

@@ -167,6 +167,20 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
       )`,
     ],
   },
+  {
+    version: 6,
+    statements: [
+      // Attestation evidence already used (a token, a signed document), by attestor and digest,
+      // until it would have expired anyway: a replay is refused on every server sharing the datastore.
+      `CREATE TABLE used_evidence (
+        attestor TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (attestor, digest)
+      )`,
+      'CREATE INDEX used_evidence_expires ON used_evidence (expires_at)',
+    ],
+  },
 ];
 
 /** Creates the version table and applies every migration not yet applied. */
@@ -937,6 +951,23 @@ export class SqlDatastore implements Datastore {
       );
     } catch (err) {
       wrap('create join token', err);
+    }
+  }
+
+  async useEvidence(attestor: string, digest: string, expiresAt: Date, now: Date): Promise<boolean> {
+    try {
+      return await this.#db.transaction(async (tx) => {
+        await tx.execute('DELETE FROM used_evidence WHERE expires_at <= ?', [now.getTime()]);
+        // One row per piece of evidence: of two servers inserting it at once, one inserts, the
+        // other (after the first commits) inserts nothing and is told so.
+        const inserted = await tx.execute(
+          'INSERT INTO used_evidence (attestor, digest, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING',
+          [attestor, digest, expiresAt.getTime()],
+        );
+        return inserted === 1;
+      });
+    } catch (err) {
+      wrap('record used attestation evidence', err);
     }
   }
 

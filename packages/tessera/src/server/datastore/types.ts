@@ -178,6 +178,12 @@ export interface Datastore {
   listEntries(options?: ListEntriesOptions): Promise<EntryPage>;
   countEntries(): Promise<number>;
   createJoinToken(input: JoinTokenInput): Promise<void>;
+  /**
+   * Records that a node attestor used a piece of evidence (`digest`, e.g. the SHA-256 of a token or
+   * a signed document) until `expiresAt`: true the first time, false when it was used before and
+   * has not expired — a replay, on any server sharing the datastore. Expired records are dropped.
+   */
+  useEvidence(attestor: string, digest: string, expiresAt: Date, now: Date): Promise<boolean>;
   /** Uses a token once: refused when unknown, already used or expired at `now`. */
   consumeJoinToken(token: string, now: Date): Promise<ConsumedJoinToken>;
   /** The stored bundle of a trust domain (own or federated). */
