@@ -44,14 +44,9 @@ import { parseServerConfig } from 'tessera/dist/server/config.js';
 import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import type { EntryInput } from 'tessera/dist/server/datastore/types.js';
 import { type RunningServer, startServer } from 'tessera/dist/server/run.js';
+import { findSpire, SPIRE_VERSION } from '#test/interop/spire.test.util.js';
 import { fdLimit, memoryOf, percentile } from './harness.js';
-import {
-  findSpire,
-  measureSpire,
-  SPIRE_DEFAULTS,
-  SPIRE_VERSION,
-  type SpireResult,
-} from './spire-reference.js';
+import { measureSpire, SPIRE_DEFAULTS, type SpireResult } from './spire-reference.js';
 import { watchX509Ids } from './x509-watch.js';
 
 const PROPAGATION_WARMUP = 5;
@@ -302,18 +297,15 @@ interface Child {
   name: string;
   proc: ChildProcess;
   pid: number;
-  /** What it wrote to stderr (and stdout, when kept) so far. */
+  /** What it wrote to stderr so far. */
   log(): string;
   alive(): boolean;
   stop(): Promise<void>;
 }
 
-/**
- * `command <args>` as a child process: stderr kept (and stdout, with `stdout: true`: SPIRE logs
- * there), stopped (SIGTERM, then SIGKILL) at the end.
- */
-function spawnChild(what: string, command: string, args: string[], { stdout = false } = {}): Child {
-  const proc = spawn(command, args, { stdio: ['ignore', stdout ? 'pipe' : 'ignore', 'pipe'] });
+/** `command <args>` as a child process: stderr kept, stopped (SIGTERM, then SIGKILL) at the end. */
+function spawnChild(what: string, command: string, args: string[]): Child {
+  const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   if (proc.pid === undefined) throw new Error(`bench: cannot start ${command} ${args.join(' ')}`);
   children.add(proc);
   const name = `${what} (pid ${proc.pid})`;
@@ -322,7 +314,6 @@ function spawnChild(what: string, command: string, args: string[], { stdout = fa
     log += d;
   };
   proc.stderr?.setEncoding('utf8').on('data', keep);
-  proc.stdout?.setEncoding('utf8').on('data', keep);
   const exited = once(proc, 'exit');
   const alive = () => proc.exitCode === null && proc.signalCode === null;
   const stop = own(name, async () => {
@@ -571,7 +562,6 @@ async function spireReference(dir: string): Promise<SpireOutcome> {
       bin,
       {
         own,
-        spawn: (what, command, args) => spawnChild(what, command, args, { stdout: true }),
         phase: (what) => {
           phase = what;
         },

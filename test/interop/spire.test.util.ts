@@ -65,12 +65,19 @@
  * Every process is stopped by its owner (`stop()`, SIGTERM then the exit; SIGKILL after 10 s), and
  * killed if the test process exits first. SPIRE's log (text format, stdout and stderr) is kept:
  * start-up failures quote its tail.
+ *
+ * The HA bench's SPIRE reference (bench/spire-reference.ts, importing this as
+ * `#test/interop/spire.test.util.js`, the root package.json's `imports`) runs SPIRE through this file
+ * too: binaries from `findSpire()` (the local build, else PATH, version-checked) passed as `binaries`,
+ * SPIRE's own cache and sync timers (`cacheReloadInterval: null`, `syncInterval: null`), a join token
+ * made first (`generateSpireJoinToken(server, null)`: no node alias, entries parented by the agent's
+ * own ID) so an entry exists before the agent starts, and `spawnedAt` to time from the spawn.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
 import { createHash, type X509Certificate } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -85,6 +92,8 @@ export const SPIRE_SERVER_BINARY = join(SPIRE_BIN_DIR, 'spire-server');
 export const SPIRE_AGENT_BINARY = join(SPIRE_BIN_DIR, 'spire-agent');
 
 const START_TIMEOUT_MS = 30_000;
+/** How often a starting daemon's healthcheck is retried (the bench times "healthy after spawn" with it). */
+const HEALTH_POLL_MS = 50;
 const CLI_TIMEOUT_MS = 30_000;
 
 export interface SpireBinaries {
@@ -96,6 +105,49 @@ export interface SpireBinaries {
 export function spireBinaries(): SpireBinaries | undefined {
   if (!existsSync(SPIRE_SERVER_BINARY) || !existsSync(SPIRE_AGENT_BINARY)) return undefined;
   return { server: SPIRE_SERVER_BINARY, agent: SPIRE_AGENT_BINARY };
+}
+
+export interface FoundSpire extends SpireBinaries {
+  /** As `spire-server --version` prints it (`go install` builds say `1.13.3-dev-unk`). */
+  version: string;
+}
+
+export type SpireLookup = { found: true; bin: FoundSpire } | { found: false; why: string };
+
+/**
+ * spire-server and spire-agent from test/interop/.spire/bin, else from PATH, if both report
+ * v1.13.3: the HA bench's lookup (the suites take the local build alone, `spireUnavailable`).
+ */
+export function findSpire(): SpireLookup {
+  const dirs = [SPIRE_BIN_DIR, ...(process.env.PATH ?? '').split(delimiter).filter((d) => d !== '')];
+  const locate = (name: string) =>
+    dirs
+      .map((d) => join(d, name))
+      .find((p) => {
+        try {
+          accessSync(p, constants.X_OK);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+  const server = locate('spire-server');
+  const agent = locate('spire-agent');
+  if (server === undefined || agent === undefined)
+    return {
+      found: false,
+      why: `no ${server === undefined ? 'spire-server' : 'spire-agent'} in ${SPIRE_BIN_DIR} or on PATH`,
+    };
+  // Both print their version on stderr.
+  const versions = [server, agent].map((p) => {
+    const r = spawnSync(p, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+  });
+  const wanted = (v: string) => v === SPIRE_VERSION || v.startsWith(`${SPIRE_VERSION}-`);
+  for (const [i, p] of [server, agent].entries())
+    if (!wanted(versions[i] ?? ''))
+      return { found: false, why: `${p} reports version "${versions[i]}", not ${SPIRE_VERSION}` };
+  return { found: true, bin: { server, agent, version: versions[0] as string } };
 }
 
 /**
@@ -160,12 +212,14 @@ export interface SpireLog {
 
 interface Daemon extends SpireLog {
   child: ChildProcess;
+  spawnedAt: number;
   alive(): boolean;
   tail(lines?: number): string;
   stop(): Promise<void>;
 }
 
 function startDaemon(name: string, file: string, args: readonly string[]): Daemon {
+  const spawnedAt = performance.now();
   const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   const waiters = new Set<{ pattern: RegExp; from: number; resolve: (line: string) => void }>();
@@ -198,6 +252,7 @@ function startDaemon(name: string, file: string, args: readonly string[]): Daemo
   let stopping: Promise<void> | undefined;
   return {
     child,
+    spawnedAt,
     alive,
     tail,
     logLines: () => lines,
@@ -239,7 +294,7 @@ function startDaemon(name: string, file: string, args: readonly string[]): Daemo
   };
 }
 
-/** Retries `healthy` every 100 ms until it passes; throws with the daemon's log if it exits or the time runs out. */
+/** Retries `healthy` every 50 ms until it passes; throws with the daemon's log if it exits or the time runs out. */
 async function waitHealthy(name: string, d: Daemon, healthy: () => Promise<SpireCliResult>): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   let last: SpireCliResult | undefined;
@@ -254,7 +309,7 @@ async function waitHealthy(name: string, d: Daemon, healthy: () => Promise<Spire
       throw new Error(
         `spire: ${name} not healthy after ${START_TIMEOUT_MS} ms (healthcheck: ${(last.stderr || last.stdout).trim()}); its log ends:\n${d.tail()}`,
       );
-    await sleep(100);
+    await sleep(HEALTH_POLL_MS);
   }
 }
 
@@ -286,14 +341,19 @@ export interface SpireServerOptions {
   svidTtl?: string;
   /** Where the CA keys live: `disk` (default; a restart on the same dir keeps the CA) or `memory`. */
   keyManager?: 'disk' | 'memory';
-  /** `experimental.cache_reload_interval` (how soon entry changes reach agents); default "1s". */
-  cacheReloadInterval?: string;
+  /**
+   * `experimental.cache_reload_interval` (how soon entry changes reach agents); default "1s"; null:
+   * not written, SPIRE's own (5 s).
+   */
+  cacheReloadInterval?: string | null;
   /** DEBUG, INFO (default), WARN, ERROR. */
   logLevel?: string;
   /** For the bind port; default a free one (give the old one to restart a server on the same dir). */
   port?: number;
   /** More HCL inside `server { … }`. */
   extraServerConfig?: string;
+  /** Default the local build (test/interop/.spire/bin); e.g. `findSpire()`'s. */
+  binaries?: SpireBinaries;
 }
 
 export interface RunningSpireServer extends SpireLog {
@@ -311,6 +371,8 @@ export interface RunningSpireServer extends SpireLog {
   /** `spiffe://<td>/spire/server`: the ID of the server's SVID, which its bundle endpoint presents. */
   readonly endpointSpiffeId: string;
   readonly pid: number;
+  /** `performance.now()` just before the spawn. */
+  readonly spawnedAt: number;
   /** `spire-server <args> -socketPath <socket>` (the flag after the subcommand words); never throws. */
   cli(args: readonly string[], options?: { input?: string }): Promise<SpireCliResult>;
   /** As cli(), but throws (naming the command, with its output) unless it exits 0; its stdout. */
@@ -338,8 +400,10 @@ function serverConfig(
     `log_level = ${hcl(o.logLevel ?? 'INFO')}`,
     ...(o.caTtl === undefined ? [] : [`ca_ttl = ${hcl(o.caTtl)}`]),
     ...(o.svidTtl === undefined ? [] : [`default_x509_svid_ttl = ${hcl(o.svidTtl)}`]),
-    `experimental {\n    cache_reload_interval = ${hcl(o.cacheReloadInterval ?? '1s')}\n  }`,
   ];
+  const cacheReload = o.cacheReloadInterval === undefined ? '1s' : o.cacheReloadInterval;
+  if (cacheReload !== null)
+    server.push(`experimental {\n    cache_reload_interval = ${hcl(cacheReload)}\n  }`);
   const federation: string[] = [];
   if (bundlePort !== undefined)
     federation.push(
@@ -392,7 +456,7 @@ plugins {
 
 /** Writes server.conf, runs `spire-server run -config`, and resolves once `spire-server healthcheck` passes. */
 export async function startSpireServer(o: SpireServerOptions): Promise<RunningSpireServer> {
-  const bin = requireBinaries();
+  const bin = o.binaries ?? requireBinaries();
   await mkdir(join(o.dir, 'data'), { recursive: true });
   const port = o.port ?? (await freePort());
   const bundlePort =
@@ -433,6 +497,7 @@ export async function startSpireServer(o: SpireServerOptions): Promise<RunningSp
     bundleEndpointPort: bundlePort,
     endpointSpiffeId: `spiffe://${o.trustDomain}/spire/server`,
     pid: d.child.pid ?? -1,
+    spawnedAt: d.spawnedAt,
     cli,
     cliOk,
     bundle: (format = 'pem') => cliOk(['bundle', 'show', '-format', format]),
@@ -445,17 +510,53 @@ export async function startSpireServer(o: SpireServerOptions): Promise<RunningSp
 
 // --- agent -----------------------------------------------------------------------------------
 
+/** A join token from `generateSpireJoinToken`, for an agent not started yet. */
+export interface SpireJoinToken {
+  token: string;
+  /** `spiffe://<td>/spire/agent/join_token/<token>`: the ID of the agent that attests with it. */
+  agentId: string;
+  /** The parent ID of workload entries: the node alias the token was generated with, else `agentId`. */
+  nodeId: string;
+}
+
+/**
+ * `spire-server token generate [-spiffeID <nodeId>]`: a join token and, with `nodeId` (default
+ * `spiffe://<td>/agent-node`), a node alias (an entry whose parent is the agent's ID) for workload
+ * entries to hang on; null: no alias, workload entries are parented by the agent's own ID.
+ */
+export async function generateSpireJoinToken(
+  server: RunningSpireServer,
+  nodeId: string | null = `spiffe://${server.trustDomain}/agent-node`,
+): Promise<SpireJoinToken> {
+  const out = await server.cliOk(['token', 'generate', ...(nodeId === null ? [] : ['-spiffeID', nodeId])]);
+  const token = /Token:\s*(\S+)/.exec(out)?.[1];
+  if (token === undefined)
+    throw new Error(`spire: spire-server token generate printed no "Token: …": ${out}`);
+  const agentId = `spiffe://${server.trustDomain}/spire/agent/join_token/${token}`;
+  return { token, agentId, nodeId: nodeId ?? agentId };
+}
+
 export interface SpireAgentOptions {
   /** The agent's directory (created if missing): agent.conf, bundle.pem, data/, api.sock. */
   dir: string;
   server: RunningSpireServer;
   /** Default the server's. */
   trustDomain?: string;
-  /** The ID `spire-server token generate -spiffeID` gives the node; default `spiffe://<td>/agent-node`. */
-  nodeId?: string;
-  /** `experimental.sync_interval` (how soon entry and bundle changes reach workloads); default "1s". */
-  syncInterval?: string;
+  /**
+   * The ID `spire-server token generate -spiffeID` gives the node; default `spiffe://<td>/agent-node`;
+   * null: none (see generateSpireJoinToken). Not with `joinToken`.
+   */
+  nodeId?: string | null;
+  /** A token generated beforehand (e.g. to create entries before the agent runs); default a new one. */
+  joinToken?: SpireJoinToken;
+  /**
+   * `experimental.sync_interval` (how soon entry and bundle changes reach workloads); default "1s";
+   * null: not written, SPIRE's own (5 s).
+   */
+  syncInterval?: string | null;
   logLevel?: string;
+  /** Default the local build (test/interop/.spire/bin); e.g. `findSpire()`'s. */
+  binaries?: SpireBinaries;
 }
 
 export interface RunningSpireAgent extends SpireLog {
@@ -463,9 +564,11 @@ export interface RunningSpireAgent extends SpireLog {
   readonly socketPath: string;
   /** `spiffe://<td>/spire/agent/join_token/<token>`: the agent's own ID. */
   readonly agentId: string;
-  /** The node alias the token was generated with: the parent ID of workload entries. */
+  /** The node alias the token was generated with (else `agentId`): the parent ID of workload entries. */
   readonly nodeId: string;
   readonly pid: number;
+  /** `performance.now()` just before the spawn. */
+  readonly spawnedAt: number;
   /** `spire-agent <args> -socketPath <socket>`; never throws. */
   cli(args: readonly string[]): Promise<SpireCliResult>;
   /**
@@ -479,19 +582,25 @@ export interface RunningSpireAgent extends SpireLog {
 }
 
 /**
- * Generates a join token for `nodeId`, writes the server's bundle and agent.conf (join_token node
- * attestor, unix workload attestor, memory key manager), runs `spire-agent run`, and resolves once
- * `spire-agent healthcheck` passes (the agent has attested and serves the Workload API).
+ * Generates a join token for `nodeId` (unless given one), writes the server's bundle and agent.conf
+ * (join_token node attestor, unix workload attestor, memory key manager), runs `spire-agent run`,
+ * and resolves once `spire-agent healthcheck` passes (the agent has attested and serves the
+ * Workload API).
  */
 export async function startSpireAgent(o: SpireAgentOptions): Promise<RunningSpireAgent> {
-  const bin = requireBinaries();
+  if (o.joinToken !== undefined && o.nodeId !== undefined)
+    throw new TypeError(
+      'spire: startSpireAgent takes nodeId or joinToken (generated with its node ID), not both',
+    );
+  const bin = o.binaries ?? requireBinaries();
   const td = o.trustDomain ?? o.server.trustDomain;
-  const nodeId = o.nodeId ?? `spiffe://${td}/agent-node`;
   await mkdir(join(o.dir, 'data'), { recursive: true });
-  const out = await o.server.cliOk(['token', 'generate', '-spiffeID', nodeId]);
-  const token = /Token:\s*(\S+)/.exec(out)?.[1];
-  if (token === undefined)
-    throw new Error(`spire: spire-server token generate printed no "Token: …": ${out}`);
+  const { token, agentId, nodeId } =
+    o.joinToken ??
+    (await generateSpireJoinToken(o.server, o.nodeId === undefined ? `spiffe://${td}/agent-node` : o.nodeId));
+  const syncInterval = o.syncInterval === undefined ? '1s' : o.syncInterval;
+  const experimental =
+    syncInterval === null ? '' : `\n  experimental {\n    sync_interval = ${hcl(syncInterval)}\n  }`;
   const bundlePath = join(o.dir, 'bundle.pem');
   await writeFile(bundlePath, await o.server.bundle('pem'));
   const socketPath = join(o.dir, 'api.sock');
@@ -506,10 +615,7 @@ export async function startSpireAgent(o: SpireAgentOptions): Promise<RunningSpir
   socket_path = ${hcl(socketPath)}
   trust_bundle_path = ${hcl(bundlePath)}
   trust_domain = ${hcl(td)}
-  join_token = ${hcl(token)}
-  experimental {
-    sync_interval = ${hcl(o.syncInterval ?? '1s')}
-  }
+  join_token = ${hcl(token)}${experimental}
 }
 
 plugins {
@@ -536,9 +642,10 @@ plugins {
   }
   return {
     socketPath,
-    agentId: `spiffe://${td}/spire/agent/join_token/${token}`,
+    agentId,
     nodeId,
     pid: d.child.pid ?? -1,
+    spawnedAt: d.spawnedAt,
     cli,
     async waitForSvid(spiffeId, ms = 20_000) {
       const deadline = Date.now() + ms;
