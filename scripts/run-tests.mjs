@@ -2,9 +2,10 @@
 // Runs every compiled test file of every package and of test/ on node's built-in runner.
 // Node 20's `--test` does not expand globs, so the files are found here.
 // Usage: node scripts/run-tests.mjs [substring-filter ...]
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -36,8 +37,25 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.TEST_CONCURRENCY ?? '2';
-const r = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, ...files], {
+// The runner's TAP goes through unchanged; skipped tests (`# SKIP <reason>`) are also collected, so
+// the end of a long run says which were skipped and why instead of a bare "skipped 6".
+const child = spawn(process.execPath, ['--test', `--test-concurrency=${concurrency}`, ...files], {
   cwd: root,
-  stdio: 'inherit',
+  stdio: ['inherit', 'pipe', 'inherit'],
 });
-process.exit(r.status ?? 1);
+const skipped = [];
+createInterface({ input: child.stdout }).on('line', (line) => {
+  process.stdout.write(`${line}\n`);
+  const m = line.match(/^\s*ok \d+ - (.*?) # SKIP\s*(.*)$/);
+  if (m !== null) skipped.push({ name: m[1], reason: m[2] });
+});
+child.on('close', (code, signal) => {
+  if (skipped.length > 0) {
+    const byReason = new Map();
+    for (const s of skipped) byReason.set(s.reason, [...(byReason.get(s.reason) ?? []), s.name]);
+    console.log(`\n*** ${skipped.length} test${skipped.length === 1 ? '' : 's'} skipped:`);
+    for (const [reason, names] of byReason)
+      console.log(`***   ${reason || '(no reason given)'}\n***     ${names.join('\n***     ')}`);
+  }
+  process.exit(code ?? (signal === null ? 1 : 128));
+});
