@@ -8,24 +8,14 @@ import * as grpc from '@grpc/grpc-js';
 import { parseDuration } from '../common/duration.js';
 import { errorCodeOf, grpcErrorText, ServiceClient } from '../common/grpc.js';
 import { Admin } from '../gen/tessera/admin/v1/admin_pb.js';
+import { CliError, usageError } from './cli-error.js';
 import type { Io } from './main.js';
 
 export const DEFAULT_SOCKET = '/run/tessera/server.sock';
 /** No admin call takes long; a stuck server must not hang a script. */
 const CALL_TIMEOUT_MS = 30_000;
 
-/** A failure the CLI reports as one line: exit 1, or 2 for a usage error. */
-export class CliError extends Error {
-  override readonly name = 'CliError';
-  constructor(
-    message: string,
-    readonly exitCode: 1 | 2 = 1,
-  ) {
-    super(message);
-  }
-}
-
-export const usageError = (message: string) => new CliError(message, 2);
+export { CliError, usageError } from './cli-error.js';
 
 const COMMON = {
   socket: { type: 'string', default: DEFAULT_SOCKET },

@@ -13,12 +13,12 @@ import {
   usageError,
   withClient,
 } from './admin-client.js';
-import { agentRunCommand } from './agent-run.js';
 import type { Io } from './main.js';
 
-const USAGE = `usage: tessera agent run|list|show|ban|evict|count [flags]
+const USAGE = `usage: tessera agent run|tpm|list|show|ban|evict|count [flags]
 
   run     start the agent on this machine: --config agent.yaml [--join-token token]
+  tpm     ek-hash [--tcti tcti]: this machine's TPM EK hash, for node_attestors.tpm.ek_hashes
   list    attested agents: [--selector type:value] [--banned true|false]
   show    --spiffe-id id
   ban     --spiffe-id id: cut the agent off now; it cannot attest again until evicted
@@ -77,7 +77,9 @@ async function list(f: Flags, io: Io): Promise<number> {
 
 /** `tessera agent …` */
 export async function agentCommand(args: string[], io: Io): Promise<number> {
-  if (args[0] === 'run') return agentRunCommand(args.slice(1), io);
+  // The agent daemon's code is loaded only to run it.
+  if (args[0] === 'run') return (await import('./agent-run.js')).agentRunCommand(args.slice(1), io);
+  if (args[0] === 'tpm') return (await import('./agent-tpm.js')).agentTpmCommand(args.slice(1), io);
   const [sub, ...rest] = args;
   switch (sub) {
     case 'list':

@@ -1,19 +1,5 @@
 import { tesseraVersion } from '../common/version.js';
-import { CliError } from './admin-client.js';
-import { agentCommand } from './agent.js';
-import { apiCommand } from './api.js';
-import { authorityCommand } from './authority.js';
-import { bundleCommand } from './bundle.js';
-import { entryCommand } from './entry.js';
-import { envoyCommand } from './envoy.js';
-import { federationCommand } from './federation.js';
-import { healthcheckCommand } from './healthcheck.js';
-import { jwtCommand } from './jwt.js';
-import { policyCommand } from './policy.js';
-import { proxyCommand } from './proxy.js';
-import { serverCommand } from './server.js';
-import { tokenCommand } from './token.js';
-import { x509Command } from './x509.js';
+import { CliError } from './cli-error.js';
 
 /** Where a command writes; tests capture it. */
 export interface Io {
@@ -47,21 +33,27 @@ commands:
 Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
 /run/tessera/server.sock) and takes --output json for scripts. "tessera <command> --help" shows its usage; "tessera --version" the version.`;
 
-const GROUPS: Record<string, (args: string[], io: Io) => Promise<number>> = {
-  server: serverCommand,
-  entry: entryCommand,
-  token: tokenCommand,
-  agent: agentCommand,
-  bundle: bundleCommand,
-  federation: federationCommand,
-  x509: x509Command,
-  jwt: jwtCommand,
-  authority: authorityCommand,
-  healthcheck: healthcheckCommand,
-  api: apiCommand,
-  envoy: envoyCommand,
-  proxy: proxyCommand,
-  policy: policyCommand,
+type Command = (args: string[], io: Io) => Promise<number>;
+
+/**
+ * Each group's module is loaded when the group runs: a command pays for its own imports only (the
+ * admin commands for gRPC, not for the server, the agent, the proxy or the policy engine).
+ */
+const GROUPS: Record<string, () => Promise<Command>> = {
+  server: async () => (await import('./server.js')).serverCommand,
+  entry: async () => (await import('./entry.js')).entryCommand,
+  token: async () => (await import('./token.js')).tokenCommand,
+  agent: async () => (await import('./agent.js')).agentCommand,
+  bundle: async () => (await import('./bundle.js')).bundleCommand,
+  federation: async () => (await import('./federation.js')).federationCommand,
+  x509: async () => (await import('./x509.js')).x509Command,
+  jwt: async () => (await import('./jwt.js')).jwtCommand,
+  authority: async () => (await import('./authority.js')).authorityCommand,
+  healthcheck: async () => (await import('./healthcheck.js')).healthcheckCommand,
+  api: async () => (await import('./api.js')).apiCommand,
+  envoy: async () => (await import('./envoy.js')).envoyCommand,
+  proxy: async () => (await import('./proxy.js')).proxyCommand,
+  policy: async () => (await import('./policy.js')).policyCommand,
 };
 
 /** Groups that answer --help themselves, with each command's own usage. */
@@ -81,10 +73,11 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.out(`tessera ${tesseraVersion()}`);
     return 0;
   }
-  const command = group === undefined ? undefined : GROUPS[group];
+  const load = group === undefined ? undefined : GROUPS[group];
   const name = ['tessera', group, rest[0]].filter((x) => x !== undefined && !x.startsWith('-')).join(' ');
   try {
-    if (command !== undefined) {
+    if (load !== undefined) {
+      const command = await load();
       // --help or -h anywhere: the group's usage (what `tessera <group>` prints), on stdout with
       // exit 0 — except for the groups that print a usage of their own for each command.
       if (!OWN_HELP.has(group as string) && rest.some((a) => a === '--help' || a === '-h')) {

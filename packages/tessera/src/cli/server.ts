@@ -3,7 +3,7 @@ import { ConfigError } from '../common/config-schema.js';
 import { formatDuration } from '../common/duration.js';
 import { isTesseraError } from '../common/errors.js';
 import { loadServerConfig } from '../server/config.js';
-import { type RunningServer, startServer } from '../server/run.js';
+import type { RunningServer } from '../server/run.js';
 import type { Io } from './main.js';
 
 const USAGE = `usage: tessera server run|validate --config <server.yaml>
@@ -61,6 +61,8 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
     }
     let server: RunningServer;
     try {
+      // The server's code is loaded only to run it (validate needs the configuration alone).
+      const { startServer } = await import('../server/run.js');
       server = await startServer(config);
     } catch (err) {
       if (isTesseraError(err)) {
