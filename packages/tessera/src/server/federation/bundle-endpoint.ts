@@ -5,14 +5,15 @@
 //                 with it; peers configure that ID as endpoint_spiffe_id.
 //   https_web     the server presents a certificate from files (a public or a private CA), re-read
 //                 every file_sync_interval so a renewed certificate is picked up without a restart.
-import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:https';
+import type { Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { SecureContextOptions } from 'node:tls';
 import { createBundleEndpointHandler, type SpiffeBundle } from 'spiffe';
-import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { ServerIdentity } from '../api/server-identity.js';
+import { createHttpsServer, createServingCertFileServer, listenOrFail } from '../serving-cert-file.js';
+
+const SECTION = 'federation.bundle_endpoint';
 
 export type BundleEndpointProfileConfig =
   | { readonly kind: 'https_spiffe'; readonly identity: ServerIdentity }
@@ -40,21 +41,6 @@ export interface BundleEndpoint {
   close(): Promise<void>;
 }
 
-/** The certificate and key of the https_web profile; each problem names the file. */
-function webContext(certFile: string, keyFile: string): SecureContextOptions {
-  const read = (file: string, what: string) => {
-    try {
-      return readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new TesseraError(
-        TesseraErrorCode.STARTUP,
-        `federation.bundle_endpoint: cannot read the serving ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-      );
-    }
-  };
-  return { cert: read(certFile, 'certificate'), key: read(keyFile, 'key') };
-}
-
 function svidContext(identity: ServerIdentity): SecureContextOptions {
   const svid = identity.getX509Svid();
   return {
@@ -68,60 +54,26 @@ export async function startBundleEndpoint(o: BundleEndpointOptions): Promise<Bun
     logger: o.logger,
   });
   const profile = o.profile;
-  const initial =
-    profile.kind === 'https_spiffe'
-      ? svidContext(profile.identity)
-      : webContext(profile.certFile, profile.keyFile);
   let server: Server;
-  try {
-    // Node's defaults are TLS 1.2+ with forward-secret AEAD suites (Mozilla "intermediate").
-    server = createServer({ ...initial, minVersion: 'TLSv1.2' }, handler);
-  } catch (err) {
-    throw new TesseraError(
-      TesseraErrorCode.STARTUP,
-      `federation.bundle_endpoint: the serving certificate or key is unusable: ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
-  server.on('tlsClientError', (err) =>
-    o.logger.debug('federation: a bundle endpoint client failed the TLS handshake', { error: err.message }),
-  );
   const cleanups: (() => void)[] = [];
   if (profile.kind === 'https_spiffe') {
+    server = createHttpsServer(SECTION, svidContext(profile.identity), handler);
     const onUpdate = () => server.setSecureContext(svidContext(profile.identity));
     profile.identity.on('update', onUpdate);
     cleanups.push(() => profile.identity.off('update', onUpdate));
   } else {
-    const timer = setInterval(() => {
-      try {
-        server.setSecureContext(webContext(profile.certFile, profile.keyFile));
-      } catch (err) {
-        o.logger.error(
-          'federation: re-reading the bundle endpoint certificate failed; the previous one stays in use',
-          {
-            error: (err as Error).message,
-          },
-        );
-      }
-    }, profile.fileSyncIntervalMs);
-    timer.unref();
-    cleanups.push(() => clearInterval(timer));
+    const web = createServingCertFileServer(SECTION, profile, handler, o.logger);
+    server = web.server;
+    cleanups.push(web.stop);
   }
+  server.on('tlsClientError', (err) =>
+    o.logger.debug('federation: a bundle endpoint client failed the TLS handshake', { error: err.message }),
+  );
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.port, o.address, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listenOrFail(server, SECTION, { address: o.address, port: o.port });
   } catch (err) {
     for (const c of cleanups) c();
-    throw new TesseraError(
-      TesseraErrorCode.STARTUP,
-      `federation.bundle_endpoint: cannot listen on ${o.address}:${o.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-      { cause: err },
-    );
+    throw err;
   }
   const port = (server.address() as AddressInfo).port;
   return {
