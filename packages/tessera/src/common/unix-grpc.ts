@@ -102,11 +102,17 @@ export interface UnixGrpcServer {
 }
 
 /**
- * Serves `services` on the Unix socket `path`. Startup problems (directory, a live server on the
- * path, a non-socket file, bind, mode) are one ERR_STARTUP naming the path.
+ * Makes `path` ready for a listener: its directory created (each new one given `dirMode`), a stale
+ * socket file removed. A live server on the path, a non-socket file there, or a path longer than
+ * the kernel allows is one ERR_STARTUP naming the path (and `configKey` to change it).
  */
-export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcServer> {
-  const { path, logger } = o;
+export async function prepareUnixSocketPath(o: {
+  path: string;
+  dirMode: number;
+  what: string;
+  configKey: string;
+}): Promise<void> {
+  const { path } = o;
   const startupError = (message: string, cause?: unknown) =>
     new TesseraError(
       TesseraErrorCode.STARTUP,
@@ -152,6 +158,21 @@ export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcSer
       throw startupError(`cannot remove the stale socket file: ${errnoText(err)}`, err);
     }
   }
+}
+
+/**
+ * Serves `services` on the Unix socket `path`. Startup problems (directory, a live server on the
+ * path, a non-socket file, bind, mode) are one ERR_STARTUP naming the path.
+ */
+export async function serveOnUnixSocket(o: UnixGrpcOptions): Promise<UnixGrpcServer> {
+  const { path, logger } = o;
+  const startupError = (message: string, cause?: unknown) =>
+    new TesseraError(
+      TesseraErrorCode.STARTUP,
+      `${o.what} ${path}: ${message}`,
+      cause === undefined ? undefined : { cause },
+    );
+  await prepareUnixSocketPath(o);
 
   const server = new grpc.Server({
     ...(o.interceptors === undefined ? {} : { interceptors: o.interceptors }),
