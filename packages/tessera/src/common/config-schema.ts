@@ -82,15 +82,27 @@ function deepFreeze<T>(v: T): T {
   return v;
 }
 
-/** Validates YAML `text` (from `file`, for messages) against an object schema. Throws ConfigError. */
+/**
+ * Problems that involve more than one key (e.g. a section that needs another key set), found on the
+ * validated values; each names the key path it is about, and is reported with that key's line.
+ */
+export type CrossCheck = (config: Record<string, Value>) => { path: string; message: string }[];
+
+/**
+ * Validates YAML `text` (from `file`, for messages) against an object schema, then `crossCheck`
+ * when every key passed on its own. Throws ConfigError.
+ */
 export function validateConfig(
   text: string,
   file: string,
   schema: Field & { kind: 'object' },
+  crossCheck?: CrossCheck,
 ): Record<string, Value> {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, prettyErrors: false });
   const problems: ConfigProblem[] = [];
+  /** The line of each key path checked (a key left out: its section's), for crossCheck's problems. */
+  const lines = new Map<string, number>();
   const lineOf = (node: Node | null | undefined) =>
     node?.range === undefined || node.range === null ? undefined : lc.linePos(node.range[0]).line;
   for (const e of doc.errors)
@@ -108,6 +120,7 @@ export function validateConfig(
     keyLine: number | undefined,
   ): Value => {
     const line = keyLine ?? lineOf(node);
+    if (line !== undefined && !lines.has(path)) lines.set(path, line);
     const fail = (message: string) => {
       problems.push({ path, line, message });
       return undefined;
@@ -287,6 +300,8 @@ export function validateConfig(
     throw new ConfigError(file, problems);
   }
   const result = check(schema, root as Node, '', 1) as Record<string, Value>;
+  if (problems.length === 0 && crossCheck !== undefined)
+    for (const p of crossCheck(result)) problems.push({ ...p, line: lines.get(p.path) });
   if (problems.length > 0) throw new ConfigError(file, problems);
   return deepFreeze(result);
 }
@@ -298,7 +313,11 @@ function describe(node: Node | null | undefined): string {
 }
 
 /** Reads and validates a file; a missing or unreadable file is one ConfigError. */
-export function loadConfigFile(file: string, schema: Field & { kind: 'object' }): Record<string, Value> {
+export function loadConfigFile(
+  file: string,
+  schema: Field & { kind: 'object' },
+  crossCheck?: CrossCheck,
+): Record<string, Value> {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -311,5 +330,5 @@ export function loadConfigFile(file: string, schema: Field & { kind: 'object' })
       },
     ]);
   }
-  return validateConfig(text, file, schema);
+  return validateConfig(text, file, schema, crossCheck);
 }
