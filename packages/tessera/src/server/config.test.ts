@@ -89,7 +89,7 @@ colour: blue
       '5:datastore: must name exactly one of sqlite, postgres; found sqlite, postgres',
       '9:ca.key_type: must be one of ec-p256, ec-p384, rsa-2048; got "ed25519"',
       '10:ca.ttl: must be a duration such as 90s, 5m, 1h30m or 24h; got "forever"',
-      '12:colour: unknown key; allowed here: trust_domain, data_dir, agent_api, admin_socket, datastore, ca, x509_svid_ttl, jwt_svid_ttl, jwt_issuer, agent_svid_ttl, audit_log, node_attestors, key_manager, upstream_authority, federation, log, health',
+      '12:colour: unknown key; allowed here: trust_domain, data_dir, agent_api, admin_socket, datastore, ca, x509_svid_ttl, jwt_svid_ttl, jwt_issuer, jwt_key_type, oidc_discovery, agent_svid_ttl, audit_log, node_attestors, key_manager, upstream_authority, federation, log, health',
     ]);
   });
 

@@ -7,8 +7,9 @@ import {
   type LogConfig,
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
-import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+import { type CrossCheck, type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
 import { pluginConfigFields } from './attestation/registry.js';
+import { oidcUrlProblem } from './oidc/discovery.js';
 
 const problemOf = (f: () => unknown) => {
   try {
@@ -18,6 +19,13 @@ const problemOf = (f: () => unknown) => {
     return (err as Error).message;
   }
 };
+
+/** A certificate and key from files, re-read every file_sync_interval (SPIRE's serving_cert_file). */
+const SERVING_CERT_FILE_FIELDS = {
+  cert_file_path: { kind: 'string', required: true, check: absolutePath },
+  key_file_path: { kind: 'string', required: true, check: absolutePath },
+  file_sync_interval: { kind: 'duration', default: '1h', min: '1s' },
+} as const satisfies Record<string, Field>;
 
 /** The server configuration file (`tessera server run --config server.yaml`). */
 export const SERVER_CONFIG_SCHEMA = {
@@ -70,6 +78,22 @@ export const SERVER_CONFIG_SCHEMA = {
     x509_svid_ttl: { kind: 'duration', default: '1h', min: '1s' },
     jwt_svid_ttl: { kind: 'duration', default: '5m', min: '1s' },
     jwt_issuer: { kind: 'string', default: '' },
+    // SPIRE's name and place; RS256 (rsa-2048) for relying parties that want RSA (AWS and others).
+    jwt_key_type: { kind: 'enum', values: ['ec-p256', 'rsa-2048'], default: 'ec-p256' },
+    // OIDC discovery of the JWT-SVID keys (docs/oidc.md); its issuer is jwt_issuer. Off when absent.
+    oidc_discovery: {
+      kind: 'object',
+      optional: true,
+      fields: {
+        address: { kind: 'string', default: '0.0.0.0' },
+        port: { kind: 'int', default: 8444, min: 0, max: 65535 },
+        // HTTPS on address:port with this certificate, or plain HTTP on listen_socket_path.
+        serving_cert_file: { kind: 'object', optional: true, fields: SERVING_CERT_FILE_FIELDS },
+        listen_socket_path: { kind: 'string', check: absolutePath },
+        jwks_uri: { kind: 'string' },
+        allow_insecure_scheme: { kind: 'bool', default: false },
+      },
+    },
     agent_svid_ttl: { kind: 'duration', default: '1h', min: '1s' },
     // JSON-lines audit log (0600); default <data_dir>/audit.log.
     audit_log: { kind: 'string', check: absolutePath },
@@ -117,15 +141,7 @@ export const SERVER_CONFIG_SCHEMA = {
                 https_web: {
                   kind: 'object',
                   fields: {
-                    serving_cert_file: {
-                      kind: 'object',
-                      required: true,
-                      fields: {
-                        cert_file_path: { kind: 'string', required: true, check: absolutePath },
-                        key_file_path: { kind: 'string', required: true, check: absolutePath },
-                        file_sync_interval: { kind: 'duration', default: '1h', min: '1s' },
-                      },
-                    },
+                    serving_cert_file: { kind: 'object', required: true, fields: SERVING_CERT_FILE_FIELDS },
                   },
                 },
               },
@@ -181,6 +197,22 @@ export interface FederatesWithConfig {
   };
 }
 
+export interface ServingCertFileConfig {
+  readonly cert_file_path: string;
+  readonly key_file_path: string;
+  /** Milliseconds. */
+  readonly file_sync_interval: number;
+}
+
+export interface OidcDiscoveryConfig {
+  readonly address: string;
+  readonly port: number;
+  readonly serving_cert_file?: ServingCertFileConfig;
+  readonly listen_socket_path?: string;
+  readonly jwks_uri?: string;
+  readonly allow_insecure_scheme: boolean;
+}
+
 export interface BundleEndpointConfig {
   readonly address: string;
   readonly port: number;
@@ -189,12 +221,7 @@ export interface BundleEndpointConfig {
   readonly profile: {
     readonly https_spiffe?: Record<string, never>;
     readonly https_web?: {
-      readonly serving_cert_file: {
-        readonly cert_file_path: string;
-        readonly key_file_path: string;
-        /** Milliseconds. */
-        readonly file_sync_interval: number;
-      };
+      readonly serving_cert_file: ServingCertFileConfig;
     };
   };
 }
@@ -228,6 +255,8 @@ export interface ServerConfig {
   /** Milliseconds. */
   readonly jwt_svid_ttl: number;
   readonly jwt_issuer: string;
+  readonly jwt_key_type: 'ec-p256' | 'rsa-2048';
+  readonly oidc_discovery?: OidcDiscoveryConfig;
   /** Milliseconds. */
   readonly agent_svid_ttl: number;
   readonly audit_log?: string;
@@ -248,11 +277,50 @@ export interface ServerConfig {
   readonly health: HealthConfig;
 }
 
+/**
+ * What oidc_discovery needs of the rest: jwt_issuer set to an https URL (the document's issuer is
+ * the iss of the JWT-SVIDs, so that the two always agree), jwks_uri an https URL, and exactly one
+ * listener.
+ */
+const crossCheck: CrossCheck = (values) => {
+  const c = values as unknown as ServerConfig;
+  const o = c.oidc_discovery;
+  if (o === undefined) return [];
+  const out: { path: string; message: string }[] = [];
+  if (c.jwt_issuer === '')
+    out.push({
+      path: 'oidc_discovery',
+      message:
+        'needs jwt_issuer: the discovery document names the issuer of the JWT-SVIDs; set jwt_issuer to the URL relying parties discover, e.g. https://oidc.example.org or https://example.org/tessera',
+    });
+  else {
+    const why = oidcUrlProblem(c.jwt_issuer, o.allow_insecure_scheme);
+    if (why !== undefined) out.push({ path: 'jwt_issuer', message: `${why} (oidc_discovery serves it)` });
+  }
+  if (o.jwks_uri !== undefined) {
+    const why = oidcUrlProblem(o.jwks_uri, o.allow_insecure_scheme);
+    if (why !== undefined) out.push({ path: 'oidc_discovery.jwks_uri', message: why });
+  }
+  if (o.serving_cert_file === undefined && o.listen_socket_path === undefined)
+    out.push({
+      path: 'oidc_discovery',
+      message:
+        'needs serving_cert_file (HTTPS on address:port) or listen_socket_path (plain HTTP on a Unix socket, behind a TLS-terminating proxy)',
+    });
+  if (o.serving_cert_file !== undefined && o.listen_socket_path !== undefined)
+    out.push({
+      path: 'oidc_discovery.listen_socket_path',
+      message:
+        'cannot be set with serving_cert_file: serve HTTPS on address:port (serving_cert_file) or plain HTTP on a Unix socket (listen_socket_path), not both',
+    });
+  return out;
+};
+
 /** Validates server configuration text; every problem is reported at once (ConfigError). */
 export function parseServerConfig(text: string, file = 'server.yaml'): ServerConfig {
-  return validateConfig(text, file, SERVER_CONFIG_SCHEMA) as unknown as ServerConfig;
+  return validateConfig(text, file, SERVER_CONFIG_SCHEMA, crossCheck) as unknown as ServerConfig;
 }
 
 export function loadServerConfig(file: string): ServerConfig {
-  return loadConfigFile(file, SERVER_CONFIG_SCHEMA) as unknown as ServerConfig;
+  return loadConfigFile(file, SERVER_CONFIG_SCHEMA, crossCheck) as unknown as ServerConfig;
 }

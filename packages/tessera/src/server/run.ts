@@ -21,6 +21,7 @@ import { JoinTokenAttestor } from './attestation/join-token.js';
 import { NODE_ATTESTOR_PLUGINS } from './attestation/registry.js';
 import type { NodeAttestor } from './attestation/types.js';
 import { X509PopAttestor } from './attestation/x509pop.js';
+import { jwtAlgorithmOf } from './ca/jwt-authority.js';
 import { AuthorityManager } from './ca/manager.js';
 import { SigningPool } from './ca/signing-pool.js';
 import type { ServerConfig } from './config.js';
@@ -33,6 +34,8 @@ import { checkRelationship, type FederationRelationship } from './federation/rel
 import { DiskKeyManager } from './keymanager/disk.js';
 import type { KeyManager } from './keymanager/key-manager.js';
 import { MemoryKeyManager } from './keymanager/memory.js';
+import { defaultJwksUri } from './oidc/discovery.js';
+import { type OidcEndpoint, startOidcEndpoint } from './oidc/endpoint.js';
 import { EntryIndex } from './registry/entry-index.js';
 
 /** How often the rotation schedule is checked: every 10 s, more often for a short-lived test CA. */
@@ -200,6 +203,8 @@ export interface RunningServer {
   readonly federation: Federation;
   /** The bundle endpoint's port, when federation.bundle_endpoint is configured. */
   readonly bundleEndpointPort: number | undefined;
+  /** The OIDC discovery endpoint's HTTPS port, when oidc_discovery serves HTTPS. */
+  readonly oidcDiscoveryPort: number | undefined;
   /** Stops the loops, closes listeners and the datastore, releases the data directory. */
   stop(): Promise<void>;
 }
@@ -259,7 +264,7 @@ export async function startServer(
         ? { journalPath: join(config.data_dir, 'authority-journal.json') }
         : {}),
       caKeyType: config.ca.key_type,
-      jwtKeyType: 'ec-p256',
+      jwtKeyType: config.jwt_key_type,
       caTtlMs: config.ca.ttl,
       subject: {
         country: config.ca.subject.country,
@@ -281,6 +286,12 @@ export async function startServer(
     });
     await authority.init();
     cleanups.push(() => authority.close());
+    const jwtAlgorithm = config.jwt_key_type === 'rsa-2048' ? 'RS256' : 'ES256';
+    if (jwtAlgorithmOf(authority.jwt.publicKey) !== jwtAlgorithm)
+      logger.warn(
+        `ca: the active JWT key signs ${jwtAlgorithmOf(authority.jwt.publicKey)} but jwt_key_type is ${config.jwt_key_type}; keys made from now on are ${config.jwt_key_type}, the current one signs until the next rotation (tessera authority prepare --kind jwt, then activate, switches now)`,
+        { kid: authority.jwt.kid },
+      );
     const trustDomain = parseTrustDomain(config.trust_domain);
     const configured = configuredRelationships(config);
     const attestors = await nodeAttestors(config, datastore, logger, now);
@@ -355,6 +366,34 @@ export async function startServer(
             refresh_hint_s: Math.round(endpointConfig.refresh_hint / 1000),
           },
         );
+    }
+    let oidc: OidcEndpoint | undefined;
+    const oidcConfig = config.oidc_discovery;
+    if (oidcConfig !== undefined) {
+      const files = oidcConfig.serving_cert_file;
+      oidc = await startOidcEndpoint({
+        issuer: config.jwt_issuer,
+        jwksUri: oidcConfig.jwks_uri ?? defaultJwksUri(config.jwt_issuer),
+        signingAlgorithm: jwtAlgorithm,
+        // The bundle as the change feed last brought it (the agent API re-reads it at each change).
+        bundle: () => identity.bundle,
+        listen:
+          files === undefined
+            ? { kind: 'unix', path: oidcConfig.listen_socket_path as string }
+            : {
+                kind: 'https',
+                address: oidcConfig.address,
+                port: oidcConfig.port,
+                servingCertFile: {
+                  certFile: files.cert_file_path,
+                  keyFile: files.key_file_path,
+                  fileSyncIntervalMs: files.file_sync_interval,
+                },
+              },
+        logger: logger.with({ subsystem: 'oidc' }),
+      });
+      const endpoint = oidc;
+      cleanups.push(() => endpoint.close());
     }
     let ready = true;
     const adminLogger = logger.with({ subsystem: 'admin' });
@@ -461,6 +500,7 @@ export async function startServer(
         .join(','),
       ca: authority.x509.certificate.fingerprint256,
       jwt_kid: authority.jwt.kid,
+      oidc_discovery: oidc?.listening,
     });
     return {
       trustDomain: trustDomain.name,
@@ -473,6 +513,7 @@ export async function startServer(
       datastore,
       federation,
       bundleEndpointPort: bundleEndpoint?.port,
+      oidcDiscoveryPort: oidc?.port,
       stop,
     };
   } catch (err) {

@@ -94,15 +94,25 @@ export class JwtAuthority {
   }
 }
 
-/** The JWS algorithm SPIRE pairs with a key: P-256 → ES256, P-384 → ES384, RSA → RS256. */
-function algorithmFor(key: KeyObject): 'ES256' | 'ES384' | 'RS256' {
+/**
+ * The JWS algorithm SPIRE pairs with a key (private or public): P-256 → ES256, P-384 → ES384,
+ * RSA → RS256; undefined for any other key.
+ */
+export function jwtAlgorithmOf(key: KeyObject): 'ES256' | 'ES384' | 'RS256' | undefined {
   const type = key.asymmetricKeyType;
   const curve = key.asymmetricKeyDetails?.namedCurve;
   if (type === 'rsa') return 'RS256';
   if (type === 'ec' && curve === 'prime256v1') return 'ES256';
   if (type === 'ec' && curve === 'secp384r1') return 'ES384';
+  return undefined;
+}
+
+function algorithmFor(key: KeyObject): 'ES256' | 'ES384' | 'RS256' {
+  const alg = jwtAlgorithmOf(key);
+  if (alg !== undefined) return alg;
+  const curve = key.asymmetricKeyDetails?.namedCurve;
   throw new TypeError(
-    `jwt: a JWT authority key must be EC P-256, P-384 or RSA; got ${type} ${curve ?? ''}`.trim(),
+    `jwt: a JWT authority key must be EC P-256, P-384 or RSA; got ${key.asymmetricKeyType} ${curve ?? ''}`.trim(),
   );
 }
 
