@@ -15,6 +15,8 @@
 //	            (mTLS server / client, bundle watcher, all on a Workload API: --socket or $SPIFFE_ENDPOINT_SOCKET; x509_workload.go)
 //	interop grpc-client --cert F --key F --bundle td=F (--authorize-id ID | --authorize-member-of TD) --addr host:port
 //	                    --method /pkg.Service/Method [--message body]   (a grpc-go client; grpc.go)
+//	interop oidc-verify --issuer URL --audience A --token T [--ca file]   (coreos/go-oidc v3 discovers the
+//	            issuer and verifies a JWT-SVID as a relying party; oidc.go)
 package main
 
 import (
@@ -25,7 +27,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ... | sds ... | x509-server ... | x509-client ... | x509-bundles ...")
+	fmt.Fprintln(os.Stderr, "usage: interop verdicts <vectors.json> | tls-server ... | tls-client ... | workload ... | mtls-pair ... | sds ... | x509-server ... | x509-client ... | x509-bundles ... | oidc-verify ...")
 	os.Exit(2)
 }
 
@@ -60,6 +62,8 @@ func main() {
 		err = runX509Client(os.Args[2:])
 	case "x509-bundles":
 		err = runX509Bundles(os.Args[2:])
+	case "oidc-verify":
+		err = runOIDCVerify(os.Args[2:])
 	default:
 		usage()
 	}
