@@ -13,6 +13,13 @@ import { serverAddressProblem } from './server-address.js';
 /** The agent configuration file (`tessera agent run --config agent.yaml`); names follow SPIRE's. */
 export const AGENT_CONFIG_SCHEMA = {
   kind: 'object',
+  // SPIRE agent keys an operator brings along, answered with ours.
+  aliases: {
+    join_token: 'node_attestor.join_token.token (or --join-token)',
+    log_level: 'log.level',
+    log_format: 'log.format',
+    workload_x509_svid_key_type: 'workload_key_type',
+  },
   fields: {
     trust_domain: TRUST_DOMAIN_FIELD,
     // One server or several (a list), each `host`, `host:port` or `[IPv6]:port`; a host name stands

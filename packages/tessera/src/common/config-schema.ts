@@ -27,8 +27,18 @@ export type Field =
   | { kind: 'bool'; default?: boolean }
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
-  /** With `optional: true`, an absent object is left out (undefined) instead of filled with defaults. */
-  | { kind: 'object'; fields: Record<string, Field>; required?: boolean; optional?: boolean }
+  /**
+   * With `optional: true`, an absent object is left out (undefined) instead of filled with defaults.
+   * `aliases` names keys of other products (SPIRE's) that mean one of ours: an unknown key found
+   * there is answered with ours (`default_x509_svid_ttl` → `x509_svid_ttl`).
+   */
+  | {
+      kind: 'object';
+      fields: Record<string, Field>;
+      required?: boolean;
+      optional?: boolean;
+      aliases?: Record<string, string>;
+    }
   /**
    * A YAML sequence whose items all follow `of`; absent = an empty list unless required. With
    * `single: true`, one item written without the list (`key: a`) is a list of that one (`[a]`).
@@ -172,10 +182,18 @@ export function validateConfig(
           const sub = allowed[key];
           const subPath = path === '' ? key : `${path}.${key}`;
           if (sub === undefined) {
+            const alias = field.kind === 'object' ? field.aliases?.[key] : undefined;
+            const near = alias === undefined ? nearest(key, Object.keys(allowed)) : undefined;
+            const hint =
+              alias !== undefined
+                ? `${key} is SPIRE's name; tessera's is ${alias}. `
+                : near !== undefined
+                  ? `did you mean ${near}? `
+                  : '';
             problems.push({
               path: subPath,
               line: kLine,
-              message: `unknown key; allowed here: ${Object.keys(allowed).join(', ')}`,
+              message: `unknown key; ${hint}allowed here: ${Object.keys(allowed).join(', ')}`,
             });
             continue;
           }
@@ -304,6 +322,37 @@ export function validateConfig(
     for (const p of crossCheck(result)) problems.push({ ...p, line: lines.get(p.path) });
   if (problems.length > 0) throw new ConfigError(file, problems);
   return deepFreeze(result);
+}
+
+/** Levenshtein distance, for "did you mean". */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(
+        (prev[j] ?? 0) + 1,
+        (cur[j - 1] ?? 0) + 1,
+        (prev[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    prev = cur;
+  }
+  return prev[b.length] ?? 0;
+}
+
+/** The allowed key a mistyped one most likely meant (a few edits away, or the same words reordered), if any. */
+function nearest(key: string, allowed: readonly string[]): string | undefined {
+  const words = (k: string) => k.toLowerCase().split(/[_-]/).sort().join('_');
+  let best: string | undefined;
+  let bestD = Number.POSITIVE_INFINITY;
+  for (const a of allowed) {
+    const d = words(a) === words(key) ? 0 : distance(key.toLowerCase(), a);
+    if (d < bestD) {
+      bestD = d;
+      best = a;
+    }
+  }
+  return bestD <= Math.max(1, Math.floor(key.length / 4)) ? best : undefined;
 }
 
 function describe(node: Node | null | undefined): string {

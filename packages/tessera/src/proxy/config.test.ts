@@ -68,7 +68,9 @@ outbound:
       found.join('\n'),
     );
     assert.ok(
-      found.some((p) => /^6 inbound\[0\]\.protocl: unknown key; allowed here: name, listen/.test(p)),
+      found.some((p) =>
+        /^6 inbound\[0\]\.protocl: unknown key; did you mean protocol\? allowed here: name, listen/.test(p),
+      ),
       found.join('\n'),
     );
     assert.ok(

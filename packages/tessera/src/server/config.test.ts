@@ -84,7 +84,7 @@ colour: blue
     assert.deepEqual(found, [
       '1:trust_domain: spiffeid: invalid trust domain "Example.org": trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores (found "E" at offset 0)',
       '3:agent_api.port: must be a whole number; got "8081"',
-      '4:agent_api.adress: unknown key; allowed here: address, port',
+      '4:agent_api.adress: unknown key; did you mean address? allowed here: address, port',
       '6:datastore.sqlite.path: must be an absolute path; got "relative.db"',
       '5:datastore: must name exactly one of sqlite, postgres; found sqlite, postgres',
       '9:ca.key_type: must be one of ec-p256, ec-p384, rsa-2048; got "ed25519"',
@@ -123,5 +123,32 @@ describe('durations', () => {
     for (const bad of ['', '1', 'h', '1x', '1h ', '-1h']) assert.equal(parseDuration(bad), undefined, bad);
     assert.equal(formatDuration(5_400_000), '1h30m');
     assert.equal(formatDuration(86_400_000), '24h');
+  });
+
+  it("answers SPIRE's key names with tessera's, and a typo with the nearest key", () => {
+    const lines = (text: string) => {
+      try {
+        parseServerConfig(text);
+      } catch (err) {
+        if (err instanceof ConfigError) return err.message;
+        throw err;
+      }
+      return '';
+    };
+    const text = lines(
+      [
+        'trust_domain: example.org',
+        'default_x509_svid_ttl: 1h',
+        'x509_svid_tll: 1h',
+        'ca: { key_typ: ec-p256 }',
+      ].join('\n'),
+    );
+    assert.match(
+      text,
+      /2: default_x509_svid_ttl: unknown key; default_x509_svid_ttl is SPIRE's name; tessera's is x509_svid_ttl\./,
+    );
+    assert.match(text, /3: x509_svid_tll: unknown key; did you mean x509_svid_ttl\?/);
+    assert.match(text, /4: ca\.key_typ: unknown key; did you mean key_type\?/);
+    assert.doesNotMatch(lines('trust_domain: example.org\ncolour: red'), /did you mean/);
   });
 });

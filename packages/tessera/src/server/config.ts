@@ -30,6 +30,20 @@ const SERVING_CERT_FILE_FIELDS = {
 /** The server configuration file (`tessera server run --config server.yaml`). */
 export const SERVER_CONFIG_SCHEMA = {
   kind: 'object',
+  // SPIRE server keys an operator brings along, answered with ours.
+  aliases: {
+    default_x509_svid_ttl: 'x509_svid_ttl',
+    default_jwt_svid_ttl: 'jwt_svid_ttl',
+    agent_ttl: 'agent_svid_ttl',
+    ca_ttl: 'ca.ttl',
+    ca_key_type: 'ca.key_type',
+    ca_subject: 'ca.subject',
+    bind_address: 'agent_api.address',
+    bind_port: 'agent_api.port',
+    socket_path: 'admin_socket',
+    log_level: 'log.level',
+    log_format: 'log.format',
+  },
   fields: {
     trust_domain: TRUST_DOMAIN_FIELD,
     data_dir: { kind: 'string', default: '/var/lib/tessera/server', check: absolutePath },
