@@ -6,6 +6,7 @@ import type { TrustDomain } from 'spiffe';
 import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Datastore } from '../datastore/types.js';
+import { awsIidServerPlugin } from './aws-iid.js';
 import { tpmNodeAttestor } from './tpm/tpm.js';
 import type { NodeAttestor } from './types.js';
 
@@ -31,7 +32,7 @@ export interface NodeAttestorPlugin {
 }
 
 /** Every attestor of this list whose section is present in server.yaml is enabled. */
-export const NODE_ATTESTOR_PLUGINS: readonly NodeAttestorPlugin[] = [tpmNodeAttestor];
+export const NODE_ATTESTOR_PLUGINS: readonly NodeAttestorPlugin[] = [awsIidServerPlugin, tpmNodeAttestor];
 
 /** The node_attestors fields the plugins add to server.yaml's schema (each section optional). */
 export function pluginConfigFields(): Record<string, Field> {
