@@ -3,6 +3,7 @@
 // x509pop predate this list and keep their own code (run.ts).
 import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
+import { awsIidAgentPlugin } from './aws-iid.js';
 import { tpmAgentNodeAttestor } from './tpm.js';
 
 /** What the agent sends to attest, and for challenge–response attestors how to answer. */
@@ -23,7 +24,10 @@ export interface AgentNodeAttestorPlugin {
   evidence(config: unknown, ctx: { readonly logger: DaemonLogger }): Promise<NodeEvidence>;
 }
 
-export const AGENT_NODE_ATTESTOR_PLUGINS: readonly AgentNodeAttestorPlugin[] = [tpmAgentNodeAttestor];
+export const AGENT_NODE_ATTESTOR_PLUGINS: readonly AgentNodeAttestorPlugin[] = [
+  awsIidAgentPlugin,
+  tpmAgentNodeAttestor,
+];
 
 /** The node_attestor options the plugins add to agent.yaml's schema. */
 export function agentPluginConfigOptions(): Record<string, Field & { kind: 'object' }> {
