@@ -4,6 +4,7 @@
 import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
 import { awsIidAgentPlugin } from './aws-iid.js';
+import { agentJwtNodeAttestorPlugin } from './jwt.js';
 import { tpmAgentNodeAttestor } from './tpm.js';
 
 /** What the agent sends to attest, and for challenge–response attestors how to answer. */
@@ -27,6 +28,7 @@ export interface AgentNodeAttestorPlugin {
 export const AGENT_NODE_ATTESTOR_PLUGINS: readonly AgentNodeAttestorPlugin[] = [
   awsIidAgentPlugin,
   tpmAgentNodeAttestor,
+  agentJwtNodeAttestorPlugin,
 ];
 
 /** The node_attestor options the plugins add to agent.yaml's schema. */

@@ -7,6 +7,7 @@ import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Datastore } from '../datastore/types.js';
 import { awsIidServerPlugin } from './aws-iid.js';
+import { jwtNodeAttestorPlugin } from './jwt.js';
 import { tpmNodeAttestor } from './tpm/tpm.js';
 import type { NodeAttestor } from './types.js';
 
@@ -32,7 +33,11 @@ export interface NodeAttestorPlugin {
 }
 
 /** Every attestor of this list whose section is present in server.yaml is enabled. */
-export const NODE_ATTESTOR_PLUGINS: readonly NodeAttestorPlugin[] = [awsIidServerPlugin, tpmNodeAttestor];
+export const NODE_ATTESTOR_PLUGINS: readonly NodeAttestorPlugin[] = [
+  awsIidServerPlugin,
+  tpmNodeAttestor,
+  jwtNodeAttestorPlugin,
+];
 
 /** The node_attestors fields the plugins add to server.yaml's schema (each section optional). */
 export function pluginConfigFields(): Record<string, Field> {
