@@ -5,6 +5,7 @@ import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
 import { awsIidAgentPlugin } from './aws-iid.js';
 import { agentJwtNodeAttestorPlugin } from './jwt.js';
+import { agentK8sPsatNodeAttestorPlugin } from './k8s-psat.js';
 import { tpmAgentNodeAttestor } from './tpm.js';
 
 /** What the agent sends to attest, and for challenge–response attestors how to answer. */
@@ -29,6 +30,7 @@ export const AGENT_NODE_ATTESTOR_PLUGINS: readonly AgentNodeAttestorPlugin[] = [
   awsIidAgentPlugin,
   tpmAgentNodeAttestor,
   agentJwtNodeAttestorPlugin,
+  agentK8sPsatNodeAttestorPlugin,
 ];
 
 /** The node_attestor options the plugins add to agent.yaml's schema. */

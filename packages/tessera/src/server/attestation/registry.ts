@@ -8,6 +8,7 @@ import type { DaemonLogger } from '../../common/log.js';
 import type { Datastore } from '../datastore/types.js';
 import { awsIidServerPlugin } from './aws-iid.js';
 import { jwtNodeAttestorPlugin } from './jwt.js';
+import { k8sPsatNodeAttestorPlugin } from './k8s-psat.js';
 import { tpmNodeAttestor } from './tpm/tpm.js';
 import type { NodeAttestor } from './types.js';
 
@@ -37,6 +38,7 @@ export const NODE_ATTESTOR_PLUGINS: readonly NodeAttestorPlugin[] = [
   awsIidServerPlugin,
   tpmNodeAttestor,
   jwtNodeAttestorPlugin,
+  k8sPsatNodeAttestorPlugin,
 ];
 
 /** The node_attestors fields the plugins add to server.yaml's schema (each section optional). */
