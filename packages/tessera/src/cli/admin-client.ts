@@ -36,10 +36,43 @@ export interface Flags {
   bool(name: string): boolean;
 }
 
+/** SPIRE's flags whose tessera spelling is not simply the kebab-case of the name. */
+const SPIRE_FLAG_NAMES: Record<string, string> = {
+  socketPath: 'socket',
+  x509SVIDTTL: 'x509-svid-ttl',
+  jwtSVIDTTL: 'jwt-svid-ttl',
+  entryExpiry: 'expires-at',
+};
+
+/** `spiffeID` → `spiffe-id`, `bundleEndpointURL` → `bundle-endpoint-url`, `x509SVIDTTL` → `x509-svid-ttl`. */
+function kebab(name: string): string {
+  return name
+    .replace(/([a-z0-9])([A-Z])/g, '$1-$2')
+    .replace(/([A-Z]+)([A-Z][a-z])/g, '$1-$2')
+    .toLowerCase();
+}
+
+/**
+ * SPIRE's single-dash camelCase flags (`-spiffeID`, `-parentID`, `-selector`, `-socketPath`,
+ * `-entryID`, `-data`, …) as tessera's (`--spiffe-id`, …) when this command has that flag, so an
+ * operator's SPIRE muscle memory works; anything else is left for the parser to refuse.
+ */
+export function spireFlags(args: readonly string[], known: readonly string[]): string[] {
+  return args.map((a) => {
+    const m = a.match(/^-([a-zA-Z][a-zA-Z0-9]+)(=.*)?$/);
+    if (m === null) return a;
+    const name = SPIRE_FLAG_NAMES[m[1] as string] ?? kebab(m[1] as string);
+    if (known.includes(name)) return `--${name}${m[2] ?? ''}`;
+    throw usageError(
+      `unknown flag ${a}; this command's flags are ${known.map((k) => `--${k}`).join(', ')} (SPIRE's -camelCase names are taken where tessera has the flag)`,
+    );
+  });
+}
+
 /** Parses a subcommand's flags plus --socket and --output; unknown flags are usage errors. */
 export function parseFlags(args: string[], options: Options): Flags {
   const { values } = parseArgs({
-    args,
+    args: spireFlags(args, [...Object.keys(COMMON), ...Object.keys(options)]),
     options: { ...COMMON, ...options },
     strict: true,
     allowPositionals: false,
