@@ -2,8 +2,8 @@
 // swtpm_setup with an EK certificate from its own local CA, driven by the agent through tpm2-tools
 // (a TPM stack nobody here wrote), the server's side (MakeCredential, quote checks) in node:crypto.
 import assert from 'node:assert/strict';
-import { createHash, createPublicKey } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
@@ -196,6 +196,18 @@ if (!tpmUnavailable('tpm node attestation (swtpm)')) {
           `tpm:ek_hash:${hashA}`,
         ],
       );
+    });
+
+    it('the EK certificate is read from its NV index, or from ek_certificate_path (PEM) when given', async () => {
+      const fromNv = parseTpmPayload((await tpmEvidence({ tcti: tpmA.tcti, ek_algorithm: 'rsa' })).payload);
+      assert.ok(fromNv.ekCertificate !== undefined);
+      const pem = join(tmp.path, 'ek-cert.pem');
+      writeFileSync(pem, new X509Certificate(fromNv.ekCertificate).toString());
+      const fromFile = parseTpmPayload(
+        (await tpmEvidence({ tcti: tpmA.tcti, ek_algorithm: 'rsa', ek_certificate_path: pem })).payload,
+      );
+      assert.deepEqual(fromFile.ekCertificate, fromNv.ekCertificate);
+      assert.deepEqual(fromFile.ekPublic, fromNv.ekPublic);
     });
 
     it("an EK certificate from another CA is refused (ek_ca_path holds TPM A's CA, not B's)", async () => {

@@ -20,8 +20,30 @@ export interface AgentTpmConfig {
   tools_dir?: string;
 }
 
-/** How long the AK's context files are kept for the server's challenge. */
+/** How long the AK's context files are kept for the server's challenge, if none comes. */
 const AK_KEPT_MS = 120_000;
+
+/** Working directories not yet removed: removed at exit at the latest (one listener for all). */
+const open = new Set<Tpm2Tools>();
+let exitHook = false;
+
+function track(tpm: Tpm2Tools): () => void {
+  open.add(tpm);
+  if (!exitHook) {
+    exitHook = true;
+    process.once('exit', () => {
+      for (const t of open) t.close();
+    });
+  }
+  const timer = setTimeout(() => done(), AK_KEPT_MS);
+  timer.unref();
+  const done = () => {
+    clearTimeout(timer);
+    open.delete(tpm);
+    tpm.close();
+  };
+  return done;
+}
 
 /** Reads a certificate file (PEM or DER) as DER. */
 function readCertificate(path: string): Buffer {
@@ -39,8 +61,7 @@ export async function tpmEvidence(
     tcti: config.tcti,
     ...(config.tools_dir === undefined ? {} : { toolsDir: config.tools_dir }),
   });
-  const timer = setTimeout(() => tpm.close(), AK_KEPT_MS);
-  timer.unref();
+  const done = track(tpm);
   try {
     const ekPublic = await tpm.createEk(config.ek_algorithm);
     let ekCertificate: Buffer | undefined;
@@ -68,6 +89,8 @@ export async function tpmEvidence(
         ...(ekCertificate === undefined ? {} : { ekCertificate }),
         akPublic,
       }),
+      // The AK's files stay until AK_KEPT_MS or exit: the same evidence may be offered to the
+      // next server when one goes away mid-attestation.
       respond: async (bytes) => {
         const c = parseTpmChallenge(bytes);
         const secret = await tpm.activateCredential(c.idObject, c.encryptedSecret);
@@ -77,8 +100,7 @@ export async function tpmEvidence(
       },
     };
   } catch (err) {
-    clearTimeout(timer);
-    tpm.close();
+    done();
     throw err;
   }
 }

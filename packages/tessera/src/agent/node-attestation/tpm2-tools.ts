@@ -76,8 +76,12 @@ export class Tpm2Tools {
 
   /** Flushes every transient object and loaded session of this connection. */
   async flush(): Promise<void> {
-    await this.run('tpm2_flushcontext', ['-t']);
-    await this.run('tpm2_flushcontext', ['-s']);
+    let first: unknown;
+    for (const what of ['-t', '-s'])
+      await this.run('tpm2_flushcontext', [what]).catch((err: unknown) => {
+        first ??= err;
+      });
+    if (first !== undefined) throw first;
   }
 
   /** Runs a step, then flushes what it loaded, whether it succeeded or not. */
