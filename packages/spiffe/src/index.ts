@@ -92,6 +92,8 @@ export { peerSpiffeId, verifyPeer } from './tls/peer.js';
 // Workload API
 export type { WorkloadApiAddress } from './workloadapi/address.js';
 export {
+  DEFAULT_WORKLOAD_API_SOCKET,
+  defaultWorkloadApiAddress,
   parseWorkloadApiAddress,
   resolveWorkloadApiAddress,
   SPIFFE_ENDPOINT_SOCKET,

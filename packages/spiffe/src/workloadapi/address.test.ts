@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode, isSpiffeError } from '../errors.js';
-import { grpcTarget, parseWorkloadApiAddress, resolveWorkloadApiAddress } from './address.js';
+import {
+  DEFAULT_WORKLOAD_API_SOCKET,
+  defaultWorkloadApiAddress,
+  grpcTarget,
+  parseWorkloadApiAddress,
+  resolveWorkloadApiAddress,
+} from './address.js';
 
 describe('parseWorkloadApiAddress', () => {
   const valid: [string, string][] = [
@@ -41,7 +47,7 @@ describe('parseWorkloadApiAddress', () => {
         (e: unknown) => isSpiffeError(e, ErrorCode.WORKLOADAPI_ADDRESS) && pattern.test(e.message),
       ));
   }
-  it('falls back to SPIFFE_ENDPOINT_SOCKET, and says how to configure it when unset', () => {
+  it('falls back to SPIFFE_ENDPOINT_SOCKET, else the Tessera agent default socket', () => {
     assert.equal(
       resolveWorkloadApiAddress(undefined, { SPIFFE_ENDPOINT_SOCKET: 'unix:///a.sock' }).uri,
       'unix:///a.sock',
@@ -50,11 +56,22 @@ describe('parseWorkloadApiAddress', () => {
       resolveWorkloadApiAddress('unix:///b.sock', { SPIFFE_ENDPOINT_SOCKET: 'unix:///a.sock' }).uri,
       'unix:///b.sock',
     );
+    for (const env of [{}, { SPIFFE_ENDPOINT_SOCKET: '' }]) {
+      assert.equal(defaultWorkloadApiAddress(env), `unix://${DEFAULT_WORKLOAD_API_SOCKET}`);
+      assert.deepEqual(resolveWorkloadApiAddress(undefined, env), {
+        kind: 'unix',
+        path: DEFAULT_WORKLOAD_API_SOCKET,
+        uri: `unix://${DEFAULT_WORKLOAD_API_SOCKET}`,
+      });
+    }
+    assert.equal(
+      defaultWorkloadApiAddress({ SPIFFE_ENDPOINT_SOCKET: 'tcp://127.0.0.1:1' }),
+      'tcp://127.0.0.1:1',
+    );
     assert.throws(
-      () => resolveWorkloadApiAddress(undefined, {}),
+      () => resolveWorkloadApiAddress(undefined, { SPIFFE_ENDPOINT_SOCKET: '/bare/path.sock' }),
       (e: unknown) =>
-        isSpiffeError(e, ErrorCode.WORKLOADAPI_ADDRESS) &&
-        /not configured.*SPIFFE_ENDPOINT_SOCKET/.test(e.message),
+        isSpiffeError(e, ErrorCode.WORKLOADAPI_ADDRESS) && /"\/bare\/path.sock"/.test(e.message),
     );
   });
 });

@@ -67,19 +67,37 @@ export function parseWorkloadApiAddress(uri: string): WorkloadApiAddress {
   throw bad(uri, 'workload endpoint socket URI must have a "tcp" or "unix" scheme');
 }
 
-/** The address given, else SPIFFE_ENDPOINT_SOCKET, parsed; an error says how to configure it when neither is set. */
+/**
+ * Where a Tessera agent serves the Workload API when its `socket_path` is not set. Every entry
+ * point that finds the Workload API without being told (this library's client and sources,
+ * `tessera api`, the proxy, the agent's own default) takes it from here, so a change is one edit.
+ */
+export const DEFAULT_WORKLOAD_API_SOCKET = '/run/tessera/agent.sock';
+
+/**
+ * The Workload API address to use when none is given: `SPIFFE_ENDPOINT_SOCKET` when set and not
+ * empty (spec §6), else `unix://` + DEFAULT_WORKLOAD_API_SOCKET. Not parsed.
+ */
+export function defaultWorkloadApiAddress(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env[SPIFFE_ENDPOINT_SOCKET];
+  return fromEnv === undefined || fromEnv === '' ? `unix://${DEFAULT_WORKLOAD_API_SOCKET}` : fromEnv;
+}
+
+/** Says where an address came from, for messages: the option, SPIFFE_ENDPOINT_SOCKET or the default. */
+export function workloadApiAddressOrigin(address?: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (address !== undefined) return 'the address option';
+  const fromEnv = env[SPIFFE_ENDPOINT_SOCKET];
+  return fromEnv === undefined || fromEnv === ''
+    ? `the default; ${SPIFFE_ENDPOINT_SOCKET} is not set`
+    : SPIFFE_ENDPOINT_SOCKET;
+}
+
+/** The address given, else defaultWorkloadApiAddress(env), parsed. */
 export function resolveWorkloadApiAddress(
   address?: string,
   env: NodeJS.ProcessEnv = process.env,
 ): WorkloadApiAddress {
-  const uri = address ?? env[SPIFFE_ENDPOINT_SOCKET];
-  if (uri === undefined || uri === '') {
-    throw new SpiffeError(
-      ErrorCode.WORKLOADAPI_ADDRESS,
-      `workloadapi: workload endpoint socket address is not configured; pass an address or set ${SPIFFE_ENDPOINT_SOCKET} (e.g. unix:///run/tessera/agent.sock)`,
-    );
-  }
-  return parseWorkloadApiAddress(uri);
+  return parseWorkloadApiAddress(address ?? defaultWorkloadApiAddress(env));
 }
 
 /** The grpc-js target for an address. */

@@ -121,8 +121,11 @@ describe('WorkloadApiClient against a Workload API on a real Unix socket', () =>
     try {
       await assert.rejects(client.fetchX509Context(), (e: unknown) => {
         assert.ok(isSpiffeError(e, ErrorCode.WORKLOADAPI_PERMISSION_DENIED));
-        assert.match(e.message, /issued no identity to this process/);
-        assert.match(e.message, /register an entry/);
+        const uid = process.getuid?.();
+        assert.equal(
+          e.message,
+          `workloadapi: fetch X.509 context: no identity: the Workload API at ${api.address} issued no identity to this process (uid ${uid}, gid ${process.getgid?.()}) (PermissionDenied: no identity issued); register an entry whose selectors match this process (e.g. unix:uid:${uid}), or run it as the user an entry names`,
+        );
         return true;
       });
     } finally {
@@ -198,6 +201,49 @@ describe('WorkloadApiClient against a Workload API on a real Unix socket', () =>
     await done;
   });
 
+  it('watches: log a reason at warn once (repeats at debug), again when it changes, and at info when updates resume', async () => {
+    const lines: string[] = [];
+    const log =
+      (level: string) =>
+      (message: string): void => {
+        lines.push(`${level} ${message}`);
+      };
+    const logger = { debug: log('debug'), info: log('info'), warn: log('warn') };
+    const c = createWorkloadApiClient({ address: api.address, logger, backoff: { initialMs: 5, maxMs: 10 } });
+    const updates = new Queue<X509Context>();
+    const errors = new Queue<SpiffeError>();
+    const ac = new AbortController();
+    api.setError('FetchX509SVID', { code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
+    const done = c.watchX509Context({ onUpdate: updates.push, onError: errors.push }, ac.signal);
+    try {
+      for (let i = 0; i < 3; i++)
+        assert.equal((await errors.next()).code, ErrorCode.WORKLOADAPI_PERMISSION_DENIED);
+      api.setError('FetchX509SVID', { code: grpc.status.UNAVAILABLE, details: 'agent starting' });
+      while ((await errors.next()).code !== ErrorCode.WORKLOADAPI_UNAVAILABLE);
+      await errors.next();
+      api.setX509Svids([{ svid: svid('/logged'), bundle }]);
+      api.setError('FetchX509SVID', undefined);
+      assert.equal((await updates.next()).svids[0]?.id.path, '/logged');
+    } finally {
+      ac.abort();
+      await done;
+      c.close();
+    }
+    // Consecutive repeats collapse to one line for the comparison.
+    const collapsed = lines.filter((l, i) => l !== lines[i - 1]);
+    const uid = process.getuid?.();
+    const denied = `workloadapi: watch X.509 context: no identity: the Workload API at ${api.address} issued no identity to this process (uid ${uid}, gid ${process.getgid?.()}) (PermissionDenied: no identity issued); register an entry whose selectors match this process (e.g. unix:uid:${uid}), or run it as the user an entry names`;
+    const unavailable = `workloadapi: watch X.509 context: cannot reach the Workload API at ${api.address} (agent starting); check that the agent is running and that the socket exists and is accessible`;
+    assert.deepEqual(collapsed, [
+      `warn ${denied}`,
+      `debug ${denied}`,
+      `warn ${unavailable}`,
+      `debug ${unavailable}`,
+      `info workloadapi: watch X.509 context: updates from ${api.address} again`,
+    ]);
+    assert.equal(lines.filter((l) => l.startsWith('warn ')).length, 2);
+  });
+
   it('stops a watch on INVALID_ARGUMENT (no retry) and rejects with the reason', async () => {
     api.setError('FetchJWTBundles', { code: grpc.status.INVALID_ARGUMENT, details: 'bad request' });
     try {
@@ -221,12 +267,15 @@ describe('WorkloadApiClient against a Workload API on a real Unix socket', () =>
 });
 
 describe('WorkloadApiClient without a server', () => {
-  it('reports the address it could not reach', async () => {
+  it('says there is no socket at the path, and where the address came from', async () => {
     const client = createWorkloadApiClient({ address: 'unix:///nonexistent/tessera/agent.sock' });
     try {
       await assert.rejects(client.fetchX509Context(), (e: unknown) => {
         assert.ok(isSpiffeError(e, ErrorCode.WORKLOADAPI_UNAVAILABLE), String(e));
-        assert.match(e.message, /unix:\/\/\/nonexistent\/tessera\/agent.sock/);
+        assert.equal(
+          e.message,
+          'workloadapi: fetch X.509 context: no Workload API socket at /nonexistent/tessera/agent.sock (unix:///nonexistent/tessera/agent.sock, from the address option): is the agent running, and is this its socket_path?',
+        );
         return true;
       });
     } finally {

@@ -22,7 +22,12 @@ import { parseTrustDomain } from '../spiffeid/trust-domain.js';
 import { type JwtSvid, parseInsecureJwtSvid } from '../svid/jwt-svid.js';
 import type { JwtSvidParams } from '../svid/source.js';
 import { parseX509SvidRaw, type X509Svid } from '../svid/x509-svid.js';
-import { grpcTarget, resolveWorkloadApiAddress, type WorkloadApiAddress } from './address.js';
+import {
+  grpcTarget,
+  resolveWorkloadApiAddress,
+  type WorkloadApiAddress,
+  workloadApiAddressOrigin,
+} from './address.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { create, SECURITY_HEADER, workloadApiMethods } from './service.js';
 
@@ -40,8 +45,15 @@ export interface Watcher<T> {
 }
 
 export interface WorkloadApiClientOptions {
-  /** `unix:///path` or `tcp://ip:port`; default SPIFFE_ENDPOINT_SOCKET. */
+  /**
+   * `unix:///path` or `tcp://ip:port`; default SPIFFE_ENDPOINT_SOCKET, else
+   * `unix:///run/tessera/agent.sock` (DEFAULT_WORKLOAD_API_SOCKET).
+   */
   address?: string;
+  /**
+   * Where watches say why they are not getting updates: at warn once per distinct reason (again
+   * when it changes), repeats at debug, and at info when updates arrive again. Default: nothing.
+   */
   logger?: Logger;
   /** Reconnect back-off for watches (exponential with jitter, 1 s .. 30 s by default). */
   backoff?: BackoffOptions;
@@ -68,6 +80,8 @@ function responseError(what: string, detail: string, cause?: unknown): SpiffeErr
  */
 export class WorkloadApiClient {
   readonly address: WorkloadApiAddress;
+  /** Where the address came from, for messages. */
+  readonly #origin: string;
   readonly #client: grpc.Client;
   readonly #logger: Logger;
   readonly #backoff: BackoffOptions;
@@ -75,6 +89,7 @@ export class WorkloadApiClient {
 
   constructor(options: WorkloadApiClientOptions = {}) {
     this.address = resolveWorkloadApiAddress(options.address);
+    this.#origin = workloadApiAddressOrigin(options.address);
     this.#logger = options.logger ?? silentLogger;
     this.#backoff = options.backoff ?? {};
     this.#client = new grpc.Client(grpcTarget(this.address), grpc.credentials.createInsecure(), {
@@ -232,14 +247,18 @@ export class WorkloadApiClient {
 
   #mapError(err: grpc.ServiceError, op: string, signal?: AbortSignal): SpiffeError {
     const where = `the Workload API at ${this.address.uri}`;
+    const details = cleanDetails(err.details);
     switch (err.code) {
-      case grpc.status.PERMISSION_DENIED:
+      case grpc.status.PERMISSION_DENIED: {
+        const uid = process.getuid?.();
         return new SpiffeError(
           ErrorCode.WORKLOADAPI_PERMISSION_DENIED,
-          `workloadapi: ${op}: ${where} issued no identity to this process (PermissionDenied: ${err.details}); ` +
-            'register an entry whose selectors match this process (its uid, gid or binary path), or run it as the user the entry names',
+          `workloadapi: ${op}: no identity: ${where} issued no identity to this process (${processIdentity()}) ` +
+            `(PermissionDenied: ${details}); register an entry whose selectors match this process` +
+            `${uid === undefined ? ' (its uid, gid or binary path)' : ` (e.g. unix:uid:${uid})`}, or run it as the user an entry names`,
           { cause: err },
         );
+      }
       case grpc.status.CANCELLED:
       case grpc.status.UNAVAILABLE:
         // A cancellation we did not ask for is the server going away: retried like UNAVAILABLE.
@@ -247,16 +266,26 @@ export class WorkloadApiClient {
           return aborted(op, this.#closing.signal.aborted, err);
         return new SpiffeError(
           ErrorCode.WORKLOADAPI_UNAVAILABLE,
-          `workloadapi: ${op}: cannot reach ${where} (${err.details}); check that the agent is running and that the socket exists and is accessible`,
+          `workloadapi: ${op}: ${this.#unreachable(details)}`,
           { cause: err },
         );
       default:
-        return responseError(
-          op,
-          `${where} answered ${grpc.status[err.code] ?? err.code}: ${err.details}`,
-          err,
-        );
+        return responseError(op, `${where} answered ${grpc.status[err.code] ?? err.code}: ${details}`, err);
     }
+  }
+
+  /** Why the Workload API cannot be reached, from the connection error grpc-js reports. */
+  #unreachable(details: string): string {
+    const a = this.address;
+    const at = a.kind === 'unix' ? a.path : `${a.host}:${a.port}`;
+    const origin = `(${a.uri}, from ${this.#origin})`;
+    if (/\bENOENT\b/.test(details))
+      return `no Workload API socket at ${at} ${origin}: is the agent running, and is this its socket_path?`;
+    if (/\bECONNREFUSED\b/.test(details))
+      return `nothing is listening on ${at} ${origin}: is the agent running?`;
+    if (/\b(EACCES|EPERM)\b/.test(details))
+      return `cannot connect to ${at} ${origin}: permission denied for this process (${processIdentity()}); the socket and every directory above it must be open to it`;
+    return `cannot reach the Workload API at ${a.uri} (${details}); check that the agent is running and that the socket exists and is accessible`;
   }
 
   /** Runs one server stream: `onData` per message; resolves with the error that ended it, if any. */
@@ -335,11 +364,13 @@ export class WorkloadApiClient {
   ): Promise<void> {
     const signal = this.#signal(userSignal);
     const backoff = new Backoff(this.#backoff);
+    // A watch retrying through one problem says so once; repeats go to debug.
+    let reported: string | undefined;
     const report = (err: SpiffeError) => {
-      this.#logger.warn?.(`workloadapi: ${op}: ${err.message}`, {
-        code: err.code,
-        address: this.address.uri,
-      });
+      const fields = { code: err.code, address: this.address.uri };
+      if (err.message === reported) this.#logger.debug?.(err.message, fields);
+      else this.#logger.warn?.(err.message, fields);
+      reported = err.message;
       try {
         watcher.onError?.(err);
       } catch (cbErr) {
@@ -355,6 +386,12 @@ export class WorkloadApiClient {
         } catch (err) {
           report(isSpiffeError(err) ? err : responseError(op, String(err), err));
           return;
+        }
+        if (reported !== undefined) {
+          this.#logger.info?.(`workloadapi: ${op}: updates from ${this.address.uri} again`, {
+            address: this.address.uri,
+          });
+          reported = undefined;
         }
         try {
           watcher.onUpdate(value);
@@ -386,6 +423,18 @@ export class WorkloadApiClient {
   }
 }
 
+/** This process as a workload attestor sees it, for messages: `uid 1000, gid 1000`. */
+function processIdentity(): string {
+  return typeof process.getuid === 'function'
+    ? `uid ${process.getuid()}, gid ${process.getgid?.()}`
+    : `pid ${process.pid}`;
+}
+
+/** gRPC status details without grpc-js's empty `Resolution note: ` tail. */
+function cleanDetails(details: string): string {
+  return details.replace(/\.? *Resolution note: *$/, '').trim() || '(no details)';
+}
+
 function aborted(op: string, closed: boolean, cause?: unknown): SpiffeError {
   return new SpiffeError(
     ErrorCode.ABORTED,
@@ -394,7 +443,7 @@ function aborted(op: string, closed: boolean, cause?: unknown): SpiffeError {
   );
 }
 
-/** Creates a Workload API client; `address` defaults to SPIFFE_ENDPOINT_SOCKET. */
+/** Creates a Workload API client; `address` defaults to SPIFFE_ENDPOINT_SOCKET, else DEFAULT_WORKLOAD_API_SOCKET. */
 export function createWorkloadApiClient(options: WorkloadApiClientOptions = {}): WorkloadApiClient {
   return new WorkloadApiClient(options);
 }
