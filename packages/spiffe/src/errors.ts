@@ -33,8 +33,10 @@ export const ErrorCode = {
   WORKLOADAPI_UNAVAILABLE: 'ERR_WORKLOADAPI_UNAVAILABLE',
   /** The operation was aborted by its AbortSignal or by close(). */
   ABORTED: 'ERR_ABORTED',
-  /** A source was used after close(). */
+  /** A source was used after close(), or closed before its first update. */
   SOURCE_CLOSED: 'ERR_SOURCE_CLOSED',
+  /** A source's create() gave up: no complete update within readyTimeoutMs. */
+  SOURCE_TIMEOUT: 'ERR_SOURCE_TIMEOUT',
   /** A TLS peer was refused (verification or authorization failed). */
   TLS_PEER_REFUSED: 'ERR_TLS_PEER_REFUSED',
   /** A federation bundle endpoint could not be fetched or returned an invalid bundle. */

@@ -10,10 +10,17 @@ export interface SourceOptions extends WorkloadApiClientOptions {
   signal?: AbortSignal;
   /**
    * create() gives up (and closes the source) if the first complete update has not arrived within
-   * this many milliseconds; the error says why (e.g. no identity issued). Once ready, the source
-   * stays open until close(). Default: wait as long as it takes.
+   * this many milliseconds, with ERR_SOURCE_TIMEOUT whose message ends with the last reason heard
+   * (e.g. no identity issued to this process). Once ready, the source stays open until close().
+   * Default: wait as long as it takes.
    */
   readyTimeoutMs?: number;
+  /**
+   * Where the source's client says why no update arrives (warn, once per distinct reason) and
+   * when updates resume. Without a logger (and without `client`), a source still waiting for its
+   * first update says why as a process warning (`SpiffeWarning`, once per distinct reason; see
+   * `process.on('warning')`), so a process without an identity never waits silently.
+   */
   logger?: Logger;
 }
 
@@ -34,13 +41,20 @@ export abstract class LiveSource extends EventEmitter {
   #closed = false;
   #lastError: SpiffeError | undefined;
   readonly #watches: Promise<void>[] = [];
+  /** Whether nobody logs for this source, so waiting is said by process warnings; the last one said. */
+  readonly #warnByProcess: boolean;
+  #lastWarning: string | undefined;
   protected readonly name: string;
+  /** What the first complete update brings, for messages: 'an X509-SVID', 'JWT bundles'. */
+  readonly #awaits: string;
 
-  protected constructor(name: string, options: SourceOptions) {
+  protected constructor(name: string, awaits: string, options: SourceOptions) {
     super();
     this.name = name;
+    this.#awaits = awaits;
     this.client = options.client ?? createWorkloadApiClient(options);
     this.#ownsClient = options.client === undefined;
+    this.#warnByProcess = options.logger === undefined && options.client === undefined;
     this.#ready = new Promise<void>((resolve, reject) => {
       this.#resolveReady = resolve;
       this.#rejectReady = reject;
@@ -62,16 +76,7 @@ export abstract class LiveSource extends EventEmitter {
         : Promise.race([
             source.ready(),
             new Promise<never>((_, reject) => {
-              timer = setTimeout(() => {
-                const why = source.lastError === undefined ? '' : `: ${source.lastError.message}`;
-                reject(
-                  new SpiffeError(
-                    ErrorCode.SOURCE_CLOSED,
-                    `${source.name}: no complete update within ${timeoutMs} ms${why}`,
-                    source.lastError === undefined ? undefined : { cause: source.lastError },
-                  ),
-                );
-              }, timeoutMs);
+              timer = setTimeout(() => reject(source.#timedOut(timeoutMs)), timeoutMs);
             }),
           ]));
     } catch (err) {
@@ -81,6 +86,18 @@ export abstract class LiveSource extends EventEmitter {
       clearTimeout(timer);
     }
     return source;
+  }
+
+  #timedOut(timeoutMs: number): SpiffeError {
+    const last = this.#lastError;
+    const why =
+      last?.message ??
+      `the Workload API at ${this.client.address.uri} has not answered yet (an agent still syncing with its server answers late)`;
+    return new SpiffeError(
+      ErrorCode.SOURCE_TIMEOUT,
+      `${this.name}: gave up waiting for ${this.#awaits} after ${timeoutMs} ms (readyTimeoutMs): ${why}`,
+      last === undefined ? undefined : { cause: last },
+    );
   }
 
   /** Resolves after the first complete update; rejects if the source closes first or a watch fails for good. */
@@ -136,6 +153,13 @@ export abstract class LiveSource extends EventEmitter {
 
   protected recordError(err: SpiffeError): void {
     this.#lastError = err;
+    if (this.#warnByProcess && !this.#isReady && !this.#closed && err.message !== this.#lastWarning) {
+      this.#lastWarning = err.message;
+      process.emitWarning(`${this.name}: waiting for ${this.#awaits}: ${err.message}`, {
+        type: 'SpiffeWarning',
+        code: err.code,
+      });
+    }
     this.emit('watchError', err);
   }
 

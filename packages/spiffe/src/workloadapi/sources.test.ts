@@ -17,6 +17,9 @@ const ca = TestCa.create({ trustDomain: 'example.org' });
 const bundle = new X509Bundle(td, [ca.root]);
 const jwtAuthority = TestJwtAuthority.create({ trustDomain: 'example.org', kid: 'k1' });
 const backoff = { initialMs: 20, maxMs: 100 };
+/** A logger that drops everything: given, it also turns off the process warnings of a waiting source. */
+const quiet = {};
+const denied = { code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' };
 
 function svid(path: string, hint = ''): X509Svid {
   const s = ca.issueX509Svid(`spiffe://example.org${path}`);
@@ -30,21 +33,35 @@ describe('live sources', () => {
   });
   after(() => api.close());
 
-  it('readyTimeoutMs bounds only the wait for the first update, and says why it gave up', async () => {
-    const denied = await FakeWorkloadApi.start();
+  it('readyTimeoutMs bounds only the wait for the first update: ERR_SOURCE_TIMEOUT with the last reason', async () => {
+    const refusing = await FakeWorkloadApi.start();
     try {
-      denied.setError('FetchX509SVID', {
-        code: grpc.status.PERMISSION_DENIED,
-        details: 'no identity issued',
-      });
+      refusing.setError('FetchX509SVID', denied);
+      const uid = process.getuid?.();
       await assert.rejects(
-        X509Source.create({ address: denied.address, backoff, readyTimeoutMs: 150 }),
+        X509Source.create({ address: refusing.address, backoff, readyTimeoutMs: 500, logger: quiet }),
+        (e: unknown) => {
+          assert.ok(isSpiffeError(e, ErrorCode.SOURCE_TIMEOUT), String(e));
+          assert.equal(
+            e.message,
+            `x509source: gave up waiting for an X509-SVID after 500 ms (readyTimeoutMs): workloadapi: watch X.509 context: no identity: the Workload API at ${refusing.address} issued no identity to this process (uid ${uid}, gid ${process.getgid?.()}) (PermissionDenied: no identity issued); register an entry whose selectors match this process (e.g. unix:uid:${uid}), or run it as the user an entry names`,
+          );
+          assert.ok(isSpiffeError(e.cause, ErrorCode.WORKLOADAPI_PERMISSION_DENIED));
+          return true;
+        },
+      );
+      // The same for the JWT side, which waits for JWT bundles.
+      refusing.setError('FetchJWTBundles', denied);
+      await assert.rejects(
+        JwtSource.create({ address: refusing.address, backoff, readyTimeoutMs: 500, logger: quiet }),
         (e: unknown) =>
-          isSpiffeError(e, ErrorCode.SOURCE_CLOSED) &&
-          /no complete update within 150 ms: .*no identity/i.test(e.message),
+          isSpiffeError(e, ErrorCode.SOURCE_TIMEOUT) &&
+          e.message.startsWith(
+            'jwtsource: gave up waiting for JWT bundles after 500 ms (readyTimeoutMs): workloadapi: watch JWT bundles: no identity: ',
+          ),
       );
     } finally {
-      await denied.close();
+      await refusing.close();
     }
     api.setX509Svids([{ svid: svid('/timed'), bundle }]);
     const source = await X509Source.create({ address: api.address, backoff, readyTimeoutMs: 50 });
@@ -95,8 +112,8 @@ describe('live sources', () => {
   });
 
   it('X509Source: ready() waits through PermissionDenied, exposes the error, and resolves once an identity is issued', async () => {
-    api.setError('FetchX509SVID', { code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
-    const source = new X509Source({ address: api.address, backoff });
+    api.setError('FetchX509SVID', denied);
+    const source = new X509Source({ address: api.address, backoff, logger: quiet });
     try {
       const [err] = (await once(source, 'watchError')) as [Error];
       assert.ok(isSpiffeError(err, ErrorCode.WORKLOADAPI_PERMISSION_DENIED));
@@ -115,11 +132,92 @@ describe('live sources', () => {
     api.setError('FetchX509SVID', { code: grpc.status.UNAVAILABLE, details: 'agent starting' });
     try {
       const ac = new AbortController();
-      const pending = X509Source.create({ address: api.address, backoff, signal: ac.signal });
+      const pending = X509Source.create({ address: api.address, backoff, signal: ac.signal, logger: quiet });
       ac.abort();
       await assert.rejects(pending, (e: unknown) => isSpiffeError(e, ErrorCode.SOURCE_CLOSED));
     } finally {
       api.setError('FetchX509SVID', undefined);
+    }
+  });
+
+  it('readyTimeoutMs with no socket at the path: the timeout names the path and where the address came from', async () => {
+    const address = 'unix:///nonexistent/tessera/agent.sock';
+    await assert.rejects(
+      X509Source.create({ address, backoff, readyTimeoutMs: 500, logger: quiet }),
+      (e: unknown) =>
+        isSpiffeError(e, ErrorCode.SOURCE_TIMEOUT) &&
+        e.message ===
+          `x509source: gave up waiting for an X509-SVID after 500 ms (readyTimeoutMs): workloadapi: watch X.509 context: no Workload API socket at /nonexistent/tessera/agent.sock (${address}, from the address option): is the agent running, and is this its socket_path?`,
+    );
+  });
+
+  it('readyTimeoutMs with an API that has not answered: the timeout says so', async () => {
+    const silent = await FakeWorkloadApi.start(); // serves nothing until told: the stream stays open
+    try {
+      await assert.rejects(
+        X509Source.create({ address: silent.address, backoff, readyTimeoutMs: 100 }),
+        (e: unknown) =>
+          isSpiffeError(e, ErrorCode.SOURCE_TIMEOUT) &&
+          e.message ===
+            `x509source: gave up waiting for an X509-SVID after 100 ms (readyTimeoutMs): the Workload API at ${silent.address} has not answered yet (an agent still syncing with its server answers late)`,
+      );
+    } finally {
+      await silent.close();
+    }
+  });
+
+  it('without a logger, a source waiting for its first update says why as a process warning, once per distinct reason', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => {
+      if (w.name === 'SpiffeWarning') warnings.push(w);
+    };
+    process.on('warning', onWarning);
+    const refusing = await FakeWorkloadApi.start();
+    refusing.setError('FetchX509SVID', denied);
+    const source = new X509Source({ address: refusing.address, backoff });
+    try {
+      const seen = async (n: number) => {
+        for (let i = 0; i < n; i++) await once(source, 'watchError');
+      };
+      await seen(3);
+      refusing.setError('FetchX509SVID', { code: grpc.status.UNAVAILABLE, details: 'agent starting' });
+      while (source.lastError?.code !== ErrorCode.WORKLOADAPI_UNAVAILABLE) await seen(1);
+      await seen(2);
+      refusing.setX509Svids([{ svid: svid('/warned'), bundle }]);
+      refusing.setError('FetchX509SVID', undefined);
+      await source.ready();
+      // Warnings are emitted on the next tick.
+      await delay(10);
+      assert.deepEqual(
+        warnings.map((w) => [
+          (w as Error & { code?: string }).code,
+          w.message.split(': ').slice(0, 4).join(': '),
+        ]),
+        [
+          [
+            'ERR_WORKLOADAPI_PERMISSION_DENIED',
+            'x509source: waiting for an X509-SVID: workloadapi: watch X.509 context',
+          ],
+          [
+            'ERR_WORKLOADAPI_UNAVAILABLE',
+            'x509source: waiting for an X509-SVID: workloadapi: watch X.509 context',
+          ],
+        ],
+      );
+      assert.match(
+        warnings[0]?.message ?? '',
+        /: no identity: .*issued no identity to this process \(uid \d+/,
+      );
+      assert.match(warnings[1]?.message ?? '', /cannot reach .*\(agent starting\)/);
+      // Once ready, a refusal is for 'watchError' and lastError, not a process warning.
+      refusing.setError('FetchX509SVID', denied);
+      await once(source, 'watchError');
+      await delay(10);
+      assert.equal(warnings.length, 2);
+    } finally {
+      process.off('warning', onWarning);
+      await source.close();
+      await refusing.close();
     }
   });
 

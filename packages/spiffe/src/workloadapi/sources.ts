@@ -32,7 +32,7 @@ export class X509Source extends LiveSource implements X509SvidSource, X509Bundle
   #context: X509Context | undefined;
 
   constructor(options: X509SourceOptions = {}) {
-    super('x509source', options);
+    super('x509source', 'an X509-SVID', options);
     this.#picker = options.picker ?? ((svids) => svids[0] as X509Svid);
     this.run(
       this.client.watchX509Context(
@@ -86,7 +86,7 @@ export class JwtSource extends LiveSource implements JwtSvidSource, JwtBundleSou
   #bundles: JwtBundleSet | undefined;
 
   constructor(options: SourceOptions = {}) {
-    super('jwtsource', options);
+    super('jwtsource', 'JWT bundles', options);
     this.run(
       this.client.watchJwtBundles(
         {
@@ -128,7 +128,7 @@ export class BundleSource extends LiveSource implements X509BundleSource, JwtBun
   #jwt: JwtBundleSet | undefined;
 
   constructor(options: SourceOptions = {}) {
-    super('bundlesource', options);
+    super('bundlesource', 'X.509 and JWT bundles', options);
     const onError = (err: Parameters<LiveSource['recordError']>[0]) => this.recordError(err);
     this.run(
       this.client.watchX509Bundles(
