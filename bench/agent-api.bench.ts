@@ -3,15 +3,15 @@
 // process. Batch X509-SVID signing beside openssl's P-256 sign+verify pair rate from the same run,
 // and the push latency of an entry change to its agent's sync stream with 1,000 agents connected.
 import { X509Certificate } from 'node:crypto';
+import { parseSpiffeId, parseTrustDomain, type X509Bundle, X509Svid } from '@tessera/spiffe';
+import { ServerClient } from '@tessera/tessera/dist/agent/server-client.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import type { SyncResponse } from '@tessera/tessera/dist/gen/tessera/agent/v1/agent_pb.js';
+import { serialOf } from '@tessera/tessera/dist/server/api/agent-api.js';
+import { parseServerConfig } from '@tessera/tessera/dist/server/config.js';
+import type { EntryInput } from '@tessera/tessera/dist/server/datastore/types.js';
+import { type RunningServer, startServer } from '@tessera/tessera/dist/server/run.js';
 import { createCsr, generateKey, makeTempDir } from '@tessera/testkit';
-import { parseSpiffeId, parseTrustDomain, type X509Bundle, X509Svid } from 'spiffe';
-import { ServerClient } from 'tessera/dist/agent/server-client.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import type { SyncResponse } from 'tessera/dist/gen/tessera/agent/v1/agent_pb.js';
-import { serialOf } from 'tessera/dist/server/api/agent-api.js';
-import { parseServerConfig } from 'tessera/dist/server/config.js';
-import type { EntryInput } from 'tessera/dist/server/datastore/types.js';
-import { type RunningServer, startServer } from 'tessera/dist/server/run.js';
 import {
   type BenchResult,
   fdLimit,

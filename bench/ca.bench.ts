@@ -1,8 +1,8 @@
 // npm run bench: the authority's signing rate beside openssl's P-256 sign+verify pair from the same run.
 import { createPublicKey, sign as nodeSign, verify as nodeVerify } from 'node:crypto';
+import { parseTrustDomain } from '@tessera/spiffe';
+import { X509Authority } from '@tessera/tessera/dist/server/ca/x509-authority.js';
 import { createCsr, generateKey } from '@tessera/testkit';
-import { parseTrustDomain } from 'spiffe';
-import { X509Authority } from 'tessera/dist/server/ca/x509-authority.js';
 import { bench, opensslSpeed, pairRate, printTable } from './harness.js';
 
 const p256 = opensslSpeed('ecdsap256');

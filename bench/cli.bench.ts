@@ -8,8 +8,8 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
 import { makeTempDir } from '@tessera/testkit';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
 import { findSpire, startSpireServer } from '#test/interop/spire.test.util.js';
 import { type BenchResult, percentile, printTable, type Row } from './harness.js';
 

@@ -26,6 +26,15 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { parseSpiffeId, parseTrustDomain, type X509Bundle, X509Svid } from '@tessera/spiffe';
+import { ServerClient } from '@tessera/tessera/dist/agent/server-client.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import type { SyncResponse } from '@tessera/tessera/dist/gen/tessera/agent/v1/agent_pb.js';
+import { serialOf } from '@tessera/tessera/dist/server/api/agent-api.js';
+import { parseServerConfig } from '@tessera/tessera/dist/server/config.js';
+import { openPostgresDatastore } from '@tessera/tessera/dist/server/datastore/postgres.js';
+import type { EntryInput } from '@tessera/tessera/dist/server/datastore/types.js';
+import { type RunningServer, startServer } from '@tessera/tessera/dist/server/run.js';
 import {
   findPostgresBin,
   freePort,
@@ -35,15 +44,6 @@ import {
   startPostgres,
 } from '@tessera/testkit';
 import pg from 'pg';
-import { parseSpiffeId, parseTrustDomain, type X509Bundle, X509Svid } from 'spiffe';
-import { ServerClient } from 'tessera/dist/agent/server-client.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import type { SyncResponse } from 'tessera/dist/gen/tessera/agent/v1/agent_pb.js';
-import { serialOf } from 'tessera/dist/server/api/agent-api.js';
-import { parseServerConfig } from 'tessera/dist/server/config.js';
-import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
-import type { EntryInput } from 'tessera/dist/server/datastore/types.js';
-import { type RunningServer, startServer } from 'tessera/dist/server/run.js';
 import { findSpire, SPIRE_VERSION } from '#test/interop/spire.test.util.js';
 import { fdLimit, memoryOf, percentile } from './harness.js';
 import { measureSpire, SPIRE_DEFAULTS, type SpireResult } from './spire-reference.js';

@@ -14,7 +14,7 @@ import {
   type PolicyDecision,
   type PolicyRequest,
   parsePolicies,
-} from 'tessera/dist/proxy/policy/index.js';
+} from '@tessera/tessera/dist/proxy/policy/index.js';
 import { percentile } from './harness.js';
 
 const POLICIES = 1000;

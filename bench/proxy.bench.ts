@@ -28,14 +28,14 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { freePort, makeTempDir, TestCa } from '@tessera/testkit';
-import { parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
 import { type BenchResult, printTable, type Row } from './harness.js';
 import {
   cpuSeconds,

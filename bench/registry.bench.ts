@@ -3,8 +3,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openSqliteDatastore } from 'tessera/dist/server/datastore/sqlite.js';
-import type { EntryInput } from 'tessera/dist/server/datastore/types.js';
+import { openSqliteDatastore } from '@tessera/tessera/dist/server/datastore/sqlite.js';
+import type { EntryInput } from '@tessera/tessera/dist/server/datastore/types.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'registry-bench-'));
 const ds = await openSqliteDatastore(join(dir, 'bench.db'));

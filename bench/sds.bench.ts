@@ -8,19 +8,19 @@ import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import { makeTempDir } from '@tessera/testkit';
-import { SECRET_TYPE_URL } from 'tessera/dist/agent/endpoints/sds.js';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
+import { SECRET_TYPE_URL } from '@tessera/tessera/dist/agent/endpoints/sds.js';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
 import {
   type DiscoveryRequest,
   DiscoveryRequestSchema,
   type DiscoveryResponse,
   DiscoveryResponseSchema,
-} from 'tessera/dist/gen/envoy/service/discovery/v3/discovery_pb.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
+} from '@tessera/tessera/dist/gen/envoy/service/discovery/v3/discovery_pb.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
+import { makeTempDir } from '@tessera/testkit';
 import { fdLimit, percentile } from './harness.js';
 
 const STREAMS = 500;

@@ -1,6 +1,5 @@
 // npm run bench: SPIFFE verification rates beside openssl's figures from the same run.
 import { createVerify, generateKeyPairSync, sign, verify, X509Certificate } from 'node:crypto';
-import { TestCa, TestJwtAuthority } from '@tessera/testkit';
 import {
   JwtBundle,
   parseAndValidateJwtSvid,
@@ -9,7 +8,8 @@ import {
   SpiffeBundle,
   verifyX509Svid,
   X509Bundle,
-} from 'spiffe';
+} from '@tessera/spiffe';
+import { TestCa, TestJwtAuthority } from '@tessera/testkit';
 import { bench, opensslSpeed, printTable } from './harness.js';
 
 const td = parseTrustDomain('example.org');

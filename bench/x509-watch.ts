@@ -1,7 +1,7 @@
 // The SPIFFE IDs a workload holds, as a spiffe Workload API client watching its X.509 context
 // (FetchX509SVID) sees them, with waits for that set to look some way. The HA bench observes
 // tessera's agent and SPIRE's agent through the same watch, so both are timed to the same point.
-import { createWorkloadApiClient } from 'spiffe';
+import { createWorkloadApiClient } from '@tessera/spiffe';
 
 export interface X509IdWatch {
   /** The SPIFFE IDs of the latest X.509 context (empty before the first). */

@@ -85,7 +85,7 @@ setInterval(call, 1000);
 
 async function main() {
   const tmp = demo.tempDir();
-  const spiffeUrl = import.meta.resolve('spiffe');
+  const spiffeUrl = import.meta.resolve('@tessera/spiffe');
 
   say('Tessera demo: an identity server, an agent and two workloads that talk mTLS, on this machine.');
   say(`Everything lives in ${tmp} and is removed at the end.`);

@@ -8,10 +8,10 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { status as grpcStatus } from '@grpc/grpc-js';
+import { parseSpiffeId, parseTrustDomain, parseX509BundlePem, X509Svid } from '@tessera/spiffe';
+import { ServerClient } from '@tessera/tessera/dist/agent/server-client.js';
+import { createCsr } from '@tessera/tessera/dist/common/csr.js';
 import { generateKey, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { parseSpiffeId, parseTrustDomain, parseX509BundlePem, X509Svid } from 'spiffe';
-import { ServerClient } from 'tessera/dist/agent/server-client.js';
-import { createCsr } from 'tessera/dist/common/csr.js';
 import {
   TESSERA_BIN as bin,
   runCommand,

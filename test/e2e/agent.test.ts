@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
+import { createWorkloadApiClient, type X509Context } from '@tessera/spiffe';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { createWorkloadApiClient, type X509Context } from 'spiffe';
 import {
   runCommand,
   spawnTessera,
@@ -39,7 +39,7 @@ function exec(
 
 /** A workload process (as `uid`) that fetches its X.509 context once and prints the SPIFFE IDs, or the error. */
 const FETCH = `
-import { createWorkloadApiClient } from 'spiffe';
+import { createWorkloadApiClient } from '@tessera/spiffe';
 const c = createWorkloadApiClient();
 const want = Number(process.env.WANT ?? 0);
 try {
@@ -62,7 +62,7 @@ try {
 
 /** A workload that watches its X.509 context, printing each update, and exits on the first error after one. */
 const WATCH = `
-import { createWorkloadApiClient } from 'spiffe';
+import { createWorkloadApiClient } from '@tessera/spiffe';
 const c = createWorkloadApiClient({ backoff: { initialMs: 50, maxMs: 200 } });
 const ac = new AbortController();
 let seen = false;

@@ -6,6 +6,9 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { openPostgresDatastore } from '@tessera/tessera/dist/server/datastore/postgres.js';
+import { openSqliteDatastore } from '@tessera/tessera/dist/server/datastore/sqlite.js';
+import type { Datastore } from '@tessera/tessera/dist/server/datastore/types.js';
 import {
   makeTempDir,
   type PostgresCluster,
@@ -13,9 +16,6 @@ import {
   startPostgres,
   type TempDir,
 } from '@tessera/testkit';
-import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
-import { openSqliteDatastore } from 'tessera/dist/server/datastore/sqlite.js';
-import type { Datastore } from 'tessera/dist/server/datastore/types.js';
 
 const writer = fileURLToPath(new URL('../../e2e/fixtures/datastore-writer.mjs', import.meta.url));
 

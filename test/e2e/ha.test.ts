@@ -9,6 +9,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { createWorkloadApiClient, type WorkloadApiClient } from '@tessera/spiffe';
+import { authorityKeyId } from '@tessera/tessera/dist/server/ca/manager.js';
+import { openPostgresDatastore } from '@tessera/tessera/dist/server/datastore/postgres.js';
 import {
   freePort,
   makeTempDir,
@@ -18,9 +21,6 @@ import {
   type TempDir,
 } from '@tessera/testkit';
 import pg from 'pg';
-import { createWorkloadApiClient, type WorkloadApiClient } from 'spiffe';
-import { authorityKeyId } from 'tessera/dist/server/ca/manager.js';
-import { openPostgresDatastore } from 'tessera/dist/server/datastore/postgres.js';
 import { runCommand, spawnTessera, TESSERA_BIN, type TesseraProcess, waitForLog } from './tessera-process.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));

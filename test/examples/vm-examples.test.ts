@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { parseProxyConfig } from 'tessera/dist/proxy/config.js';
-import { createPolicyEngine, loadPolicies } from 'tessera/dist/proxy/policy/index.js';
+import { parseProxyConfig } from '@tessera/tessera/dist/proxy/config.js';
+import { createPolicyEngine, loadPolicies } from '@tessera/tessera/dist/proxy/policy/index.js';
 
 const dir = (name: string) => fileURLToPath(new URL(`../../../examples/vm/${name}`, import.meta.url));
 

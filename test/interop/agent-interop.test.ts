@@ -8,12 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
 import { interopUnavailable } from './verdicts.js';
 import {
   linesOf,

@@ -29,12 +29,12 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
 import {
   adminGet,
   ENVOY_BINARY,

@@ -12,7 +12,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
 import { TESSERA_BIN } from '../e2e/tessera-process.js';
 import { INTEROP_DIR } from './verdicts.js';
 

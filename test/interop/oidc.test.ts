@@ -12,14 +12,14 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createWorkloadApiClient, parseSpiffeId, type WorkloadApiClient } from '@tessera/spiffe';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { decodeProtectedHeader } from 'jose';
-import { createWorkloadApiClient, parseSpiffeId, type WorkloadApiClient } from 'spiffe';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
 import {
   goOidcVerify,
   OAUTH2_PROXY,

@@ -8,7 +8,6 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import type { TLSSocket } from 'node:tls';
-import type { IssuedSvid } from '@tessera/testkit';
 import {
   type Authorizer,
   authorizeAny,
@@ -22,7 +21,8 @@ import {
   peerSpiffeId,
   spiffeTlsConnect,
   X509BundleSet,
-} from 'spiffe';
+} from '@tessera/spiffe';
+import type { IssuedSvid } from '@tessera/testkit';
 import type { Authorize } from './go-peer.js';
 
 /** As the Go peer's flags, plus `any` (our authorizeAny: trust every bundle, accept any verified ID). */

@@ -9,13 +9,13 @@ import { createServer, type Server, connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { parseProxyConfig } from '@tessera/tessera/dist/proxy/config.js';
+import { catalogueMethod } from '@tessera/tessera/dist/proxy/grpc-bytes.test.util.js';
+import { type RunningProxy, startProxy } from '@tessera/tessera/dist/proxy/run.js';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { parseProxyConfig } from 'tessera/dist/proxy/config.js';
-import { catalogueMethod } from 'tessera/dist/proxy/grpc-bytes.test.util.js';
-import { type RunningProxy, startProxy } from 'tessera/dist/proxy/run.js';
 import {
   type GoPeerFiles,
   type GoServer,

@@ -15,7 +15,6 @@ import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import * as tls from 'node:tls';
-import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import {
   authorizeAny,
   idFromCertificate,
@@ -25,13 +24,18 @@ import {
   SpiffeBundle,
   spiffeTlsConnect,
   X509BundleSet,
-} from 'spiffe';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { SdsClient, type SdsSecret, type SdsUpdate } from 'tessera/dist/envoy/sds-client.test.util.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
+} from '@tessera/spiffe';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import {
+  SdsClient,
+  type SdsSecret,
+  type SdsUpdate,
+} from '@tessera/tessera/dist/envoy/sds-client.test.util.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
+import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { type GoServer, startGoServer, writePeerFiles } from './go-peer.js';
 import {
   type GoHandshakeLine,

@@ -19,14 +19,14 @@ import { X509Certificate } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { parseTrustDomain } from '@tessera/spiffe';
+import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
+import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
+import { tessera } from '@tessera/tessera/dist/cli/main.test.util.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
-import { parseTrustDomain } from 'spiffe';
-import type { RunningAgent } from 'tessera/dist/agent/run.js';
-import { startTestAgent } from 'tessera/dist/agent/test-agent.test.util.js';
-import { tessera } from 'tessera/dist/cli/main.test.util.js';
-import { createLogger } from 'tessera/dist/common/log.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
 import {
   createSpireEntry,
   fingerprint,

@@ -5,10 +5,10 @@
  * py-spiffe must accept them exactly as we do.
  */
 import { generateKeyPairSync } from 'node:crypto';
+import { parseTrustDomain, SpiffeBundle } from '@tessera/spiffe';
+import { JwtAuthority } from '@tessera/tessera/dist/server/ca/jwt-authority.js';
+import { X509Authority } from '@tessera/tessera/dist/server/ca/x509-authority.js';
 import { createCsr, TestCa } from '@tessera/testkit';
-import { parseTrustDomain, SpiffeBundle } from 'spiffe';
-import { JwtAuthority } from 'tessera/dist/server/ca/jwt-authority.js';
-import { X509Authority } from 'tessera/dist/server/ca/x509-authority.js';
 import type { Vector } from './vectors.js';
 
 const TD = 'example.org';

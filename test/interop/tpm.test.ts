@@ -6,22 +6,22 @@ import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { makeTempDir, type TempDir } from '@tessera/testkit';
-import { createWorkloadApiClient, parseTrustDomain } from 'spiffe';
-import { parseAgentConfig } from 'tessera/dist/agent/config.js';
-import { tpmEvidence } from 'tessera/dist/agent/node-attestation/tpm.js';
-import { type RunningAgent, startAgent } from 'tessera/dist/agent/run.js';
-import { createLogger } from 'tessera/dist/common/log.js';
+import { createWorkloadApiClient, parseTrustDomain } from '@tessera/spiffe';
+import { parseAgentConfig } from '@tessera/tessera/dist/agent/config.js';
+import { tpmEvidence } from '@tessera/tessera/dist/agent/node-attestation/tpm.js';
+import { type RunningAgent, startAgent } from '@tessera/tessera/dist/agent/run.js';
+import { createLogger } from '@tessera/tessera/dist/common/log.js';
 import {
   encodeTpmPayload,
   encodeTpmResponse,
   parseTpmChallenge,
   parseTpmPayload,
   parseTpmResponse,
-} from 'tessera/dist/common/tpm/tpm-wire.js';
-import { startTestServer } from 'tessera/dist/server/api/test-server.test.util.js';
-import { readEkCas, TpmAttestor } from 'tessera/dist/server/attestation/tpm/tpm.js';
-import type { RunningServer } from 'tessera/dist/server/run.js';
+} from '@tessera/tessera/dist/common/tpm/tpm-wire.js';
+import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
+import { readEkCas, TpmAttestor } from '@tessera/tessera/dist/server/attestation/tpm/tpm.js';
+import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
+import { makeTempDir, type TempDir } from '@tessera/testkit';
 import { runCommand, TESSERA_BIN } from '../e2e/tessera-process.js';
 import { type Swtpm, startSwtpm, tpmUnavailable } from './swtpm.js';
 

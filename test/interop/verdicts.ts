@@ -21,7 +21,7 @@ import {
   parseX509Svid,
   verifyX509Svid,
   X509BundleSet,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { certificateDersFromPem, type Vector, type Verdict } from './vectors.js';
 
 const run = promisify(execFile);

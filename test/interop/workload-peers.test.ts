@@ -9,9 +9,15 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import {
+  parseJwtBundle,
+  parseTrustDomain,
+  parseX509SvidRaw,
+  X509Bundle,
+  type X509Svid,
+} from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
 import { makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
-import { parseJwtBundle, parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
 import { interopUnavailable } from './verdicts.js';
 import { linesOf, runGoMtlsPair, runGoWorkload, runPythonWorkload, type SvidSeen } from './workload-peers.js';
 

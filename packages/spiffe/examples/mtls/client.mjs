@@ -1,6 +1,6 @@
 // Calls the server over mTLS, accepting only a server whose SPIFFE ID is spiffe://example.org/server.
 import * as https from 'node:https';
-import { authorizeId, spiffeHttpsAgent, X509Source } from 'spiffe';
+import { authorizeId, spiffeHttpsAgent, X509Source } from '@tessera/spiffe';
 
 const port = Number(process.argv[2]);
 const source = await X509Source.create();

@@ -4,9 +4,9 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
 import { TestCa } from '@tessera/testkit';
-import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const ca = TestCa.create({ trustDomain: 'example.org' });

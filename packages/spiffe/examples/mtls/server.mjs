@@ -1,6 +1,6 @@
 // An HTTPS service that only answers spiffe://example.org/client, with the SVID the Workload API
 // gives this process (SPIFFE_ENDPOINT_SOCKET). Rotation is followed without a restart.
-import { authorizeId, createSpiffeHttpsServer, peerSpiffeId, X509Source } from 'spiffe';
+import { authorizeId, createSpiffeHttpsServer, peerSpiffeId, X509Source } from '@tessera/spiffe';
 
 const source = await X509Source.create();
 console.log(`server: my SPIFFE ID is ${source.getX509Svid().id}`);

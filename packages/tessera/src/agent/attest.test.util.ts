@@ -1,7 +1,7 @@
 // An agent attested on a real test server, for tests: a join token for `name` is created in the
 // server's datastore and presented over the agent API; the state is what the agent keeps.
 import { X509Certificate } from 'node:crypto';
-import type { SpiffeBundle, TrustDomain } from 'spiffe';
+import type { SpiffeBundle, TrustDomain } from '@tessera/spiffe';
 import { createCsr } from '../common/csr.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
 import type { RunningServer } from '../server/run.js';

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parseTrustDomain } from '@tessera/spiffe';
 import {
   freePort,
   makeTempDir,
@@ -14,7 +15,6 @@ import {
   startPostgres,
   type TempDir,
 } from '@tessera/testkit';
-import { parseTrustDomain } from 'spiffe';
 import { createLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { startTestServer } from '../server/api/test-server.test.util.js';

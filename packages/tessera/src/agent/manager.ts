@@ -17,7 +17,7 @@ import {
   type X509Bundle,
   X509Svid,
   type X509SvidSource,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { createCsr } from '../common/csr.js';
 import { grpcErrorText } from '../common/grpc.js';
 import type { DaemonLogger } from '../common/log.js';

@@ -12,7 +12,7 @@ import {
   SpiffeBundle,
   type TrustDomain,
   type X509Bundle,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { createCsr } from '../common/csr.js';
 import { lockDataDir, makeDataDir, startHealthServer, startupError } from '../common/daemon.js';
 import { grpcErrorText } from '../common/grpc.js';

@@ -12,7 +12,7 @@ import {
   type X509Bundle,
   X509BundleSet,
   type X509SvidSource,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { ServiceClient } from '../common/grpc.js';
 import {
   Agent,

@@ -3,7 +3,7 @@
 // Moving to the next server is quick (full jitter under 1 s, so the agents of a server that died
 // do not all land on the next one at once); only a whole round of failures — every server, one
 // after the other — backs off, exponentially with full jitter, up to 30 s.
-import { Backoff } from 'spiffe';
+import { Backoff } from '@tessera/spiffe';
 
 /** The ceiling of the wait before trying the next server within a round. */
 export const HOP_MS = 1000;

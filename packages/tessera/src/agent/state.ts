@@ -4,7 +4,7 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseSpiffeBundle, type SpiffeBundle, type TrustDomain } from 'spiffe';
+import { parseSpiffeBundle, type SpiffeBundle, type TrustDomain } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../common/errors.js';
 
 export interface AgentState {

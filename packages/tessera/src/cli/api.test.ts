@@ -9,9 +9,15 @@ import { createInterface } from 'node:readline';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
+import {
+  parseJwtBundle,
+  parseTrustDomain,
+  parseX509SvidRaw,
+  X509Bundle,
+  type X509Svid,
+} from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
 import { makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
-import { parseJwtBundle, parseTrustDomain, parseX509SvidRaw, X509Bundle, type X509Svid } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
 
 const bin = fileURLToPath(new URL('../../bin/tessera.js', import.meta.url));
 

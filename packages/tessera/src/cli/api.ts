@@ -16,7 +16,7 @@ import {
   type X509BundleSet,
   type X509Context,
   type X509Svid,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { parseDuration } from '../common/duration.js';
 import { CliError, printFields, printJson, printTable, usageError } from './admin-client.js';
 import type { Io } from './main.js';

@@ -5,7 +5,7 @@ import {
   parseX509BundlePem,
   SpiffeBundle,
   type TrustDomain,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { Admin } from '../gen/tessera/admin/v1/admin_pb.js';
 import type { Bundle } from '../gen/tessera/common/v1/types_pb.js';
 import {

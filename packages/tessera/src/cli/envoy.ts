@@ -5,7 +5,7 @@
 import { isIP } from 'node:net';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
-import { isSpiffeError, parseSpiffeId, type SpiffeId } from 'spiffe';
+import { isSpiffeError, parseSpiffeId, type SpiffeId } from '@tessera/spiffe';
 import { Document } from 'yaml';
 import { isDnsName } from '../common/dns-name.js';
 import { usageError } from './admin-client.js';

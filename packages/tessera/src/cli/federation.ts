@@ -5,7 +5,7 @@ import {
   parseX509BundlePem,
   SpiffeBundle,
   type TrustDomain,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { Admin, type FederationRelationship } from '../gen/tessera/admin/v1/admin_pb.js';
 import {
   CliError,

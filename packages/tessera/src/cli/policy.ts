@@ -3,7 +3,7 @@
 // Neither talks to a server. A decision is data: check exits 0 whether it allows or denies.
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { isSpiffeError, parseSpiffeId } from 'spiffe';
+import { isSpiffeError, parseSpiffeId } from '@tessera/spiffe';
 import {
   type AuthorizationPolicy,
   createPolicyEngine,

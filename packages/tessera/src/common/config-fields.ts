@@ -1,6 +1,6 @@
 // Configuration fields the server and the agent share, defined once so they validate alike.
 import { isAbsolute } from 'node:path';
-import { parseTrustDomain } from 'spiffe';
+import { parseTrustDomain } from '@tessera/spiffe';
 import type { Field } from './config-schema.js';
 
 export const absolutePath = (v: string): string | undefined =>

@@ -1,4 +1,4 @@
-import type { Logger } from 'spiffe';
+import type { Logger } from '@tessera/spiffe';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LogFormat = 'json' | 'text';

@@ -8,7 +8,7 @@ import { create, createRegistry } from '@bufbuild/protobuf';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
 import { type Any, anyUnpack } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
-import { idFromCertificate, parseTrustDomain, parseX509BundlePem } from 'spiffe';
+import { idFromCertificate, parseTrustDomain, parseX509BundlePem } from '@tessera/spiffe';
 import { ServiceClient } from '../common/grpc.js';
 import { type DataSource, NodeSchema } from '../gen/envoy/config/core/v3/base_pb.js';
 import { type Secret, SecretSchema } from '../gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js';

@@ -3,7 +3,7 @@
 // policy files, and its inbound and outbound listeners.
 import { isIP } from 'node:net';
 import { isAbsolute } from 'node:path';
-import { parseSpiffeId, parseTrustDomain } from 'spiffe';
+import { parseSpiffeId, parseTrustDomain } from '@tessera/spiffe';
 import {
   absolutePath,
   type HealthConfig,

@@ -8,7 +8,6 @@ import { createServer as createNetServer, type Server as NetServer, connect as n
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as tls from 'node:tls';
-import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import {
   authorizeAny,
   parseTrustDomain,
@@ -17,8 +16,9 @@ import {
   X509Bundle,
   X509BundleSet,
   type X509Svid,
-} from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
+} from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
+import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
 import { createLogger } from '../common/log.js';
 import { parseProxyConfig } from './config.js';
 import { startProxy } from './run.js';

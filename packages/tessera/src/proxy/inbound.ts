@@ -30,7 +30,7 @@ import {
   peerSpiffeId,
   type TlsBundleSource,
   type X509SvidSource,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import type { DaemonLogger } from '../common/log.js';
 import type { InboundConfig } from './config.js';
 import { splitHostPort } from './config.js';

@@ -9,7 +9,7 @@ import {
   spiffeTlsConnect,
   type TlsBundleSource,
   type X509SvidSource,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import type { DaemonLogger } from '../common/log.js';
 import { type OutboundConfig, splitHostPort } from './config.js';
 import { createConnectionSet } from './connections.js';

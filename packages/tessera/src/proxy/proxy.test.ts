@@ -21,7 +21,6 @@ import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { freePort, makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
 import {
   authorizeAny,
   authorizeId,
@@ -33,8 +32,9 @@ import {
   X509Bundle,
   X509BundleSet,
   type X509Svid,
-} from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
+} from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
+import { freePort, makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
 import { createLogger } from '../common/log.js';
 import { parseProxyConfig } from './config.js';
 import { catalogueMethod } from './grpc-bytes.test.util.js';

@@ -8,7 +8,7 @@ import {
   parseAndValidateJwtSvid,
   type SpiffeError,
   X509Source,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { type AuditLog, createAuditLog } from '../common/audit.js';
 import { startHealthServer, startupError } from '../common/daemon.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';

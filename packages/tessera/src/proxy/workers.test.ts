@@ -9,9 +9,9 @@ import { createServer, get as httpGet, type Server } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from '@tessera/spiffe';
+import { FakeWorkloadApi } from '@tessera/spiffe/testing';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { parseTrustDomain, parseX509SvidRaw, X509Bundle } from 'spiffe';
-import { FakeWorkloadApi } from 'spiffe/testing';
 import { mergeMetrics } from './workers.js';
 
 const bin = fileURLToPath(new URL('../../bin/tessera.js', import.meta.url));

@@ -1,4 +1,4 @@
-import { bundleEndpointUrlProblem, parseSpiffeId, parseTrustDomain } from 'spiffe';
+import { bundleEndpointUrlProblem, parseSpiffeId, parseTrustDomain } from '@tessera/spiffe';
 import {
   absolutePath,
   type HealthConfig,

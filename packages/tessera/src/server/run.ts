@@ -2,7 +2,7 @@ import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { parseTrustDomain } from 'spiffe';
+import { parseTrustDomain } from '@tessera/spiffe';
 import { type AuditLog, createAuditLog } from '../common/audit.js';
 import {
   startupError as daemonStartupError,

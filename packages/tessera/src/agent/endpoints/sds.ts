@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { anyPack } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
-import { parseSpiffeId, type SpiffeBundle } from 'spiffe';
+import { parseSpiffeId, type SpiffeBundle } from '@tessera/spiffe';
 import { grpcServiceDefinition } from '../../common/grpc.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Metrics } from '../../common/metrics.js';

@@ -3,7 +3,7 @@
 // entries whose selectors it has. Streams send a complete snapshot first and again on any change.
 import { create } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import { JwtBundleSet, parseAndValidateJwtSvid, parseSpiffeId, type SpiffeBundle } from 'spiffe';
+import { JwtBundleSet, parseAndValidateJwtSvid, parseSpiffeId, type SpiffeBundle } from '@tessera/spiffe';
 import {
   JWTBundlesResponseSchema,
   type JWTSVIDRequest,
@@ -15,7 +15,7 @@ import {
   X509BundlesResponseSchema,
   type X509SVIDResponse,
   X509SVIDResponseSchema,
-} from 'spiffe/wire';
+} from '@tessera/spiffe/wire';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Metrics } from '../../common/metrics.js';
 import type { Entry } from '../../gen/tessera/common/v1/types_pb.js';

@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createWorkloadApiClient } from '@tessera/spiffe';
 import { freePort, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { createWorkloadApiClient } from 'spiffe';
 import { createLogger } from '../../common/log.js';
 import { startTestServer } from '../../server/api/test-server.test.util.js';
 import {

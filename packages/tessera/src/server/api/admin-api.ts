@@ -11,7 +11,7 @@ import {
   type SpiffeBundle,
   type SpiffeId,
   type TrustDomain,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { UNIX_SELECTOR_KEYS } from '../../agent/workload/unix.js';
 import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';

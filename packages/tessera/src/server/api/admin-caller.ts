@@ -1,7 +1,7 @@
 // Who is calling the admin API: on the admin socket, the kernel's credentials of the connection
 // (common/unix-grpc.ts); over mTLS, the SPIFFE ID of the verified client certificate.
 import { X509Certificate } from 'node:crypto';
-import { idFromCertificate } from 'spiffe';
+import { idFromCertificate } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { unixPeerOf } from '../../common/unix-grpc.js';
 

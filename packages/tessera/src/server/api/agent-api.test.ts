@@ -7,8 +7,6 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import { createCsr, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import Database from 'better-sqlite3';
 import {
   authorizeAny,
   authorizeId,
@@ -20,7 +18,9 @@ import {
   type X509Bundle,
   X509BundleSet,
   X509Svid,
-} from 'spiffe';
+} from '@tessera/spiffe';
+import { createCsr, makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
+import Database from 'better-sqlite3';
 import { ServerClient } from '../../agent/server-client.js';
 import { ServiceClient } from '../../common/grpc.js';
 import { Admin } from '../../gen/tessera/admin/v1/admin_pb.js';

@@ -12,7 +12,7 @@ import {
   peerSpiffeIdOfCall,
   type SpiffeBundle,
   type TrustDomain,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {

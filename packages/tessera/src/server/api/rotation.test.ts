@@ -8,8 +8,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
+import {
+  parseSpiffeBundle,
+  parseSpiffeId,
+  parseTrustDomain,
+  verifyX509Svid,
+  X509Svid,
+} from '@tessera/spiffe';
 import { createCsr, makeTempDir, type TempDir } from '@tessera/testkit';
-import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, verifyX509Svid, X509Svid } from 'spiffe';
 import { ServerClient } from '../../agent/server-client.js';
 import type { SyncResponse } from '../../gen/tessera/agent/v1/agent_pb.js';
 import type { RunningServer } from '../run.js';

@@ -11,7 +11,7 @@ import {
   X509Bundle,
   X509Svid,
   type X509SvidSource,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import type { AuthorityManager } from '../ca/manager.js';
 import type { Datastore } from '../datastore/types.js';
 

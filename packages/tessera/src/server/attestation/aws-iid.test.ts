@@ -3,8 +3,8 @@
 // first use and replay refusal play together (the clock is passed in, so the replay window is moved).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { parseTrustDomain } from '@tessera/spiffe';
 import { makeTempDir, type TempDir, TestCa } from '@tessera/testkit';
-import { parseTrustDomain } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { SqlDatastore } from '../datastore/sql-datastore.js';
 import { openSqliteDatastore } from '../datastore/sqlite.js';

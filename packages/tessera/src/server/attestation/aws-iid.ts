@@ -12,7 +12,7 @@
 // sg:name: and iamrole: selectors, its instance-state and block-device checks need it (docs/attestation.md).
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import { absolutePath } from '../../common/config-fields.js';
 import type { Field } from '../../common/config-schema.js';
 import { formatDuration } from '../../common/duration.js';

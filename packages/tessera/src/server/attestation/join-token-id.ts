@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import { agentId } from './types.js';
 
 /**

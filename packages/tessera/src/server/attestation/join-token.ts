@@ -1,6 +1,6 @@
 // The join_token node attestor: the agent presents a one-time token an operator generated
 // (`tessera token generate`); the datastore holds only its SHA-256 and consumes it atomically.
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { Datastore } from '../datastore/types.js';
 import { joinTokenAgentId } from './join-token-id.js';

@@ -2,7 +2,7 @@
 // attestor added here gets its server.yaml section (node_attestors.<name>, enabled when present),
 // its place in `tessera server validate` and its start-up checks, with nothing else to change.
 // join_token and x509pop predate this list and keep their own keys (run.ts).
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import type { Field } from '../../common/config-schema.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Datastore } from '../datastore/types.js';

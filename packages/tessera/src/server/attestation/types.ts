@@ -1,4 +1,4 @@
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import type { Selector } from '../datastore/types.js';
 
 /** What a node attestor concluded: who the node is and what is known about it. */

@@ -4,7 +4,7 @@
 // certificate's key. Agent ID: …/tessera/agent/x509pop/<SHA-256 of the leaf, hex>.
 import { createHash, type KeyObject, randomBytes, sign, verify, type X509Certificate } from 'node:crypto';
 import { fromBinary } from '@bufbuild/protobuf';
-import { type TrustDomain, verifyCertificateChain } from 'spiffe';
+import { type TrustDomain, verifyCertificateChain } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { X509PopPayloadSchema } from '../../gen/tessera/agent/v1/agent_pb.js';
 import type { Selector } from '../datastore/types.js';

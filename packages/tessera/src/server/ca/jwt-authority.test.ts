@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { JwtBundle, parseAndValidateJwtSvid, parseTrustDomain } from '@tessera/spiffe';
 import { decodeProtectedHeader } from 'jose';
-import { JwtBundle, parseAndValidateJwtSvid, parseTrustDomain } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { JwtAuthority, type JwtKeyType } from './jwt-authority.js';
 

@@ -1,6 +1,6 @@
 import { type KeyObject, randomBytes } from 'node:crypto';
+import { parseSpiffeId, type SpiffeId, type TrustDomain } from '@tessera/spiffe';
 import { SignJWT } from 'jose';
-import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { generateKeyPairOfType } from '../keymanager/generate.js';
 import type { KeyType } from '../keymanager/key-manager.js';

@@ -1,6 +1,6 @@
 import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { open, readFile, rename } from 'node:fs/promises';
-import type { Logger, SpiffeBundle, TrustDomain } from 'spiffe';
+import type { Logger, SpiffeBundle, TrustDomain } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { type DistinguishedName, keyIdentifier, spkiOf } from '../../common/x509.js';
 import type { AuthorityRecord, Datastore } from '../datastore/types.js';

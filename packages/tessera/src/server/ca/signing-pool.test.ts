@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { after, describe, it } from 'node:test';
+import { parseTrustDomain, verifyX509Svid, X509Bundle } from '@tessera/spiffe';
 import { createCsr, generateKey } from '@tessera/testkit';
-import { parseTrustDomain, verifyX509Svid, X509Bundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { SigningPool } from './signing-pool.js';
 import { X509Authority } from './x509-authority.js';

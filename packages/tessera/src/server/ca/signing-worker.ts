@@ -3,7 +3,7 @@
 // of CSRs uses every core. Nothing here logs or audits; the main thread does, from the results.
 import { X509Certificate } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { parseTrustDomain } from 'spiffe';
+import { parseTrustDomain } from '@tessera/spiffe';
 import { isTesseraError } from '../../common/errors.js';
 import type { PoolRequest, PoolResponse } from './signing-pool.js';
 import { X509Authority } from './x509-authority.js';

@@ -20,8 +20,8 @@ import {
   SubjectAlternativeName,
   SubjectKeyIdentifier,
 } from '@peculiar/asn1-x509';
+import { parseTrustDomain, parseX509SvidRaw, verifyX509Svid, X509Bundle } from '@tessera/spiffe';
 import { createCsr, generateKey, type KeyType, makeTempDir, type TempDir } from '@tessera/testkit';
-import { parseTrustDomain, parseX509SvidRaw, verifyX509Svid, X509Bundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { parseCsr } from './csr.js';
 import { BACKDATE_MS, type CaKeyType, X509Authority } from './x509-authority.js';

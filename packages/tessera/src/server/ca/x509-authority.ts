@@ -1,6 +1,6 @@
 import { createHash, createPublicKey, type KeyObject, sign, X509Certificate } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
-import { parseSpiffeId, type SpiffeId, type TrustDomain } from 'spiffe';
+import { parseSpiffeId, type SpiffeId, type TrustDomain } from '@tessera/spiffe';
 import * as der from '../../common/der.js';
 import { isDnsName } from '../../common/dns-name.js';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';

@@ -4,9 +4,9 @@
 // nothing.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { parseTrustDomain } from '@tessera/spiffe';
 import { type PostgresCluster, postgresAvailable, startPostgres, TestCa } from '@tessera/testkit';
 import pg from 'pg';
-import { parseTrustDomain } from 'spiffe';
 import { EntryIndex } from '../registry/entry-index.js';
 import { headRevision } from './change-feed.js';
 import { FEED_APPLICATION_NAME, openPostgresDatastore } from './postgres.js';

@@ -9,7 +9,7 @@
 // revision it told, and checks that they follow on: a gap (events pruned while it was away) makes
 // it tell `resync`, after which listeners re-read what they hold. Wake-ups (LISTEN/NOTIFY on
 // PostgreSQL, the write itself in this process) only say "read now"; the events are the truth.
-import type { Logger } from 'spiffe';
+import type { Logger } from '@tessera/spiffe';
 import type { DatastoreChange, RegistrationEntry } from './types.js';
 
 /** The part of the SQL driver the feed uses (the full SqlDriver satisfies it). */

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parseTrustDomain, SpiffeBundle } from '@tessera/spiffe';
 import {
   makeTempDir,
   type PostgresCluster,
@@ -14,7 +15,6 @@ import {
   TestCa,
   TestJwtAuthority,
 } from '@tessera/testkit';
-import { parseTrustDomain, SpiffeBundle } from 'spiffe';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { openPostgresDatastore } from './postgres.js';
 import { openSqliteDatastore } from './sqlite.js';

@@ -1,5 +1,5 @@
+import type { Logger } from '@tessera/spiffe';
 import pg from 'pg';
-import type { Logger } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { type ChangeFeed, NOTIFY_CHANNEL } from './change-feed.js';
 import { type FeedFollower, migrate, type Row, SqlDatastore, type SqlDriver } from './sql-datastore.js';

@@ -1,5 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { parseSpiffeBundle, parseSpiffeId, parseTrustDomain, SpiffeBundle, type TrustDomain } from 'spiffe';
+import {
+  parseSpiffeBundle,
+  parseSpiffeId,
+  parseTrustDomain,
+  SpiffeBundle,
+  type TrustDomain,
+} from '@tessera/spiffe';
 import { isDnsName } from '../../common/dns-name.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import {

@@ -1,6 +1,6 @@
 import { chmodSync, closeSync, openSync } from 'node:fs';
+import type { Logger } from '@tessera/spiffe';
 import Database from 'better-sqlite3';
-import type { Logger } from 'spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { migrate, type Row, SqlDatastore, type SqlDriver } from './sql-datastore.js';
 

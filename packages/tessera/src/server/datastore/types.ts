@@ -1,4 +1,4 @@
-import type { SpiffeBundle, TrustDomain } from 'spiffe';
+import type { SpiffeBundle, TrustDomain } from '@tessera/spiffe';
 
 /** A workload-attestation selector, `type:value` (e.g. `unix:uid:1000`: type `unix`, value `uid:1000`). */
 export interface Selector {

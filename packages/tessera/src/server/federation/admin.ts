@@ -4,7 +4,7 @@
 
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { GenService } from '@bufbuild/protobuf/codegenv2';
-import { parseSpiffeBundle, type SpiffeBundle, type TrustDomain } from 'spiffe';
+import { parseSpiffeBundle, type SpiffeBundle, type TrustDomain } from '@tessera/spiffe';
 import type { AuditLog } from '../../common/audit.js';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { ServiceHandlers } from '../../common/grpc.js';

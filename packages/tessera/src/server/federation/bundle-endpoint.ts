@@ -8,7 +8,7 @@
 import type { Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { SecureContextOptions } from 'node:tls';
-import { createBundleEndpointHandler, type SpiffeBundle } from 'spiffe';
+import { createBundleEndpointHandler, type SpiffeBundle } from '@tessera/spiffe';
 import type { DaemonLogger } from '../../common/log.js';
 import type { ServerIdentity } from '../api/server-identity.js';
 import { createHttpsServer, createServingCertFileServer, listenOrFail } from '../serving-cert-file.js';

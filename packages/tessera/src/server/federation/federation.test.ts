@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createWorkloadApiClient, parseTrustDomain, type X509Context } from '@tessera/spiffe';
 import {
   makeTempDir,
   type PostgresCluster,
@@ -13,7 +14,6 @@ import {
   type TempDir,
   TestCa,
 } from '@tessera/testkit';
-import { createWorkloadApiClient, parseTrustDomain, type X509Context } from 'spiffe';
 import type { RunningAgent } from '../../agent/run.js';
 import { startTestAgent } from '../../agent/test-agent.test.util.js';
 import { tessera } from '../../cli/main.test.util.js';

@@ -9,7 +9,7 @@
 // With https_spiffe, the endpoint is authenticated with the stored bundle of its trust domain: the
 // operator's bootstrap bundle first, then the last one fetched (self-serving endpoints roll their
 // trust forward that way, spec §7.3), so a peer rotates its roots without anyone here acting.
-import { fetchBundle, isSpiffeError, type SpiffeBundle, type TrustDomain } from 'spiffe';
+import { fetchBundle, isSpiffeError, type SpiffeBundle, type TrustDomain } from '@tessera/spiffe';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { DaemonLogger } from '../../common/log.js';
 import type { Metrics } from '../../common/metrics.js';

@@ -9,7 +9,7 @@ import {
   parseTrustDomain,
   type SpiffeId,
   type TrustDomain,
-} from 'spiffe';
+} from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 
 export type FederationProfile = 'https_spiffe' | 'https_web';

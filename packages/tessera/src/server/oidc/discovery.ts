@@ -7,7 +7,7 @@
 // it is prepared (before it signs anything) and leaves when it expires or is revoked.
 import type { JsonWebKey } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Logger, SpiffeBundle } from 'spiffe';
+import type { Logger, SpiffeBundle } from '@tessera/spiffe';
 import { jwtAlgorithmOf } from '../ca/jwt-authority.js';
 
 const WELL_KNOWN = '/.well-known/openid-configuration';

@@ -5,7 +5,7 @@
 import { chmodSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { SpiffeBundle } from 'spiffe';
+import type { SpiffeBundle } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import type { DaemonLogger } from '../../common/log.js';
 import { prepareUnixSocketPath } from '../../common/unix-grpc.js';

@@ -1,6 +1,6 @@
 // Registry records on the wire (tessera.common.v1): one conversion, used by the agent and admin APIs.
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import type { SpiffeBundle } from 'spiffe';
+import type { SpiffeBundle } from '@tessera/spiffe';
 import { type Bundle, BundleSchema, type Entry, EntrySchema } from '../../gen/tessera/common/v1/types_pb.js';
 import type { EntryInput, RegistrationEntry } from '../datastore/types.js';
 

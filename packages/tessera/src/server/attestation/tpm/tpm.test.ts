@@ -14,8 +14,8 @@ import {
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { parseTrustDomain } from '@tessera/spiffe';
 import { makeTempDir, TestCa } from '@tessera/testkit';
-import { parseTrustDomain } from 'spiffe';
 import { ConfigError } from '../../../common/config-schema.js';
 import { createLogger } from '../../../common/log.js';
 import { encodeTpmPayload } from '../../../common/tpm/tpm-wire.js';

@@ -16,7 +16,7 @@
 import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { TrustDomain } from 'spiffe';
+import type { TrustDomain } from '@tessera/spiffe';
 import type { Field } from '../../../common/config-schema.js';
 import { TesseraError, TesseraErrorCode } from '../../../common/errors.js';
 import {
