@@ -1,5 +1,6 @@
 // SPIRE's single-dash camelCase flags on tessera's admin commands, against a real server.
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
@@ -83,6 +84,28 @@ describe("SPIRE's flag spellings", () => {
     assert.match(
       r.stderr,
       /unknown flag -storeSVID; this command's flags are --socket, --output, --entry-id/,
+    );
+  });
+
+  it("the README's --data example (SPIRE's -data format) creates its entries", async () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const at = readme.indexOf("The `--data` file of `tessera entry create` is SPIRE's `-data` format");
+    assert.ok(at >= 0, 'the README describes the --data format');
+    const block = readme.slice(at).match(/```json\n([\s\S]*?)```/)?.[1];
+    assert.ok(block !== undefined, 'with a JSON example');
+    const file = join(tmp.path, 'entries.json');
+    writeFileSync(file, block);
+    const r = await tessera('entry', 'create', '--data', file, '--socket', sock, '--output', 'json');
+    assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+    const made = (
+      JSON.parse(r.stdout) as { results: { entry: { spiffe_id: string; selectors: unknown[] } }[] }
+    ).results;
+    assert.deepEqual(
+      made.map((m) => [m.entry.spiffe_id, m.entry.selectors.length]),
+      [
+        ['spiffe://example.org/billing', 1],
+        ['spiffe://example.org/db', 2],
+      ],
     );
   });
 });
