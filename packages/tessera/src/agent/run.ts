@@ -29,6 +29,7 @@ import { AgentManager } from './manager.js';
 import { AGENT_NODE_ATTESTOR_PLUGINS, type NodeEvidence } from './node-attestation/registry.js';
 import { type LookupAll, parseServerAddress, resolveServers } from './server-address.js';
 import { ServerClient } from './server-client.js';
+import { socketAccessProblems, socketAccessWarning } from './socket-access.js';
 import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
 import { attestWorkload } from './workload/attest.js';
 import { UnixWorkloadAttestor } from './workload/unix.js';
@@ -347,16 +348,23 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       config.socket_path,
       ...(config.additional_socket_path === undefined ? [] : [config.additional_socket_path]),
     ]) {
+      const configKey = path === config.socket_path ? 'socket_path' : 'additional_socket_path';
       const socket = await serveOnUnixSocket({
         path,
         mode: 0o777,
         dirMode: 0o755,
         what: 'agent socket',
-        configKey: path === config.socket_path ? 'socket_path' : 'additional_socket_path',
+        configKey,
         services,
         logger,
       });
       cleanups.push(() => socket.close());
+      const closed = socketAccessProblems(path);
+      if (closed.length > 0)
+        logger.warn(socketAccessWarning(path, configKey, closed), {
+          socket: path,
+          closed: closed.map((p) => `${p.path}=0${p.mode.toString(8)}`).join(','),
+        });
     }
     const health = await startHealthServer({
       role: 'agent',

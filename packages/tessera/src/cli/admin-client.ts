@@ -5,13 +5,14 @@ import { resolve } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { DescMethod, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
+import { DEFAULT_ADMIN_SOCKET } from '../common/default-paths.js';
 import { parseDuration } from '../common/duration.js';
 import { errorCodeOf, grpcErrorText, ServiceClient } from '../common/grpc.js';
 import { Admin } from '../gen/tessera/admin/v1/admin_pb.js';
 import { CliError, usageError } from './cli-error.js';
 import type { Io } from './main.js';
 
-export const DEFAULT_SOCKET = '/run/tessera/server.sock';
+export const DEFAULT_SOCKET = DEFAULT_ADMIN_SOCKET;
 /** No admin call takes long; a stuck server must not hang a script. */
 const CALL_TIMEOUT_MS = 30_000;
 

@@ -31,7 +31,7 @@ commands:
   policy       Istio AuthorizationPolicies on their own: check a request's decision, lint policy files
 
 Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
-/run/tessera/server.sock) and takes --output json for scripts. "tessera <command> --help" shows its usage; "tessera --version" the version.`;
+/run/tessera/server/server.sock) and takes --output json for scripts. "tessera <command> --help" shows its usage; "tessera --version" the version.`;
 
 type Command = (args: string[], io: Io) => Promise<number>;
 

@@ -60,6 +60,8 @@ function startTimeOf(pid: number): string | undefined {
 
 /** How long close() lets calls in flight finish before ending their connections. */
 const DRAIN_MS = 2000;
+/** Mode of a directory created above a socket's own: everyone may pass through, no one else may write. */
+const PASSAGE_DIR_MODE = 0o755;
 /** sizeof(sockaddr_un.sun_path) on Linux, less the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 
@@ -81,7 +83,11 @@ export interface UnixGrpcOptions {
   path: string;
   /** Mode of the socket file (admin 0o700, agent 0o777). */
   mode: number;
-  /** Mode of each missing parent directory it creates (admin 0o700, agent 0o755), whatever the umask. */
+  /**
+   * Mode of the socket's directory when it creates it (admin 0o700, agent 0o755), whatever the
+   * umask. A missing directory above that one is created 0o755: it is only passed through, and a
+   * private socket's parents must not lock other users out of the directories next to its own.
+   */
   dirMode: number;
   /** For messages: 'admin socket', 'agent socket'. */
   what: string;
@@ -102,9 +108,9 @@ export interface UnixGrpcServer {
 }
 
 /**
- * Makes `path` ready for a listener: its directory created (each new one given `dirMode`), a stale
- * socket file removed. A live server on the path, a non-socket file there, or a path longer than
- * the kernel allows is one ERR_STARTUP naming the path (and `configKey` to change it).
+ * Makes `path` ready for a listener: its directory created (given `dirMode` if new; new ones above
+ * it 0755), a stale socket file removed. A live server on the path, a non-socket file there, or a
+ * path longer than the kernel allows is one ERR_STARTUP naming the path (and `configKey` to change it).
  */
 export async function prepareUnixSocketPath(o: {
   path: string;
@@ -126,11 +132,13 @@ export async function prepareUnixSocketPath(o: {
   const dir = dirname(path);
   try {
     // mkdir's mode is masked by the umask (a service run with UMask=0077 would get a 0700 agent
-    // directory nobody else can enter), so each directory created here is given dirMode outright.
-    const first = mkdirSync(dir, { recursive: true, mode: o.dirMode });
+    // directory nobody else can enter), so each directory created here is given its mode outright:
+    // dirMode for the socket's own, 0755 for those above it (the server's 0700 admin directory
+    // /run/tessera/server must not make /run/tessera, where the agent's socket is, 0700 too).
+    const first = mkdirSync(dir, { recursive: true, mode: PASSAGE_DIR_MODE });
     if (first !== undefined)
       for (let d = dir; ; d = dirname(d)) {
-        chmodSync(d, o.dirMode);
+        chmodSync(d, d === dir ? o.dirMode : PASSAGE_DIR_MODE);
         if (d === first || d === dirname(d)) break;
       }
   } catch (err) {

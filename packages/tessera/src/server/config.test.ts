@@ -28,7 +28,8 @@ describe('server configuration', () => {
   it('applies the documented defaults to a minimal file, and freezes the result', () => {
     const c = parseServerConfig('trust_domain: example.org\n');
     assert.equal(c.trust_domain, 'example.org');
-    assert.equal(c.admin_socket, '/run/tessera/server.sock');
+    // Its own 0700 directory, apart from the agent's socket in /run/tessera (issue 16).
+    assert.equal(c.admin_socket, '/run/tessera/server/server.sock');
     assert.equal(c.agent_api.port, 8081);
     assert.deepEqual(c.datastore, { sqlite: {} });
     assert.equal(c.ca.key_type, 'ec-p256');

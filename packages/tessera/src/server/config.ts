@@ -8,6 +8,7 @@ import {
   TRUST_DOMAIN_FIELD,
 } from '../common/config-fields.js';
 import { type CrossCheck, type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
+import { DEFAULT_ADMIN_SOCKET } from '../common/default-paths.js';
 import { pluginConfigFields } from './attestation/registry.js';
 import { oidcUrlProblem } from './oidc/discovery.js';
 
@@ -54,7 +55,7 @@ export const SERVER_CONFIG_SCHEMA = {
         port: { kind: 'int', default: 8081, min: 0, max: 65535 },
       },
     },
-    admin_socket: { kind: 'string', default: '/run/tessera/server.sock', check: absolutePath },
+    admin_socket: { kind: 'string', default: DEFAULT_ADMIN_SOCKET, check: absolutePath },
     datastore: {
       kind: 'choice',
       default: 'sqlite',
