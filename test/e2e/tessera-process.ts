@@ -67,12 +67,13 @@ export interface RunResult {
 
 /**
  * Runs a command to completion: `input` on stdin; optionally as another uid (and its gid), in
- * `cwd`, with exactly the environment `env` (default: this process's).
+ * `cwd`, with exactly the environment `env` (default: this process's); killed (SIGKILL, code 1)
+ * after `timeoutMs` when given, for commands that must exit by themselves.
  */
 export function runCommand(
   command: string,
   args: string[],
-  opts: { input?: string; uid?: number; cwd?: string; env?: NodeJS.ProcessEnv } = {},
+  opts: { input?: string; uid?: number; cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
 ): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
@@ -80,6 +81,7 @@ export function runCommand(
       env: opts.env ?? process.env,
       ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
       ...(opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid }),
+      ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs, killSignal: 'SIGKILL' as const }),
     });
     let stdout = '';
     let stderr = '';
