@@ -1,3 +1,4 @@
+import { DEFAULT_WORKLOAD_API_SOCKET } from '@tessera/spiffe';
 import {
   absolutePath,
   type HealthConfig,
@@ -64,7 +65,8 @@ export const AGENT_CONFIG_SCHEMA = {
         ...agentPluginConfigOptions(),
       },
     },
-    socket_path: { kind: 'string', default: '/run/tessera/agent.sock', check: absolutePath },
+    // The library's default: where workloads look when SPIFFE_ENDPOINT_SOCKET is not set.
+    socket_path: { kind: 'string', default: DEFAULT_WORKLOAD_API_SOCKET, check: absolutePath },
     data_dir: { kind: 'string', default: '/var/lib/tessera/agent', check: absolutePath },
     workload_key_type: { kind: 'enum', values: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
     // Envoy SDS on the same socket(s); names and behaviour as SPIRE's agent.

@@ -10,6 +10,7 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import {
+  DEFAULT_WORKLOAD_API_SOCKET,
   parseJwtBundle,
   parseTrustDomain,
   parseX509SvidRaw,
@@ -18,6 +19,8 @@ import {
 } from '@tessera/spiffe';
 import { FakeWorkloadApi } from '@tessera/spiffe/testing';
 import { makeTempDir, type TempDir, TestCa, TestJwtAuthority } from '@tessera/testkit';
+import { parseAgentConfig } from '../agent/config.js';
+import { workloadApiAddress } from './api.js';
 
 const bin = fileURLToPath(new URL('../../bin/tessera.js', import.meta.url));
 
@@ -222,7 +225,27 @@ describe('tessera api', () => {
     );
   });
 
-  it('finds the socket in --socket (path or URI), else SPIFFE_ENDPOINT_SOCKET, else /run/tessera/agent.sock', async () => {
+  it("the default socket is the library's, which is the agent's default socket_path: one constant", () => {
+    const agentDefault = parseAgentConfig(
+      'trust_domain: example.org\nserver_address: 127.0.0.1\n',
+    ).socket_path;
+    assert.equal(agentDefault, DEFAULT_WORKLOAD_API_SOCKET);
+    assert.equal(workloadApiAddress(undefined, {}), `unix://${DEFAULT_WORKLOAD_API_SOCKET}`);
+    assert.equal(
+      workloadApiAddress(undefined, { SPIFFE_ENDPOINT_SOCKET: '' }),
+      `unix://${DEFAULT_WORKLOAD_API_SOCKET}`,
+    );
+    assert.equal(
+      workloadApiAddress(undefined, { SPIFFE_ENDPOINT_SOCKET: '/a b.sock' }),
+      'unix:///a%20b.sock',
+    );
+    assert.equal(
+      workloadApiAddress('tcp://127.0.0.1:1', { SPIFFE_ENDPOINT_SOCKET: '/a.sock' }),
+      'tcp://127.0.0.1:1',
+    );
+  });
+
+  it('finds the socket in --socket (path or URI), else SPIFFE_ENDPOINT_SOCKET, else the agent default socket', async () => {
     const fromEnv = await tessera(['api', 'fetch', 'x509', '--output', 'json'], {
       env: { SPIFFE_ENDPOINT_SOCKET: `unix://${api.socketPath}` },
     });
@@ -233,12 +256,12 @@ describe('tessera api', () => {
       env: { SPIFFE_ENDPOINT_SOCKET: 'unix:///nonexistent/agent.sock' },
     });
     assert.equal(relative.code, 0, relative.stderr);
-    if (!existsSync('/run/tessera/agent.sock')) {
+    if (!existsSync(DEFAULT_WORKLOAD_API_SOCKET)) {
       const fallback = await tessera(['api', 'fetch', 'x509']);
       assert.equal(fallback.code, 1);
       assert.equal(
         fallback.stderr,
-        'tessera api fetch: no Workload API socket at /run/tessera/agent.sock: is the agent running? (set --socket or SPIFFE_ENDPOINT_SOCKET)\n',
+        `tessera api fetch: no Workload API socket at ${DEFAULT_WORKLOAD_API_SOCKET}: is the agent running? (set --socket or SPIFFE_ENDPOINT_SOCKET)\n`,
       );
     }
     const bad = await tessera(['api', 'fetch', 'x509', '--socket', 'tcp://localhost:8081']);

@@ -6,6 +6,8 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import {
   createWorkloadApiClient,
+  DEFAULT_WORKLOAD_API_SOCKET,
+  defaultWorkloadApiAddress,
   ErrorCode,
   isSpiffeError,
   type JwtBundleSet,
@@ -21,8 +23,6 @@ import { parseDuration } from '../common/duration.js';
 import { CliError, printFields, printJson, printTable, usageError } from './admin-client.js';
 import type { Io } from './main.js';
 
-/** Where the Tessera agent serves the Workload API unless configured otherwise. */
-export const DEFAULT_WORKLOAD_SOCKET = '/run/tessera/agent.sock';
 const DEFAULT_TIMEOUT = '10s';
 
 const USAGE = `usage: tessera api <command> [flags]
@@ -38,7 +38,7 @@ const USAGE = `usage: tessera api <command> [flags]
                                  asks the Workload API whether a JWT-SVID is valid for the audience
 
   --socket <addr>     the Workload API: a socket path, unix:///path or tcp://ip:port
-                      (default $${SPIFFE_ENDPOINT_SOCKET}, else ${DEFAULT_WORKLOAD_SOCKET})
+                      (default $${SPIFFE_ENDPOINT_SOCKET}, else ${DEFAULT_WORKLOAD_API_SOCKET})
   --timeout <dur>     give up on an answer after this long (default ${DEFAULT_TIMEOUT}; not for watch)
   --output text|json  readable text (default) or JSON for scripts (watch: one object per line)
 
@@ -56,10 +56,12 @@ interface ApiFlags {
   strings(name: string): string[];
 }
 
-/** The Workload API address: --socket, else SPIFFE_ENDPOINT_SOCKET, else the agent's default; a bare path becomes unix://. */
+/**
+ * The Workload API address: --socket, else the library's default (SPIFFE_ENDPOINT_SOCKET, else the
+ * agent's default socket); a bare path becomes unix://.
+ */
 export function workloadApiAddress(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  const env_ = env[SPIFFE_ENDPOINT_SOCKET];
-  const given = flag ?? (env_ === undefined || env_ === '' ? DEFAULT_WORKLOAD_SOCKET : env_);
+  const given = flag ?? defaultWorkloadApiAddress(env);
   if (/^[a-z][a-z0-9+.-]*:/i.test(given)) return given;
   return `unix://${resolve(given).split('/').map(encodeURIComponent).join('/')}`;
 }

@@ -5,11 +5,10 @@
 import { isIP } from 'node:net';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
-import { isSpiffeError, parseSpiffeId, type SpiffeId } from '@tessera/spiffe';
+import { DEFAULT_WORKLOAD_API_SOCKET, isSpiffeError, parseSpiffeId, type SpiffeId } from '@tessera/spiffe';
 import { Document } from 'yaml';
 import { isDnsName } from '../common/dns-name.js';
 import { usageError } from './admin-client.js';
-import { DEFAULT_WORKLOAD_SOCKET } from './api.js';
 import type { Io } from './main.js';
 
 /** The SDS resource names the agent serves by default (agent settings can rename them). */
@@ -41,7 +40,7 @@ up every rotation by itself. Run it as the user the service's registration entry
                               app (host:port or a Unix socket path); repeatable, e.g. ${INBOUND_EXAMPLE}
   --allow <id>                a SPIFFE ID allowed to connect to the --inbound listeners; repeatable,
                               at least one with --inbound
-  --agent-socket <path>       the agent's socket (default ${DEFAULT_WORKLOAD_SOCKET})
+  --agent-socket <path>       the agent's socket (default ${DEFAULT_WORKLOAD_API_SOCKET})
   --svid-name <name>          the SDS name of the SVID to present (default "${DEFAULT_SVID_NAME}": the
                               workload's first SVID; a SPIFFE ID picks that SVID when it has several)
   --federated                 trust every bundle the agent holds, federated ones included (SDS name
@@ -115,7 +114,7 @@ export function parseEnvoyBootstrapFlags(args: string[]): EnvoyBootstrapOptions 
       outbound: { type: 'string', multiple: true },
       inbound: { type: 'string', multiple: true },
       allow: { type: 'string', multiple: true },
-      'agent-socket': { type: 'string', default: DEFAULT_WORKLOAD_SOCKET },
+      'agent-socket': { type: 'string', default: DEFAULT_WORKLOAD_API_SOCKET },
       'svid-name': { type: 'string', default: DEFAULT_SVID_NAME },
       federated: { type: 'boolean', default: false },
       'bundle-name': { type: 'string' },
@@ -145,7 +144,7 @@ export function parseEnvoyBootstrapFlags(args: string[]): EnvoyBootstrapOptions 
   const agentSocket = v['agent-socket'];
   if (!isAbsolute(agentSocket))
     throw usageError(
-      `--agent-socket "${agentSocket}" must be an absolute path, e.g. ${DEFAULT_WORKLOAD_SOCKET}`,
+      `--agent-socket "${agentSocket}" must be an absolute path, e.g. ${DEFAULT_WORKLOAD_API_SOCKET}`,
     );
 
   const svidName = v['svid-name'];

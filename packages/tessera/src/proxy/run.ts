@@ -2,6 +2,7 @@
 // policies, and its inbound and outbound listeners. Every startup failure is one ERR_STARTUP.
 import type { Server } from 'node:net';
 import {
+  defaultWorkloadApiAddress,
   ErrorCode,
   isSpiffeError,
   JwtSource,
@@ -150,8 +151,7 @@ export async function startProxy(
       closers.push(() => a.close());
     }
 
-    const address =
-      config.workload_api_socket ?? process.env.SPIFFE_ENDPOINT_SOCKET ?? 'unix:///run/tessera/agent.sock';
+    const address = config.workload_api_socket ?? defaultWorkloadApiAddress();
     const wlAddress = address.includes('://') ? address : `unix://${address}`;
     const identity = new X509Source({ address: wlAddress, logger: log.with({ subsystem: 'workloadapi' }) });
     closers.push(() => identity.close());
