@@ -30,7 +30,14 @@ import { AGENT_NODE_ATTESTOR_PLUGINS, type NodeEvidence } from './node-attestati
 import { type LookupAll, parseServerAddress, resolveServers } from './server-address.js';
 import { ServerClient } from './server-client.js';
 import { socketAccessProblems, socketAccessWarning } from './socket-access.js';
-import { type AgentState, loadAgentState, saveAgentSvid, saveBundle } from './state.js';
+import {
+  type AgentState,
+  loadAgentState,
+  loadSavedBundle,
+  saveAgentSvid,
+  saveBundle,
+  savedBundlePath,
+} from './state.js';
 import { attestWorkload } from './workload/attest.js';
 import { UnixWorkloadAttestor } from './workload/unix.js';
 
@@ -161,15 +168,13 @@ async function nodeEvidence(
   return { type: 'join_token', payload: Buffer.from(token, 'utf8') };
 }
 
-/**
- * Attests the node and saves the agent SVID, key and bundle in data_dir. The servers are tried in
- * turn, from a random one, until one answers: one that cannot be reached (UNAVAILABLE, e.g.
- * connection refused, a failed TLS handshake, shutting down) or does not answer in time gives way to
- * the next; a refusal is an answer (the servers share their datastore) and ends the attempt.
- */
 /** The trust domain in the spiffe library's refusal of a server SVID for which there is no bundle. */
 const SERVER_OF_TRUST_DOMAIN =
   /no X\.509 bundle for trust domain "([^"]+)" of "spiffe:\/\/[^"/]+\/tessera\/server"/;
+
+/** OpenSSL's words for a server certificate that no authority of the bundle it was checked with signed. */
+const UNTRUSTED_SERVER =
+  /self[- ]signed certificate in certificate chain|unable to get local issuer certificate|unable to get issuer certificate|unable to verify the first certificate|certificate signature failure/;
 
 function otherTrustDomain(address: string, server: string, td: TrustDomain): Error {
   return fail(
@@ -177,6 +182,54 @@ function otherTrustDomain(address: string, server: string, td: TrustDomain): Err
   );
 }
 
+/** One way to trust the server for attestation, and its name in messages. */
+interface BootstrapTrust {
+  readonly trust: X509Bundle | 'insecure';
+  /** `trust_bundle_path /etc/tessera/bundle.pem`, `the bundle saved in data_dir (…/bundle.json)`, … */
+  readonly from: string;
+}
+
+function configuredTrustName(config: AgentConfig): string {
+  if (config.trust_bundle_path !== undefined) return `trust_bundle_path ${config.trust_bundle_path}`;
+  if (config.trust_bundle_url !== undefined) return `trust_bundle_url ${config.trust_bundle_url}`;
+  return 'insecure_bootstrap';
+}
+
+/**
+ * The bundle the agent saved in data_dir, when it has one with X.509 authorities that differ from
+ * the configured bootstrap trust: the server sent it (over a connection the agent had verified)
+ * and kept it current through every rotation since, while trust_bundle_path is what was true when
+ * the file was written. A damaged file is ignored (logged): the configured trust still stands.
+ */
+function savedTrust(
+  config: AgentConfig,
+  td: TrustDomain,
+  configured: BootstrapTrust,
+  logger: DaemonLogger,
+): BootstrapTrust | undefined {
+  let saved: SpiffeBundle | undefined;
+  try {
+    saved = loadSavedBundle(config.data_dir, td);
+  } catch (err) {
+    logger.warn(`agent: ignoring the bundle saved in data_dir: ${(err as Error).message}`);
+    return undefined;
+  }
+  if (saved === undefined || saved.x509Authorities.length === 0) return undefined;
+  const x509 = saved.x509Bundle();
+  if (configured.trust !== 'insecure' && x509.equals(configured.trust)) return undefined;
+  return { trust: x509, from: `the bundle saved in data_dir (${savedBundlePath(config.data_dir)})` };
+}
+
+/**
+ * Attests the node and saves the agent SVID, key and bundle in data_dir. The server is trusted
+ * with the bundle saved in data_dir first when it differs from the configured bootstrap trust (it
+ * follows CA rotations; a trust_bundle_path file does not), then with the configured one. With
+ * each, the servers are tried in turn, from a random one, until one answers: one that cannot be
+ * reached (UNAVAILABLE, e.g. connection refused, a failed TLS handshake, shutting down) or does not
+ * answer in time gives way to the next; a refusal is an answer (the servers share their datastore)
+ * and ends the attempt. When no authority of either bundle signed the servers' certificates, the
+ * error says the configured bundle is stale and how to refresh it.
+ */
 async function attest(
   config: AgentConfig,
   td: TrustDomain,
@@ -186,7 +239,52 @@ async function attest(
   random: () => number,
 ): Promise<AgentState> {
   const evidence = await nodeEvidence(config, joinToken, logger);
-  const trust = await bootstrapBundle(config, td);
+  const configured: BootstrapTrust = {
+    trust: await bootstrapBundle(config, td),
+    from: configuredTrustName(config),
+  };
+  const saved = savedTrust(config, td, configured, logger);
+  const trusts = saved === undefined ? [configured] : [saved, configured];
+  const untrusted: string[][] = [];
+  for (const t of trusts) {
+    const r = await attestWith(config, td, servers, evidence, t, logger, random);
+    if (!('untrusted' in r)) {
+      if (t === saved)
+        logger.info(`agent: trusted the server with ${saved.from}, which differs from ${configured.from}`);
+      else if (saved !== undefined)
+        logger.warn(
+          `agent: ${saved.from} is stale (no authority in it signed the server's certificate); trusted the server with ${configured.from}`,
+        );
+      return r;
+    }
+    untrusted.push(r.untrusted);
+    if (t === saved)
+      logger.warn(`agent: ${saved.from} is stale (${r.untrusted.join('; ')}); trying ${configured.from}`);
+  }
+  const refresh =
+    config.trust_bundle_path !== undefined
+      ? `Refresh it from the server: tessera bundle show > ${config.trust_bundle_path} (on the server's host; copy the file here if the agent runs elsewhere), then start the agent again`
+      : `Make ${config.trust_bundle_url} serve the server's current bundle (tessera bundle show), then start the agent again`;
+  throw fail(
+    `node attestation (${evidence.type}) failed: ${configured.from} is stale: no authority in it signed the certificate of ${untrusted.at(-1)?.join('; ')}` +
+      `${saved === undefined ? '' : `, nor one in ${saved.from}`}. The server's CA has changed since the bundle was written (rotated, or revoked with tessera authority revoke), or the bundle is another server's. ${refresh}`,
+  );
+}
+
+/**
+ * One attempt at attestation, trusting the server with `t`: the agent's state, or `untrusted` (one
+ * "the server at <address> (<why>)" each) when no server's certificate verified with it.
+ */
+async function attestWith(
+  config: AgentConfig,
+  td: TrustDomain,
+  servers: readonly string[],
+  evidence: NodeEvidence,
+  t: BootstrapTrust,
+  logger: DaemonLogger,
+  random: () => number,
+): Promise<AgentState | { untrusted: string[] }> {
+  const { trust } = t;
   if (trust === 'insecure')
     logger.warn(
       'agent: INSECURE BOOTSTRAP — the server is not authenticated for this first attestation (insecure_bootstrap: true); never use this outside a lab',
@@ -194,6 +292,7 @@ async function attest(
   const start = Math.floor(random() * servers.length) % servers.length;
   const order = [...servers.slice(start), ...servers.slice(0, start)];
   const failures: string[] = [];
+  const untrusted: string[] = [];
   let mismatch: Error | undefined;
   for (const address of order) {
     const client = new ServerClient({
@@ -229,29 +328,32 @@ async function attest(
       return { chain, key, bundle };
     } catch (err) {
       if (err === mismatch) throw err;
+      const text = grpcErrorText(err);
       // The server's SVID names its trust domain: another one than ours is a configuration mistake,
       // said as such (not as a bundle to add by federation).
-      const server = grpcErrorText(err).match(SERVER_OF_TRUST_DOMAIN)?.[1];
+      const server = text.match(SERVER_OF_TRUST_DOMAIN)?.[1];
       if (server !== undefined && server !== td.name) throw otherTrustDomain(address, server, td);
       const code = (err as { code?: unknown }).code;
       const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
-      if (!unreachable || servers.length === 1)
-        throw fail(
-          `node attestation (${evidence.type}) with the server at ${address} failed: ${grpcErrorText(err)}`,
-          err,
-        );
-      failures.push(`${address}: ${grpcErrorText(err)}`);
+      // A certificate this bundle does not vouch for: another server may have one it does (the
+      // servers' CAs are in one bundle), else the caller tries another bundle or says it is stale.
+      const notVouched = unreachable ? text.match(UNTRUSTED_SERVER)?.[0] : undefined;
+      if (notVouched !== undefined) untrusted.push(`the server at ${address} (${notVouched})`);
+      else if (!unreachable || servers.length === 1)
+        throw fail(`node attestation (${evidence.type}) with the server at ${address} failed: ${text}`, err);
+      failures.push(`${address}: ${text}`);
       const next = order[failures.length];
       if (next !== undefined)
         logger.warn(`agent: server ${address} unreachable; trying ${next}`, {
           server: address,
           next,
-          error: grpcErrorText(err),
+          error: text,
         });
     } finally {
       client.close();
     }
   }
+  if (untrusted.length === failures.length) return { untrusted };
   throw fail(
     `node attestation (${evidence.type}) failed: none of the ${servers.length} servers answered: ${failures.join('; ')}`,
   );

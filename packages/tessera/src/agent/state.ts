@@ -67,6 +67,37 @@ export function loadAgentState(dir: string, trustDomain: TrustDomain): AgentStat
   return { chain, key, bundle };
 }
 
+/** Where the bundle is saved in `dir`. */
+export function savedBundlePath(dir: string): string {
+  return join(dir, BUNDLE);
+}
+
+/**
+ * The saved bundle alone (what the server last sent), or undefined when there is none; whether or
+ * not an agent SVID is saved with it. A damaged file is an error naming it.
+ */
+export function loadSavedBundle(dir: string, trustDomain: TrustDomain): SpiffeBundle | undefined {
+  let text: string;
+  try {
+    text = readFileSync(join(dir, BUNDLE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new TesseraError(
+      TesseraErrorCode.KEY_FILE,
+      `agent: cannot read ${join(dir, BUNDLE)}: ${(err as Error).message}`,
+    );
+  }
+  try {
+    return parseSpiffeBundle(trustDomain, text);
+  } catch (err) {
+    throw new TesseraError(
+      TesseraErrorCode.KEY_FILE,
+      `agent: ${join(dir, BUNDLE)} is damaged (${(err as Error).message})`,
+      { cause: err },
+    );
+  }
+}
+
 export function saveAgentSvid(dir: string, chain: readonly X509Certificate[], key: KeyObject): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeAtomic(join(dir, KEY), key.export({ type: 'pkcs8', format: 'pem' }).toString(), 0o600);
