@@ -418,7 +418,33 @@ describe('tessera agent', { skip: isRoot ? false : 'needs root: workloads run as
     await waitForLog(agent, /no identity is served any more/);
     const root = await fetchAs(undefined);
     assert.equal(root.ids, undefined);
-    assert.match(root.error ?? '', /no identity|permission/i);
+    // Told that the agent was banned and what the operator does, not to register an entry.
+    const id = 'spiffe://example.org/tessera/agent/join_token/node-1';
+    assert.match(
+      root.error ?? '',
+      new RegExp(
+        `refused this process \\(uid 0, gid 0\\): the server banned this agent \\(${id}\\): it serves no identity to any workload until an operator evicts it \\(tessera agent evict --spiffe-id ${id}\\) and it attests again$`,
+      ),
+    );
+    assert.doesNotMatch(agent.stderr(), /lost the push stream/);
+  });
+
+  it('evicted after the ban and restarted without a new token: exits 1 saying it cannot attest again and how to give it a token', async () => {
+    const id = 'spiffe://example.org/tessera/agent/join_token/node-1';
+    const r = await cli('agent', 'evict', '--spiffe-id', id);
+    assert.equal(r.code, 0, r.stderr);
+    agent.child.kill('SIGTERM');
+    assert.equal(await agent.exit, 0, agent.stderr());
+    // It resumes with its saved SVID, is told it was evicted, and has no token to attest again with.
+    agent = spawnTessera('agent', 'run', '--config', agentConfig);
+    assert.equal(await agent.exit, 1, agent.stderr());
+    assert.match(
+      agent.stderr(),
+      new RegExp(
+        `\\ntessera agent: agent: the server evicted this agent \\(${id}\\) and it cannot attest again: the agent is not attested yet: give it a join token \\(--join-token, node_attestor\\.join_token\\.token or token_file\\)\\. A join token is used once: generate a new one on the server \\(tessera token generate\\) and start the agent with it \\(tessera agent run --join-token <token>\\)\\n$`,
+      ),
+    );
+    assert.doesNotMatch(agent.stderr(), /\n\s+at /);
   });
 });
 

@@ -133,6 +133,24 @@ describe('WorkloadApiClient against a Workload API on a real Unix socket', () =>
     }
   });
 
+  it("quotes a PermissionDenied that says more than 'no identity issued' as the agent says it, without the advice to register an entry", async () => {
+    const details =
+      'the server banned this agent (spiffe://example.org/agent): it serves no identity to any workload';
+    api.setError('FetchX509SVID', { code: grpc.status.PERMISSION_DENIED, details });
+    try {
+      await assert.rejects(client.fetchX509Context(), (e: unknown) => {
+        assert.ok(isSpiffeError(e, ErrorCode.WORKLOADAPI_PERMISSION_DENIED));
+        assert.equal(
+          e.message,
+          `workloadapi: fetch X.509 context: no identity: the Workload API at ${api.address} refused this process (uid ${process.getuid?.()}, gid ${process.getgid?.()}): ${details}`,
+        );
+        return true;
+      });
+    } finally {
+      api.setError('FetchX509SVID', undefined);
+    }
+  });
+
   it('refuses a response that breaks the spec: empty svids, a spiffe_id that differs from the certificate', async () => {
     api.setX509Response(create(X509SVIDResponseSchema, {}));
     await assert.rejects(

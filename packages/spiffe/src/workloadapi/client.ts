@@ -250,6 +250,14 @@ export class WorkloadApiClient {
     const details = cleanDetails(err.details);
     switch (err.code) {
       case grpc.status.PERMISSION_DENIED: {
+        // An agent that says more than SPIRE's "no identity issued" (e.g. that it was banned by its
+        // server) is quoted as it is: advice to register an entry would send the reader astray.
+        if (!NO_IDENTITY_DETAILS.has(details))
+          return new SpiffeError(
+            ErrorCode.WORKLOADAPI_PERMISSION_DENIED,
+            `workloadapi: ${op}: no identity: ${where} refused this process (${processIdentity()}): ${details}`,
+            { cause: err },
+          );
         const uid = process.getuid?.();
         return new SpiffeError(
           ErrorCode.WORKLOADAPI_PERMISSION_DENIED,
@@ -431,6 +439,9 @@ function processIdentity(): string {
 }
 
 /** gRPC status details without grpc-js's empty `Resolution note: ` tail. */
+/** What an agent says when no entry matches the caller (SPIRE's words, and Tessera's). */
+const NO_IDENTITY_DETAILS = new Set(['no identity issued', '(no details)']);
+
 function cleanDetails(details: string): string {
   return details.replace(/\.? *Resolution note: *$/, '').trim() || '(no details)';
 }

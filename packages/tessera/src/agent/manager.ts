@@ -19,7 +19,7 @@ import {
   type X509SvidSource,
 } from '@tessera/spiffe';
 import { createCsr } from '../common/csr.js';
-import { grpcErrorText } from '../common/grpc.js';
+import { errorCodeOf, grpcErrorText } from '../common/grpc.js';
 import type { DaemonLogger } from '../common/log.js';
 import type { Metrics } from '../common/metrics.js';
 import { keyIdentifier, spkiOf } from '../common/x509.js';
@@ -114,11 +114,33 @@ export interface AgentManagerOptions {
   now?: () => number;
 }
 
+/**
+ * Why the server will not deal with this agent any more: every server says the same (they share
+ * the datastore), so it is not a server failure to fail over from. `banned`: an operator banned it
+ * (it stays so until evicted); `evicted`: its record was deleted (it may attest again); `refused`:
+ * its SVID was refused otherwise (e.g. a later attestation of the same agent ID replaced it).
+ */
+export interface AgentRefusal {
+  readonly kind: 'banned' | 'evicted' | 'refused';
+  /** The server's words. */
+  readonly reason: string;
+}
+
+/** A PERMISSION_DENIED from the agent API on the push stream or a renewal is about the agent itself. */
+export function agentRefusalOf(err: unknown): AgentRefusal | undefined {
+  const e = err as Partial<grpc.ServiceError>;
+  if (e.code !== grpc.status.PERMISSION_DENIED) return undefined;
+  const reason = grpcErrorText(err);
+  if (errorCodeOf(err) === 'ERR_AGENT_BANNED' || /\bbanned\b/.test(reason)) return { kind: 'banned', reason };
+  if (/\bevicted\b|not attested/.test(reason)) return { kind: 'evicted', reason };
+  return { kind: 'refused', reason };
+}
+
 function selectorKey(s: { type: string; value: string }): string {
   return `${s.type}:${s.value}`;
 }
 
-export class AgentManager extends EventEmitter<{ update: []; banned: [string] }> {
+export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefusal] }> {
   readonly #o: AgentManagerOptions;
   readonly #now: () => number;
   readonly #svid: LiveSvid;
@@ -139,7 +161,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   /** Entry IDs of the snapshot a new stream is sending; entries not in it were removed meanwhile. */
   #snapshot: Set<string> | undefined;
   #synced = false;
-  #banned: string | undefined;
+  #refusal: AgentRefusal | undefined;
   #closed = false;
   #connected = false;
   #agentRenewAt: number;
@@ -198,9 +220,14 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     return this.#federated;
   }
 
-  /** Why the agent stopped serving identities (banned or evicted), if it did. */
+  /** Why the agent stopped serving identities (the server's words: banned, evicted, …), if it did. */
   get banned(): string | undefined {
-    return this.#banned;
+    return this.#refusal?.reason;
+  }
+
+  /** Why the server will not deal with this agent any more, if so (until resume()). */
+  get refusal(): AgentRefusal | undefined {
+    return this.#refusal;
   }
 
   /** True once the first snapshot from the server arrived (or was never needed: see start()). */
@@ -208,9 +235,12 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     return this.#synced;
   }
 
-  /** Resolves true once the first snapshot from the server is in, false after `ms` without it. */
+  /**
+   * Resolves true once the first snapshot from the server is in; false after `ms` without it, or
+   * as soon as the server refuses the agent (see `refusal`).
+   */
   whenSynced(ms: number): Promise<boolean> {
-    if (this.#synced) return Promise.resolve(true);
+    if (this.#synced || this.#refusal !== undefined) return Promise.resolve(this.#synced);
     return new Promise((resolve) => {
       const done = (v: boolean) => {
         clearTimeout(t);
@@ -218,7 +248,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
         resolve(v);
       };
       const check = () => {
-        if (this.#synced) done(true);
+        if (this.#synced || this.#refusal !== undefined) done(this.#synced);
       };
       const t = setTimeout(() => done(false), ms);
       this.on('update', check);
@@ -242,7 +272,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
 
   /** Entries whose selectors are all among the workload's, oldest first (the first is the default SVID). */
   entriesFor(selectors: readonly Selector[]): Entry[] {
-    if (this.#banned !== undefined) return [];
+    if (this.#refusal !== undefined) return [];
     const have = new Set(selectors.map(selectorKey));
     return [...this.#entries.values()]
       .filter((e) => e.selectors.length > 0 && e.selectors.every((s) => have.has(selectorKey(s))))
@@ -304,7 +334,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   }
 
   #openStream(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#refusal !== undefined) return;
     const client = this.#client;
     const server = this.#rotation.current;
     const stream = client.sync();
@@ -342,10 +372,11 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       'tessera_agent_sync_errors_total',
       'Push streams from the server that ended or failed.',
     );
-    if (err?.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details)) {
-      // Every server says the same (they share the datastore), and a banned agent stays banned: it
-      // neither fails over nor reconnects.
-      this.#ban(err.details);
+    const refusal = agentRefusalOf(err);
+    if (refusal !== undefined) {
+      // Every server says the same (they share the datastore): no failover, no reconnecting (and
+      // no "lost the push stream"); an evicted agent may be given a new identity (resume()).
+      this.#refuse(refusal);
       return;
     }
     const error = err === undefined ? 'stream ended' : grpcErrorText(err);
@@ -421,15 +452,60 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
     }
   }
 
-  #ban(reason: string): void {
-    if (this.#banned !== undefined) return;
-    this.#banned = reason;
+  #refuse(refusal: AgentRefusal): void {
+    if (this.#refusal !== undefined) return;
+    this.#refusal = refusal;
     this.#entries.clear();
     this.#svids.clear();
     this.#jwt.clear();
     this.#pending.clear();
-    this.#o.logger.error('agent: the server refused this agent; no identity is served any more', { reason });
-    this.emit('banned', reason);
+    this.#retryAt.clear();
+    const stream = this.#stream;
+    this.#stream = undefined;
+    stream?.cancel();
+    this.#connected = false;
+    const id = this.id;
+    const reason = refusal.reason;
+    if (refusal.kind === 'banned')
+      this.#o.logger.error(
+        `agent: the server banned this agent (${id}); no identity is served any more. To let this host back, evict it on the server (tessera agent evict --spiffe-id ${id}), then restart the agent so that it attests again (a join_token agent with a new token: tessera token generate)`,
+        { reason },
+      );
+    else if (refusal.kind === 'evicted')
+      this.#o.logger.warn(
+        `agent: the server evicted this agent (${id}); no identity is served until it attests again`,
+        {
+          reason,
+        },
+      );
+    else
+      this.#o.logger.error(
+        `agent: the server refused this agent's SVID (${id}); no identity is served any more. Restart the agent to attest again (evict it first if the server says it was replaced)`,
+        { reason },
+      );
+    this.emit('refused', refusal);
+    this.emit('update');
+  }
+
+  /**
+   * Takes a new identity (after attesting again, e.g. once evicted): the SVID, key and bundle of
+   * `state`, a new connection and push stream. Workloads wait for its first snapshot.
+   */
+  resume(state: AgentState): void {
+    if (this.#closed) return;
+    const { chain, key, bundle } = state;
+    this.#svid.set(this.#toSvid(chain, key));
+    this.#agentRenewAt = renewalTime(this.#now(), new Date((chain[0] as X509Certificate).validTo).getTime());
+    this.#bundle = bundle;
+    this.#bundleSource.set(bundle.x509Bundle());
+    this.#refusal = undefined;
+    this.#synced = false;
+    if (this.#reconnect) clearTimeout(this.#reconnect);
+    const old = this.#client;
+    this.#client = this.#newClient();
+    old.close();
+    this.#o.logger.info('agent: serving again with a new agent SVID', { spiffe_id: this.id });
+    this.#openStream();
     this.emit('update');
   }
 
@@ -534,7 +610,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
 
   /** Issuance waits while no server is connected: the first message of the next stream starts it again. */
   #scheduleIssue(): void {
-    if (this.#issuing || this.#pending.size === 0 || this.#banned !== undefined || !this.#connected) return;
+    if (this.#issuing || this.#pending.size === 0 || this.#refusal !== undefined || !this.#connected) return;
     this.#issuing = true;
     setImmediate(() => {
       this.#issue()
@@ -607,7 +683,7 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
   }
 
   #renewAgent(): void {
-    if (this.#renewingAgent || this.#banned !== undefined || !this.#connected) return;
+    if (this.#renewingAgent || this.#refusal !== undefined || !this.#connected) return;
     this.#renewingAgent = true;
     const key = generateKeyPairOfType('ec-p256').privateKey;
     const client = this.#client;
@@ -636,8 +712,8 @@ export class AgentManager extends EventEmitter<{ update: []; banned: [string] }>
       .catch((err: grpc.ServiceError) => {
         const unreachable = err.code === grpc.status.UNAVAILABLE;
         this.#agentRenewAt = this.#now() + (unreachable ? TICK_MS : RETRY_MS);
-        if (err.code === grpc.status.PERMISSION_DENIED && /banned|evicted|not attested/.test(err.details))
-          this.#ban(err.details);
+        const refusal = agentRefusalOf(err);
+        if (refusal !== undefined) this.#refuse(refusal);
         else {
           this.#o.logger.warn('agent: cannot renew the agent SVID; will retry', {
             server: this.#rotation.current,

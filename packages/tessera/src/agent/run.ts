@@ -15,6 +15,7 @@ import {
 } from '@tessera/spiffe';
 import { createCsr } from '../common/csr.js';
 import { lockDataDir, makeDataDir, startHealthServer, startupError } from '../common/daemon.js';
+import { TesseraError, TesseraErrorCode } from '../common/errors.js';
 import { grpcErrorText } from '../common/grpc.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
@@ -47,6 +48,11 @@ export interface RunningAgent {
   readonly manager: AgentManager;
   readonly healthPort: number;
   readonly socketPath: string;
+  /**
+   * Settles with why, when the agent cannot go on by itself: the server evicted it and it cannot
+   * attest again (e.g. its join token was used). Never settles otherwise. Call stop() after it.
+   */
+  readonly fatal: Promise<TesseraError>;
   stop(): Promise<void>;
 }
 
@@ -90,6 +96,14 @@ async function bootstrapBundle(config: AgentConfig, td: TrustDomain): Promise<X5
   throw fail(
     'the agent has no identity yet and no way to trust the server: set trust_bundle_path, trust_bundle_url, or (labs only) insecure_bootstrap: true',
   );
+}
+
+/** The node attestor the configuration names (join_token when it names none). */
+function nodeAttestorName(config: AgentConfig): string {
+  const sections = config.node_attestor as unknown as Record<string, unknown>;
+  for (const plugin of AGENT_NODE_ATTESTOR_PLUGINS)
+    if (sections[plugin.name] !== undefined) return plugin.name;
+  return config.node_attestor.x509pop !== undefined ? 'x509pop' : 'join_token';
 }
 
 /** The node attestor's evidence and, for challenge–response attestors, how to answer. */
@@ -414,6 +428,34 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       metrics,
     });
     cleanups.push(() => manager.close());
+    // Evicted (its record deleted on the server): attest again as at first start, else give up.
+    let giveUp: (err: TesseraError) => void = () => undefined;
+    const fatal = new Promise<TesseraError>((resolve) => {
+      giveUp = resolve;
+    });
+    let stopping = false;
+    manager.on('refused', (refusal) => {
+      if (refusal.kind !== 'evicted') return;
+      const id = manager.id;
+      void (async () => {
+        try {
+          const fresh = await attest(config, td, await lookUp(), opts.joinToken, logger, random);
+          if (!stopping) manager.resume(fresh);
+        } catch (err) {
+          const why = (err as Error).message.replace(/^agent: /, '');
+          const message =
+            `agent: the server evicted this agent (${id}) and it cannot attest again: ${why}` +
+            (nodeAttestorName(config) === 'join_token'
+              ? '. A join token is used once: generate a new one on the server (tessera token generate) and start the agent with it (tessera agent run --join-token <token>)'
+              : '');
+          logger.error(message);
+          giveUp(new TesseraError(TesseraErrorCode.ATTESTATION_FAILED, message, { cause: err }));
+        }
+      })();
+    });
+    cleanups.push(() => {
+      stopping = true;
+    });
     manager.start();
     const attestors = [new UnixWorkloadAttestor({ sha256: config.workload_attestors.unix.sha256 })];
     const attestCaller = async (call: { getPeer(): string }) => {
@@ -473,7 +515,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       address: config.health.address,
       port: config.health.port,
       metrics,
-      ready: () => manager.synced && manager.banned === undefined,
+      ready: () => manager.synced && manager.refusal === undefined,
     });
     cleanups.push(() => health.close());
     logger.info('agent started', {
@@ -482,7 +524,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       socket: config.socket_path,
       health: `${config.health.address}:${health.port}`,
     });
-    return { manager, healthPort: health.port, socketPath: config.socket_path, stop };
+    return { manager, healthPort: health.port, socketPath: config.socket_path, fatal, stop };
   } catch (err) {
     await stop();
     throw err;

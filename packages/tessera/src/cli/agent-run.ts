@@ -43,10 +43,14 @@ export async function agentRunCommand(args: string[], io: Io): Promise<number> {
     }
     throw err;
   }
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
+  // Until a signal, or until the agent cannot go on (evicted, and unable to attest again).
+  const fatal = await new Promise<Error | undefined>((resolve) => {
+    process.once('SIGTERM', () => resolve(undefined));
+    process.once('SIGINT', () => resolve(undefined));
+    agent.fatal.then(resolve);
   });
   await agent.stop();
-  return 0;
+  if (fatal === undefined) return 0;
+  io.err(`tessera agent: ${fatal.message}`);
+  return 1;
 }

@@ -456,6 +456,15 @@ describe('tessera api', () => {
     const deniedBundles = await tessera(['api', 'fetch', 'bundles', '--socket', api.socketPath]);
     assert.equal(deniedBundles.code, 1);
     assert.match(deniedBundles.stderr, /^tessera api fetch: no identity was issued to this process/);
+    // An agent that says why (its server banned it) is quoted, without the advice to register an entry.
+    const why =
+      'the server banned this agent (spiffe://example.org/tessera/agent/join_token/n1): it serves no identity to any workload';
+    api.setError('FetchX509SVID', { code: grpc.status.PERMISSION_DENIED, details: why });
+    const banned = await tessera(['api', 'fetch', 'x509', '--socket', api.socketPath]);
+    assert.equal(
+      banned.stderr,
+      `tessera api fetch: the Workload API at unix://${api.socketPath} refused this process (uid ${uid}, gid ${process.getgid?.()}): ${why}\n`,
+    );
 
     const silent = await FakeWorkloadApi.start(join(tmp.path, 'silent.sock'));
     try {
@@ -476,7 +485,7 @@ describe('tessera api', () => {
       missing.stderr,
       /^tessera api fetch: no Workload API socket at .*none.sock: is the agent running\?/,
     );
-    for (const r of [denied, deniedBundles, missing]) noStack(r);
+    for (const r of [denied, deniedBundles, banned, missing]) noStack(r);
   });
 
   it('usage: unknown commands and kinds exit 2 with the usage', async () => {

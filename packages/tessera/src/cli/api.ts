@@ -132,6 +132,9 @@ function describe(err: unknown, address: string, timedOut: boolean, timeout: str
   const details = grpcDetails(err);
   switch (err.code) {
     case ErrorCode.WORKLOADAPI_PERMISSION_DENIED: {
+      // The agent said why (e.g. that its server banned it): registering an entry would not help.
+      if (details !== '' && details !== 'no identity issued')
+        return new CliError(`the Workload API at ${address} refused this process (${uidText()}): ${details}`);
       const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
       return new CliError(
         `no identity was issued to this process (${uidText()}) by the Workload API at ${address}` +

@@ -22,6 +22,7 @@ import { SecretDiscoveryService } from '../../gen/envoy/service/secret/v3/sds_pb
 import type { Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import type { Selector } from '../../server/datastore/types.js';
 import type { AgentManager, CachedSvid } from '../manager.js';
+import { refusalStatus } from './agent-refusal.js';
 
 export const SECRET_TYPE_URL = 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret';
 /** Envoy's SPIFFE certificate validator (one trust domain entry per bundle). */
@@ -240,7 +241,13 @@ export function createSds(o: SdsOptions): {
       call.emit('error', s);
     };
     function send(): void {
-      if (ended || selectors === undefined || names === undefined || !manager.synced) return;
+      if (ended || selectors === undefined || names === undefined) return;
+      const refused = refusalStatus(manager);
+      if (refused !== undefined) {
+        end(refused);
+        return;
+      }
+      if (!manager.synced) return;
       const entries = manager.entriesFor(selectors);
       if (entries.length === 0) {
         end({ code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
@@ -320,7 +327,10 @@ export function createSds(o: SdsOptions): {
   ) => {
     o.attest(call)
       .then(async (selectors) => {
-        if (!(await manager.whenSynced(5000)))
+        const synced = await manager.whenSynced(5000);
+        const refused = refusalStatus(manager);
+        if (refused !== undefined) return cb(refused);
+        if (!synced)
           return cb({
             code: grpc.status.UNAVAILABLE,
             details: 'the agent has not synced with the server yet; retry',

@@ -21,6 +21,7 @@ import type { Metrics } from '../../common/metrics.js';
 import type { Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import type { Selector } from '../../server/datastore/types.js';
 import type { AgentManager, CachedSvid } from '../manager.js';
+import { refusalStatus } from './agent-refusal.js';
 
 type Call = { metadata: grpc.Metadata; getPeer(): string };
 type Stream = grpc.ServerWritableStream<unknown, unknown>;
@@ -124,8 +125,15 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
       call.emit('error', s);
     };
     const send = () => {
+      if (ended || selectors === undefined) return;
+      // Banned or evicted: say so (whether or not the first snapshot ever came).
+      const refused = refusalStatus(manager);
+      if (refused !== undefined) {
+        end(refused);
+        return;
+      }
       // Until the first snapshot from the server is in, "no entry" would be a lie: wait for it.
-      if (ended || selectors === undefined || !manager.synced) return;
+      if (!manager.synced) return;
       const entries = manager.entriesFor(selectors);
       const r = snapshot(entries, selectors);
       if (r === 'wait') return;
@@ -173,7 +181,10 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
     }
     o.attest(call)
       .then(async (selectors) => {
-        if (!(await manager.whenSynced(SYNC_WAIT_MS)))
+        const synced = await manager.whenSynced(SYNC_WAIT_MS);
+        const refused = refusalStatus(manager);
+        if (refused !== undefined) return refused;
+        if (!synced)
           return {
             code: grpc.status.UNAVAILABLE,
             details: 'the agent has not synced with the server yet; retry',
