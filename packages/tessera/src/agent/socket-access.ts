@@ -6,6 +6,7 @@
 // and write on the socket; for "any other user" that is the "others" bits.
 import { statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { DEFAULT_WORKLOAD_API_SOCKET } from '@tessera/spiffe';
 
 /** A directory (or the socket itself) that keeps other users out. */
 export interface SocketAccessProblem {
@@ -60,6 +61,6 @@ export function socketAccessWarning(
   return (
     `agent socket ${socketPath}: processes of other users cannot connect to it: ${what}. ` +
     `Their Workload API calls fail with "permission denied"; only root, and users the owner and group bits let through, can connect. ` +
-    `Run ${fixes}, or set ${configKey} to a path every directory of which others may enter (the default is /run/tessera/agent.sock)`
+    `Run ${fixes}, or set ${configKey} to a path every directory of which others may enter (the default is ${DEFAULT_WORKLOAD_API_SOCKET})`
   );
 }
