@@ -101,7 +101,10 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     }
   } catch (err) {
     io.err(`${name}: ${(err as Error).message}`);
-    if (err instanceof CliError) return err.exitCode;
+    // By name, not instanceof: the daemons' commands run from the modules beside the bundle, with
+    // their own copy of the class (scripts/bundle-cli.mjs).
+    if (err instanceof CliError || (err as Error).name === 'CliError')
+      return (err as CliError).exitCode === 2 ? 2 : 1;
     const code = (err as { code?: unknown }).code;
     return typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_') ? 2 : 1;
   }
