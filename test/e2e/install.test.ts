@@ -9,7 +9,7 @@
 // here and compiles for ~2-3 min on 2 cores, and nothing checked here opens a database. With
 // TESSERA_INSTALL_SCRIPTS=1 they run, and the driver's native module must load.
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -218,6 +218,10 @@ describe('installing the packed packages into an empty project', { timeout: 600_
     assert.ok(spiffe.includes('dist/index.d.ts') && spiffe.includes('dist/gen/workload/workload_pb.js'));
     const tessera = packed.get('@tessera/tessera')?.files.map((f) => f.path) ?? [];
     assert.ok(tessera.includes('bin/tessera.js') && tessera.includes('dist/cli/main.js'));
+    // The command line's bundle (npm run build), which bin/tessera.js loads by a computed path, so
+    // no import names it: without it the CLI silently falls back to the slower modules.
+    if (existsSync(join(ROOT, 'packages/tessera/dist/cli/tessera.bundle.js')))
+      assert.ok(tessera.includes('dist/cli/tessera.bundle.js'), '@tessera/tessera lacks the CLI bundle');
   });
 
   it('every import of every shipped module resolves inside its package or to a declared dependency', () => {

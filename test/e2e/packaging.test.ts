@@ -205,7 +205,7 @@ function instructions(text: string): { keyword: string; args: string }[] {
       pending += `${line.slice(0, -1)} `;
       continue;
     }
-    const full = (pending + line).trim();
+    const full = (pending + line).replace(/\s+/g, ' ').trim();
     pending = '';
     if (full === '') continue;
     const m = full.match(/^(\w+)\s+(.*)$/s);
@@ -243,7 +243,8 @@ describe('packaging/docker/Dockerfile', () => {
         .map((i) => i.args)
         .join('\n');
     assert.match(run('build'), /npm ci /);
-    assert.match(run('build'), /npx tsc -b packages\/tessera/);
+    assert.match(run('build'), /npx tsc -b packages\/tessera && node scripts\/bundle-cli\.mjs/);
+    assert.match(run('install'), /node_modules\/\.bin\/tessera --version/);
     assert.match(run('build'), /npm pack --pack-destination \/pack -w packages\/spiffe -w packages\/tessera/);
     assert.match(
       run('install'),
