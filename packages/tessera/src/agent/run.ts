@@ -20,6 +20,7 @@ import { grpcErrorText } from '../common/grpc.js';
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { serveOnUnixSocket, unixPeerOf } from '../common/unix-grpc.js';
+import { pemCertificateBlocks } from '../common/x509.js';
 import { X509PopPayloadSchema } from '../gen/tessera/agent/v1/agent_pb.js';
 import { x509popChallengeResponse } from '../server/attestation/x509pop.js';
 import { generateKeyPairOfType } from '../server/keymanager/generate.js';
@@ -131,11 +132,9 @@ async function nodeEvidence(
     let chain: X509Certificate[];
     let key: KeyObject;
     try {
-      chain = (
-        readFileSync(pop.certificate_path, 'utf8').match(
-          /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g,
-        ) ?? []
-      ).map((b) => new X509Certificate(b));
+      chain = pemCertificateBlocks(readFileSync(pop.certificate_path, 'utf8')).map(
+        (b) => new X509Certificate(b),
+      );
     } catch (err) {
       throw fail(
         `node_attestor.x509pop: cannot read ${pop.certificate_path}: ${(err as Error).message}`,

@@ -6,6 +6,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, wr
 import { join } from 'node:path';
 import { parseSpiffeBundle, type SpiffeBundle, type TrustDomain } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../common/errors.js';
+import { pemCertificateBlocks } from '../common/x509.js';
 
 export interface AgentState {
   chain: X509Certificate[];
@@ -52,11 +53,7 @@ export function loadAgentState(dir: string, trustDomain: TrustDomain): AgentStat
       );
     }
   };
-  const chain = read(SVID, () =>
-    (svidPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []).map(
-      (b) => new X509Certificate(b),
-    ),
-  );
+  const chain = read(SVID, () => pemCertificateBlocks(svidPem).map((b) => new X509Certificate(b)));
   const key = read(KEY, (t) => createPrivateKey(t));
   const bundle = read(BUNDLE, (t) => parseSpiffeBundle(trustDomain, t));
   if (chain.length === 0 || !chain[0]?.checkPrivateKey(key))

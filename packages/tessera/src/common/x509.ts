@@ -180,3 +180,8 @@ export function signCaCertificate(t: CaCertificateTemplate, issuer: Issuer): X50
 export function subjectName(cert: X509Certificate): Name {
   return AsnConvert.parse(cert.raw, Certificate).tbsCertificate.subject;
 }
+
+/** The PEM `CERTIFICATE` blocks of a text, in order (each caller says what an absent or bad one means). */
+export function pemCertificateBlocks(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+}

@@ -1,4 +1,4 @@
-import { bundleEndpointUrlProblem, parseSpiffeId, parseTrustDomain } from '@tessera/spiffe';
+import { bundleEndpointUrlProblem, parseSpiffeId } from '@tessera/spiffe';
 import {
   absolutePath,
   type HealthConfig,
@@ -166,7 +166,7 @@ export const SERVER_CONFIG_SCHEMA = {
         federates_with: {
           kind: 'map',
           checkKey: (k) => {
-            const why = problemOf(() => parseTrustDomain(k));
+            const why = TRUST_DOMAIN_FIELD.check(k);
             return why === undefined ? undefined : `is not a trust domain name: ${why}`;
           },
           of: {

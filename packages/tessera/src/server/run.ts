@@ -13,6 +13,7 @@ import {
 import { createLogger, type DaemonLogger } from '../common/log.js';
 import { Metrics } from '../common/metrics.js';
 import { tesseraVersion } from '../common/version.js';
+import { pemCertificateBlocks } from '../common/x509.js';
 import { createAdminService } from './api/admin-api.js';
 import { startAdminSocket } from './api/admin-socket.js';
 import { AgentApi } from './api/agent-api.js';
@@ -62,7 +63,7 @@ function loadUpstream(disk: { cert_file: string; key_file: string; bundle_file?:
         err,
       );
     }
-    const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    const blocks = pemCertificateBlocks(text);
     if (blocks.length === 0) throw startupError(`upstream authority: ${file} holds no PEM certificate`);
     try {
       return blocks.map((b) => new X509Certificate(b));
@@ -122,7 +123,7 @@ async function nodeAttestors(
         err,
       );
     }
-    const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    const blocks = pemCertificateBlocks(text);
     if (blocks.length === 0) throw startupError(`node_attestors.x509pop: ${caFile} holds no PEM certificate`);
     let roots: X509Certificate[];
     try {

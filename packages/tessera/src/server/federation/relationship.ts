@@ -11,6 +11,7 @@ import {
   type TrustDomain,
 } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
+import { pemCertificateBlocks } from '../../common/x509.js';
 
 export type FederationProfile = 'https_spiffe' | 'https_web';
 export const FEDERATION_PROFILES: readonly FederationProfile[] = ['https_spiffe', 'https_web'];
@@ -88,7 +89,7 @@ export function checkRelationship(input: RelationshipInput, own: TrustDomain): F
           'endpoint_spiffe_id is for https_spiffe; an https_web endpoint is checked by its host name',
         );
       if (ca !== '') {
-        const blocks = ca.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+        const blocks = pemCertificateBlocks(ca);
         if (blocks.length === 0) throw fail('the CA bundle holds no PEM certificate');
         for (const b of blocks) {
           try {
