@@ -44,6 +44,13 @@ function trustDomain(text: string): TrustDomain {
   }
 }
 
+/** A bundle file's text in either format the bundle commands take, as a SPIFFE bundle of `td`. */
+export function bundleOfFormat(td: TrustDomain, text: string, format: 'pem' | 'spiffe'): SpiffeBundle {
+  return format === 'pem'
+    ? SpiffeBundle.fromX509Bundle(parseX509BundlePem(td, text))
+    : parseSpiffeBundle(td, text);
+}
+
 function decode(b: Bundle): SpiffeBundle {
   return parseSpiffeBundle(parseTrustDomain(b.trustDomain), b.spiffeBundle);
 }
@@ -108,10 +115,7 @@ async function set(f: Flags, io: Io): Promise<number> {
   }
   let doc: string;
   try {
-    doc =
-      fmt === 'pem'
-        ? SpiffeBundle.fromX509Bundle(parseX509BundlePem(td, text)).marshal()
-        : parseSpiffeBundle(td, text).marshal();
+    doc = bundleOfFormat(td, text, fmt).marshal();
   } catch (err) {
     throw new CliError(`${path ?? 'standard input'}: ${(err as Error).message}`);
   }

@@ -1,11 +1,5 @@
 import { readFileSync } from 'node:fs';
-import {
-  parseSpiffeBundle,
-  parseTrustDomain,
-  parseX509BundlePem,
-  SpiffeBundle,
-  type TrustDomain,
-} from '@tessera/spiffe';
+import { parseTrustDomain, type SpiffeBundle, type TrustDomain } from '@tessera/spiffe';
 import { Admin, type FederationRelationship } from '../gen/tessera/admin/v1/admin_pb.js';
 import {
   CliError,
@@ -17,6 +11,7 @@ import {
   usageError,
   withClient,
 } from './admin-client.js';
+import { bundleOfFormat } from './bundle.js';
 import type { Io } from './main.js';
 
 const USAGE = `usage: tessera federation create|list|show|update|delete|refresh [flags]
@@ -80,10 +75,7 @@ function bootstrapBundle(f: Flags, td: TrustDomain): Uint8Array | undefined {
   const text = readText(path, 'trust-domain-bundle-path');
   let bundle: SpiffeBundle;
   try {
-    bundle =
-      format === 'pem'
-        ? SpiffeBundle.fromX509Bundle(parseX509BundlePem(td, text))
-        : parseSpiffeBundle(td, text);
+    bundle = bundleOfFormat(td, text, format);
   } catch (err) {
     throw new CliError(
       `--trust-domain-bundle-path ${path}: not a ${format === 'pem' ? 'PEM bundle' : 'SPIFFE bundle document'} of ${td.name}: ${(err as Error).message}` +
