@@ -310,9 +310,17 @@ describe('SPIRE v1.13.3 and tessera federated both ways (https_spiffe)', { skip,
     await spire.cliOk(['federation', 'refresh', '-id', TESSERA_TD]);
     const both = await runX509Bundles(spireAgent.socketPath, { trustDomain: TESSERA_TD, roots: 2 });
     assert.equal(both.code, 0, both.stderr);
+    const agentSerial = (await t.datastore.getAgent(fedAgent.manager.id))?.serial;
     await t.authority.activate('x509');
     await t.authority.taint('x509', old.id);
     const newCa = t.authority.x509.certificate;
+    // The agent renews its own SVID, signed by the tainted CA, before the old CA can go: revoking first
+    // would cut the agent off from the server (an operator waits for the same).
+    await until(
+      async () => (await t.datastore.getAgent(fedAgent.manager.id))?.serial !== agentSerial,
+      15_000,
+      "the tessera agent's own SVID renewed after the taint",
+    );
     await until(
       async () => fedAgent.manager.svidsFor(mine)[0]?.svid.certificates[0]?.checkIssued(newCa) === true,
       15_000,
