@@ -309,6 +309,23 @@ export async function startServer(
         logger.error('server: renewing the server SVID failed; retrying in 1s', { error: err.message }),
     });
     cleanups.push(() => identity.close());
+    // The server SVID follows an activation at once, not at the rotation loop's next tick: after an
+    // operator's activate, taint and revoke, no agent meets a server SVID of the old CA.
+    cleanups.push(
+      authority.onRotation((kind, step) => {
+        if (kind !== 'x509' || step !== 'activated') return;
+        try {
+          identity.maybeRenew();
+        } catch (err) {
+          logger.error(
+            'server: renewing the server SVID after an activation failed; the rotation loop retries',
+            {
+              error: (err as Error).message,
+            },
+          );
+        }
+      }),
+    );
     const cores = availableParallelism();
     const signing = new SigningPool(config.ca.signing_threads ?? (cores > 1 ? Math.min(cores, 8) : 0));
     cleanups.push(() => signing.close());

@@ -382,6 +382,10 @@ describe('agent API', () => {
     await server.authority.taint('x509', oldId as string);
     const m = await waitFor((x) => x.taintedAuthorities.length > 0);
     assert.deepEqual(m.taintedAuthorities, [`x509:${oldId}`]);
+    // As an agent does from its push stream: the bundle with the new CA, which now signs the server's
+    // SVID too, for the clients of the tests that follow.
+    const current = await server.datastore.getBundle(td);
+    bundle = (current as NonNullable<typeof current>).x509Bundle();
     stream.cancel();
     const text = await server.metrics.render();
     assert.match(text, /tessera_svids_issued_total\{type="x509",kind="agent"\} [1-9]/);

@@ -183,3 +183,47 @@ describe('the server SVID on the agent API', () => {
     assert.ok(serials.size >= 4, `only ${serials.size} server SVIDs were presented in 5 s`);
   });
 });
+
+describe('the server SVID after an operator activates a new CA', () => {
+  let tmp: TempDir;
+  let server: RunningServer;
+
+  before(async () => {
+    tmp = await makeTempDir('server-svid-activate-');
+    // Default TTLs: nothing but the activation itself would re-issue the server SVID within the test.
+    server = await startTestServer(tmp.path);
+  });
+
+  after(async () => {
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  const presented = () =>
+    new Promise<X509Certificate>((resolve, reject) => {
+      const socket = tlsConnect(
+        { host: '127.0.0.1', port: server.agentApiPort, rejectUnauthorized: false, ALPNProtocols: ['h2'] },
+        () => {
+          const raw = socket.getPeerCertificate().raw;
+          socket.destroy();
+          resolve(new X509Certificate(raw));
+        },
+      );
+      socket.on('error', reject);
+    });
+
+  it('is re-issued by the new CA at once, so a quick taint and revoke of the old one cuts no agent off', async () => {
+    const old = server.authority.x509.certificate;
+    assert.ok((await presented()).checkIssued(old));
+    await server.authority.prepare('x509');
+    await server.authority.activate('x509');
+    const next = server.authority.x509.certificate;
+    assert.notEqual(next.fingerprint256, old.fingerprint256);
+    // Not at the rotation loop's next tick (every 10 s): the next handshake already presents it.
+    const cert = await presented();
+    assert.ok(
+      cert.checkIssued(next) && cert.verify(next.publicKey),
+      `presented ${cert.serialNumber}, issued by ${cert.issuer}`,
+    );
+  });
+});
