@@ -19,6 +19,10 @@ export const ErrorCode = {
   X509SVID_INVALID: 'ERR_X509SVID_INVALID',
   /** An X509-SVID chain failed verification against the trust bundle. */
   X509SVID_VERIFY: 'ERR_X509SVID_VERIFY',
+  /** A certificate in an X509-SVID chain is on a CRL its issuer signed. */
+  X509SVID_REVOKED: 'ERR_X509SVID_REVOKED',
+  /** A certificate revocation list (DER or PEM) could not be parsed. */
+  X509CRL_INVALID: 'ERR_X509CRL_INVALID',
   /** A JWT-SVID is malformed or breaks the JWT-SVID rules. */
   JWTSVID_INVALID: 'ERR_JWTSVID_INVALID',
   /** A JWT-SVID's signature, expiry or audience check failed. */

@@ -66,6 +66,15 @@ export {
   parseInsecureJwtSvid,
 } from './svid/jwt-svid.js';
 export type { JwtSvidParams, JwtSvidSource, X509SvidSource } from './svid/source.js';
+export type { X509Crl, X509CrlEntry, X509CrlSource } from './svid/x509-crl.js';
+export {
+  CRL_REASONS,
+  checkX509Revocation,
+  normalizeSerial,
+  parseX509Crl,
+  parseX509Crls,
+  reasonName,
+} from './svid/x509-crl.js';
 export { idFromCertificate, parseX509Svid, parseX509SvidRaw, X509Svid } from './svid/x509-svid.js';
 export type { VerifiedX509Svid, VerifyX509SvidOptions } from './svid/x509-verify.js';
 export { verifyCertificateChain, verifyX509Svid } from './svid/x509-verify.js';

@@ -11,11 +11,17 @@ import {
   oneLineName,
 } from '../internal/x509.js';
 import type { SpiffeId } from '../spiffeid/spiffe-id.js';
+import { checkX509Revocation, type X509CrlSource } from './x509-crl.js';
 import { checkLeaf, x509SvidInvalid } from './x509-svid.js';
 
 export interface VerifyX509SvidOptions {
   /** The time at which every certificate's validity window is checked; default the current time. */
   now?: Date;
+  /**
+   * Opt-in revocation checking: a chain with a certificate on a CRL its issuer signed is refused
+   * with ERR_X509SVID_REVOKED (an X509Source is one: it holds the CRLs the Workload API sends).
+   */
+  revocation?: X509CrlSource;
 }
 
 export interface VerifiedX509Svid {
@@ -110,6 +116,7 @@ export function verifyX509Svid(
       }`,
     );
   }
+  if (options.revocation !== undefined) checkX509Revocation(path, options.revocation.getX509Crls());
   return { id, verifiedChain: path };
 }
 

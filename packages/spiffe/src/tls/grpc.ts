@@ -95,7 +95,7 @@ export function grpcChannelCredentials(config: SpiffeTlsConfig): grpc.ChannelCre
     {
       checkServerIdentity: (_host, cert) => {
         try {
-          verifyPeer(peerChain(cert), config.bundles, config.authorizer, config.now?.());
+          verifyPeer(peerChain(cert), config.bundles, config.authorizer, config.now?.(), config.revocation);
           return undefined;
         } catch (err) {
           logger.warn?.((err as Error).message, { side: 'grpc-client', code: (err as SpiffeError).code });
@@ -174,7 +174,7 @@ function spiffeServerInterceptor(config: SpiffeTlsConfig, optional: boolean): gr
               return;
             }
             try {
-              verifyPeer(chain, config.bundles, config.authorizer, config.now?.());
+              verifyPeer(chain, config.bundles, config.authorizer, config.now?.(), config.revocation);
             } catch (err) {
               logger.warn?.((err as Error).message, {
                 side: 'grpc-server',

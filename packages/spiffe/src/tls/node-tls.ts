@@ -16,6 +16,7 @@ import { ErrorCode, SpiffeError } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
 import type { SpiffeId } from '../spiffeid/spiffe-id.js';
 import type { X509SvidSource } from '../svid/source.js';
+import type { X509CrlSource } from '../svid/x509-crl.js';
 import type { Authorizer } from './authorizer.js';
 import { peerChain, rememberPeer, verifyPeer } from './peer.js';
 
@@ -36,6 +37,11 @@ export interface SpiffeTlsConfig {
   logger?: Logger;
   /** Clock for verification; default now. */
   now?: () => Date;
+  /**
+   * Opt-in revocation checking: refuse a peer whose SVID is on a CRL its issuer signed. Pass the
+   * X509Source (it holds the CRLs the Workload API sends), or any X509CrlSource.
+   */
+  revocation?: X509CrlSource;
 }
 
 /** Where rotation comes from: X509Source emits 'update'. */
@@ -110,7 +116,13 @@ export function tlsClientOptions(
     rejectUnauthorized: true,
     checkServerIdentity: (_host, cert) => {
       try {
-        const { id } = verifyPeer(peerChain(cert), config.bundles, config.authorizer, config.now?.());
+        const { id } = verifyPeer(
+          peerChain(cert),
+          config.bundles,
+          config.authorizer,
+          config.now?.(),
+          config.revocation,
+        );
         options.onVerified?.(id);
         return undefined;
       } catch (err) {
@@ -188,6 +200,7 @@ function attachSpiffeTls(server: tls.Server, config: SpiffeTlsConfig): SpiffeTls
         config.bundles,
         config.authorizer,
         config.now?.(),
+        config.revocation,
       );
       if (!socket.authorized) {
         // Belt and braces: OpenSSL's own check against the trusted roots must agree.

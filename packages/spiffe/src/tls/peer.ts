@@ -3,6 +3,7 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import type { X509BundleSource } from '../bundle/source.js';
 import { ErrorCode, SpiffeError } from '../errors.js';
 import type { SpiffeId } from '../spiffeid/spiffe-id.js';
+import type { X509CrlSource } from '../svid/x509-crl.js';
 import { verifyX509Svid } from '../svid/x509-verify.js';
 import type { Authorizer } from './authorizer.js';
 
@@ -32,12 +33,16 @@ export function verifyPeer(
   bundles: X509BundleSource,
   authorizer: Authorizer,
   now?: Date,
+  revocation?: X509CrlSource,
 ): { id: SpiffeId; verifiedChain: X509Certificate[] } {
   if (chain.length === 0)
     throw new SpiffeError(ErrorCode.TLS_PEER_REFUSED, 'tlsconfig: peer refused: it presented no certificate');
   let verified: { id: SpiffeId; verifiedChain: X509Certificate[] };
   try {
-    verified = verifyX509Svid(chain, bundles, now === undefined ? {} : { now });
+    verified = verifyX509Svid(chain, bundles, {
+      ...(now === undefined ? {} : { now }),
+      ...(revocation === undefined ? {} : { revocation }),
+    });
   } catch (err) {
     throw new SpiffeError(ErrorCode.TLS_PEER_REFUSED, `tlsconfig: peer refused: ${(err as Error).message}`, {
       cause: err,

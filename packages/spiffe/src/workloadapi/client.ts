@@ -21,6 +21,7 @@ import { type Logger, silentLogger } from '../logger.js';
 import { parseTrustDomain } from '../spiffeid/trust-domain.js';
 import { type JwtSvid, parseInsecureJwtSvid } from '../svid/jwt-svid.js';
 import type { JwtSvidParams } from '../svid/source.js';
+import { parseX509Crl, type X509Crl } from '../svid/x509-crl.js';
 import { parseX509SvidRaw, type X509Svid } from '../svid/x509-svid.js';
 import {
   grpcTarget,
@@ -35,6 +36,8 @@ import { create, SECURITY_HEADER, workloadApiMethods } from './service.js';
 export interface X509Context {
   readonly svids: readonly X509Svid[];
   readonly bundles: X509BundleSet;
+  /** The CRLs the agent sent (X509SVIDResponse.crl); empty from an agent that sends none (SPIRE). */
+  readonly crls: readonly X509Crl[];
 }
 
 /** Receives each snapshot of a watch, and the errors the watch recovers from. */
@@ -497,7 +500,13 @@ export function parseX509Context(resp: X509SVIDResponse): X509Context {
       throw responseError(what, `federated bundle "${key}" is invalid: ${(err as Error).message}`, err);
     }
   }
-  return { svids, bundles };
+  let crls: X509Crl[];
+  try {
+    crls = resp.crl.map((der) => parseX509Crl(der));
+  } catch (err) {
+    throw responseError(what, `a CRL is invalid: ${(err as Error).message}`, err);
+  }
+  return { svids, bundles, crls };
 }
 
 function parseX509BundlesResponse(resp: X509BundlesResponse): X509BundleSet {

@@ -6,6 +6,7 @@ import { ErrorCode, SpiffeError } from '../errors.js';
 import type { TrustDomain } from '../spiffeid/trust-domain.js';
 import type { JwtSvid } from '../svid/jwt-svid.js';
 import type { JwtSvidParams, JwtSvidSource, X509SvidSource } from '../svid/source.js';
+import type { X509Crl, X509CrlSource } from '../svid/x509-crl.js';
 import type { X509Svid } from '../svid/x509-svid.js';
 import type { X509Context } from './client.js';
 import { LiveSource, type SourceOptions } from './source-base.js';
@@ -27,7 +28,7 @@ export interface X509SourceOptions extends SourceOptions {
  * watch; pass it to the TLS helpers as both the SVID source and the bundle source. Emits 'update'
  * after each rotation.
  */
-export class X509Source extends LiveSource implements X509SvidSource, X509BundleSource {
+export class X509Source extends LiveSource implements X509SvidSource, X509BundleSource, X509CrlSource {
   readonly #picker: X509SvidPicker;
   #context: X509Context | undefined;
 
@@ -69,6 +70,14 @@ export class X509Source extends LiveSource implements X509SvidSource, X509Bundle
   /** All current X.509 bundles (own trust domain and federated). */
   getX509Bundles(): X509BundleSet {
     return this.#current().bundles;
+  }
+
+  /**
+   * The CRLs of the latest update (one per X.509 authority of a Tessera agent's trust domain; none
+   * from SPIRE): pass the source as `revocation` to the TLS helpers to refuse revoked peers.
+   */
+  getX509Crls(): readonly X509Crl[] {
+    return this.#current().crls;
   }
 
   #current(): X509Context {

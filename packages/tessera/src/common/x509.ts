@@ -1,5 +1,5 @@
 /**
- * Building and signing the authority's CA certificates: the ASN.1 from @peculiar/asn1-x509, the
+ * Building and signing the authority's CA certificates and CRLs: the ASN.1 from @peculiar/asn1-x509, the
  * signature from node:crypto. (X509-SVIDs, on the hot path, come from a DER template in X509Authority.)
  */
 import { createHash, type KeyObject, randomFillSync, sign, X509Certificate } from 'node:crypto';
@@ -11,11 +11,16 @@ import {
   AuthorityKeyIdentifier,
   BasicConstraints,
   Certificate,
+  CertificateList,
+  CRLNumber,
+  CRLReason,
   Extension,
   Extensions,
   GeneralName,
   id_ce_authorityKeyIdentifier,
   id_ce_basicConstraints,
+  id_ce_cRLNumber,
+  id_ce_cRLReasons,
   id_ce_keyUsage,
   id_ce_subjectAltName,
   id_ce_subjectKeyIdentifier,
@@ -24,10 +29,13 @@ import {
   KeyUsageFlags,
   Name,
   RelativeDistinguishedName,
+  RevokedCertificate,
   SubjectAlternativeName,
   SubjectKeyIdentifier,
   SubjectPublicKeyInfo,
   TBSCertificate,
+  TBSCertList,
+  Time,
   Validity,
   Version,
 } from '@peculiar/asn1-x509';
@@ -184,4 +192,71 @@ export function subjectName(cert: X509Certificate): Name {
 /** The PEM `CERTIFICATE` blocks of a text, in order (each caller says what an absent or bad one means). */
 export function pemCertificateBlocks(text: string): string[] {
   return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+}
+
+/** One revoked certificate, as a CRL lists it. */
+export interface RevokedSerial {
+  /** Hex, as X509Certificate.serialNumber prints it. */
+  serial: string;
+  revokedAt: Date;
+  /** RFC 5280 CRLReason; omitted from the entry when undefined. */
+  reason?: number;
+}
+
+/** Whole seconds: CRL times are encoded without fractions. */
+const seconds = (d: Date) => new Date(Math.floor(d.getTime() / 1000) * 1000);
+
+/** The DER INTEGER content of a hex serial: minimal, with a leading zero octet when the top bit is set. */
+function serialBytes(hex: string): ArrayBuffer {
+  let h = BigInt(`0x${hex}`).toString(16);
+  if (h.length % 2 === 1) h = `0${h}`;
+  const b = Buffer.from(h, 'hex');
+  return toArrayBuffer((b[0] ?? 0) & 0x80 ? Buffer.concat([Buffer.from([0]), b]) : b);
+}
+
+/**
+ * Signs an X.509 v2 CRL (RFC 5280 §5) with an authority's CA key: issuer = the CA's subject,
+ * authorityKeyIdentifier = its key ID, cRLNumber `number`, one entry per revoked serial (with a
+ * reasonCode extension when a reason is given). Returns the DER.
+ */
+export function signX509Crl(
+  ca: { certificate: X509Certificate; privateKey: KeyObject },
+  crl: { number: bigint; thisUpdate: Date; nextUpdate: Date; revoked: readonly RevokedSerial[] },
+): Buffer {
+  const { alg, hash } = signatureAlgorithm(ca.privateKey);
+  const revoked = crl.revoked.map(
+    (r) =>
+      new RevokedCertificate({
+        userCertificate: serialBytes(r.serial),
+        revocationDate: new Time(seconds(r.revokedAt)),
+        ...(r.reason === undefined
+          ? {}
+          : { crlEntryExtensions: [ext(id_ce_cRLReasons, false, new CRLReason(r.reason))] }),
+      }),
+  );
+  const tbs = new TBSCertList({
+    version: Version.v2,
+    signature: alg,
+    issuer: subjectName(ca.certificate),
+    thisUpdate: new Time(seconds(crl.thisUpdate)),
+    nextUpdate: new Time(seconds(crl.nextUpdate)),
+    ...(revoked.length === 0 ? {} : { revokedCertificates: revoked }),
+    crlExtensions: [
+      ext(
+        id_ce_authorityKeyIdentifier,
+        false,
+        new AuthorityKeyIdentifier({
+          keyIdentifier: new KeyIdentifier(keyIdentifier(spkiOf(ca.certificate.publicKey))),
+        }),
+      ),
+      ext(id_ce_cRLNumber, false, new CRLNumber(Number(crl.number))),
+    ],
+  });
+  const tbsDer = Buffer.from(AsnConvert.serialize(tbs));
+  const list = new CertificateList({
+    tbsCertList: tbs,
+    signatureAlgorithm: alg,
+    signature: toArrayBuffer(sign(hash, tbsDer, ca.privateKey)),
+  });
+  return Buffer.from(AsnConvert.serialize(list));
 }
