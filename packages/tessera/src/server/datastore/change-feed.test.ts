@@ -39,6 +39,9 @@ function describeChange(c: DatastoreChange): string {
       return `${c.revision} authority ${c.op} ${c.authorityKind}:${c.id}`;
     case 'join_token':
       return `${c.revision} join_token ${c.op}`;
+    case 'revocation':
+    case 'crl':
+      return `${c.revision} ${c.kind} ${c.op} ${c.authorityId}`;
     case 'resync':
       return `${c.revision} resync`;
   }

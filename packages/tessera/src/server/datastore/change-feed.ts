@@ -70,6 +70,9 @@ function encode(c: ChangeInput): { kind: string; op: string; subject: string; da
       return { kind: c.kind, op: c.op, subject: c.trustDomain, data: '' };
     case 'authority':
       return { kind: c.kind, op: c.op, subject: `${c.authorityKind}:${c.id}`, data: '' };
+    case 'revocation':
+    case 'crl':
+      return { kind: c.kind, op: c.op, subject: c.authorityId, data: '' };
     case 'resync':
       throw new TypeError('datastore: resync is told by the feed, never recorded');
   }
@@ -106,6 +109,10 @@ function decode(row: Record<string, unknown>): DatastoreChange {
         id: subject.slice(i + 1),
       };
     }
+    case 'revocation':
+      return { revision, kind, op: op as 'revoke' | 'prune', authorityId: subject };
+    case 'crl':
+      return { revision, kind, op: 'update', authorityId: subject };
     default:
       throw new Error(`unknown change kind ${JSON.stringify(kind)} at revision ${revision}`);
   }

@@ -257,6 +257,71 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       assert.equal((await ds.getBundle(td))?.x509Authorities.length, 1);
     });
 
+    it('X509-SVID records, revocations and CRLs: found by serial and entry, revoked once, CRL numbers only grow, pruned at expiry', async () => {
+      const told: string[] = [];
+      const off = ds.onChange((c) => {
+        if (c.kind === 'revocation' || c.kind === 'crl') told.push(`${c.kind} ${c.op} ${c.authorityId}`);
+      });
+      const now = new Date('2030-01-01T00:00:00Z');
+      const later = (ms: number) => new Date(now.getTime() + ms);
+      const rec = (serial: string, entryId: string, authorityId: string, ttl: number) => ({
+        serial,
+        authorityId,
+        spiffeId: `spiffe://example.org/${entryId || 'minted'}`,
+        entryId,
+        expiresAt: later(ttl),
+      });
+      await ds.recordX509Svids([rec('A1', 'e1', 'ca1', 60_000), rec('B2', 'e1', 'ca1', 120_000), rec('C3', 'e2', 'ca2', 60_000)]);
+      await ds.recordX509Svids([rec('A1', 'e1', 'ca1', 60_000)]); // a repeat is harmless
+      assert.deepEqual(
+        (await ds.findX509Svids({ entryId: 'e1' }, now)).map((r) => r.serial),
+        ['A1', 'B2'],
+      );
+      assert.deepEqual(await ds.findX509Svids({ serial: 'C3' }, now), [rec('C3', 'e2', 'ca2', 60_000)]);
+      assert.deepEqual(await ds.findX509Svids({ serial: 'A1' }, later(60_000)), [], 'expired ones are not found');
+
+      const revoke = (r: ReturnType<typeof rec>, reason: number) => ({ ...r, reason, revokedAt: now });
+      const fresh = await ds.revokeX509Svids([revoke(rec('A1', 'e1', 'ca1', 60_000), 1), revoke(rec('C3', 'e2', 'ca2', 60_000), 0)]);
+      assert.deepEqual(fresh.map((r) => r.serial), ['A1', 'C3']);
+      const again = await ds.revokeX509Svids([revoke(rec('A1', 'e1', 'ca1', 60_000), 4)]);
+      assert.deepEqual(again, [], 'revoked once: the first revocation stays');
+      assert.deepEqual(
+        (await ds.listX509Revocations(now, 'ca1')).map((r) => [r.serial, r.reason, r.revokedAt.getTime()]),
+        [['A1', 1, now.getTime()]],
+      );
+      assert.equal((await ds.listX509Revocations(now)).length, 2);
+
+      const der = (n: number) => Buffer.from([0x30, 0x01, n]);
+      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(2), notAfter: later(120_000) }), true);
+      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 1n, der: der(1), notAfter: later(120_000) }), false);
+      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(9), notAfter: later(120_000) }), false);
+      assert.equal(await ds.putX509Crl({ authorityId: 'ca2', number: 1n, der: der(1), notAfter: later(30_000) }), true);
+      const crls = await ds.listX509Crls(now);
+      assert.deepEqual(
+        crls.map((c) => [c.authorityId, c.number, c.der.toString('hex')]),
+        [
+          ['ca1', 2n, '300102'],
+          ['ca2', 1n, '300101'],
+        ],
+      );
+
+      // At 60 s A1, C3 (revocations and records) and ca2's CRL expire; B2 and ca1's CRL stay.
+      assert.deepEqual(await ds.pruneX509(later(60_000)), ['ca1', 'ca2']);
+      assert.deepEqual(await ds.listX509Revocations(later(60_000)), []);
+      assert.deepEqual((await ds.listX509Crls(later(30_000))).map((c) => c.authorityId), ['ca1']);
+      assert.deepEqual((await ds.findX509Svids({ entryId: 'e1' }, now)).map((r) => r.serial), ['B2']);
+      assert.deepEqual(await ds.pruneX509(later(60_000)), [], 'nothing left to prune');
+      off();
+      assert.deepEqual(told, [
+        'revocation revoke ca1',
+        'revocation revoke ca2',
+        'crl update ca1',
+        'crl update ca2',
+        'revocation prune ca1',
+        'revocation prune ca2',
+      ]);
+    });
+
     it('federation relationships: create once, update, delete with the bundle, all told to the feed', async () => {
       const told: string[] = [];
       const off = ds.onChange((c) => {

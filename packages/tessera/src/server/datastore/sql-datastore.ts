@@ -31,6 +31,9 @@ import type {
   RegistrationEntry,
   Selector,
   StoredFederationRelationship,
+  StoredX509Crl,
+  X509Revocation,
+  X509SvidRecord,
 } from './types.js';
 
 export type Row = Record<string, unknown>;
@@ -185,6 +188,40 @@ export const MIGRATIONS: readonly { version: number; statements: readonly string
         PRIMARY KEY (attestor, digest)
       )`,
       'CREATE INDEX used_evidence_expires ON used_evidence (expires_at)',
+    ],
+  },
+  {
+    version: 7,
+    statements: [
+      // X509-SVIDs issued, until they expire: what `tessera x509 revoke` finds by serial or entry.
+      `CREATE TABLE x509_svids (
+        serial TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL,
+        spiffe_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+      )`,
+      'CREATE INDEX x509_svids_entry ON x509_svids (entry_id)',
+      'CREATE INDEX x509_svids_expires ON x509_svids (expires_at)',
+      // Revoked ones, on their authority's CRL until they expire.
+      `CREATE TABLE x509_revocations (
+        serial TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL,
+        spiffe_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        reason INTEGER NOT NULL,
+        revoked_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+      )`,
+      'CREATE INDEX x509_revocations_authority ON x509_revocations (authority_id)',
+      // Each X.509 authority's current CRL (base64 DER), signed by the server holding its key.
+      `CREATE TABLE x509_crls (
+        authority_id TEXT PRIMARY KEY,
+        crl_number BIGINT NOT NULL,
+        der TEXT NOT NULL,
+        not_after BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+      )`,
     ],
   },
 ];
@@ -1089,6 +1126,137 @@ export class SqlDatastore implements Datastore {
       );
   }
 
+  async recordX509Svids(records: readonly X509SvidRecord[]): Promise<void> {
+    if (records.length === 0) return;
+    try {
+      await this.#db.transaction(async (tx) => {
+        for (const r of records)
+          await tx.execute(
+            `INSERT INTO x509_svids (serial, authority_id, spiffe_id, entry_id, expires_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+            [r.serial, r.authorityId, r.spiffeId, r.entryId, r.expiresAt.getTime()],
+          );
+      });
+    } catch (err) {
+      wrap('record issued X509-SVIDs', err);
+    }
+  }
+
+  async findX509Svids(query: { serial: string } | { entryId: string }, now: Date): Promise<X509SvidRecord[]> {
+    const [column, value] = 'serial' in query ? ['serial', query.serial] : ['entry_id', query.entryId];
+    try {
+      const rows = await this.#db.query(
+        `SELECT serial, authority_id, spiffe_id, entry_id, expires_at FROM x509_svids
+         WHERE ${column} = ? AND expires_at > ? ORDER BY expires_at`,
+        [value, now.getTime()],
+      );
+      return rows.map(svidRecordFromRow);
+    } catch (err) {
+      wrap('find issued X509-SVIDs', err);
+    }
+  }
+
+  async revokeX509Svids(revocations: readonly X509Revocation[]): Promise<X509Revocation[]> {
+    try {
+      return await this.#write(
+        async (tx) => {
+          const fresh: X509Revocation[] = [];
+          for (const r of revocations) {
+            const n = await tx.execute(
+              `INSERT INTO x509_revocations (serial, authority_id, spiffe_id, entry_id, reason, revoked_at, expires_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+              [r.serial, r.authorityId, r.spiffeId, r.entryId, r.reason, r.revokedAt.getTime(), r.expiresAt.getTime()],
+            );
+            if (n === 1) fresh.push(r);
+          }
+          return fresh;
+        },
+        (fresh) =>
+          [...new Set(fresh.map((r) => r.authorityId))].map((authorityId) => ({
+            kind: 'revocation' as const,
+            op: 'revoke' as const,
+            authorityId,
+          })),
+      );
+    } catch (err) {
+      wrap('revoke X509-SVIDs', err);
+    }
+  }
+
+  async listX509Revocations(now: Date, authorityId?: string): Promise<X509Revocation[]> {
+    try {
+      const rows = await this.#db.query(
+        `SELECT serial, authority_id, spiffe_id, entry_id, reason, revoked_at, expires_at FROM x509_revocations
+         WHERE expires_at > ?${authorityId === undefined ? '' : ' AND authority_id = ?'} ORDER BY revoked_at, serial`,
+        authorityId === undefined ? [now.getTime()] : [now.getTime(), authorityId],
+      );
+      return rows.map((r) => ({
+        ...svidRecordFromRow(r),
+        reason: Number(r.reason),
+        revokedAt: new Date(Number(r.revoked_at)),
+      }));
+    } catch (err) {
+      wrap('list revoked X509-SVIDs', err);
+    }
+  }
+
+  async putX509Crl(crl: Omit<StoredX509Crl, 'updatedAt'>): Promise<boolean> {
+    try {
+      return await this.#write(
+        async (tx) =>
+          (await tx.execute(
+            `INSERT INTO x509_crls (authority_id, crl_number, der, not_after, updated_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (authority_id) DO UPDATE SET crl_number = excluded.crl_number, der = excluded.der,
+               not_after = excluded.not_after, updated_at = excluded.updated_at
+             WHERE x509_crls.crl_number < excluded.crl_number`,
+            [crl.authorityId, Number(crl.number), crl.der.toString('base64'), crl.notAfter.getTime(), Date.now()],
+          )) === 1,
+        (stored) => (stored ? [{ kind: 'crl', op: 'update', authorityId: crl.authorityId }] : []),
+      );
+    } catch (err) {
+      wrap('store CRL', err);
+    }
+  }
+
+  async listX509Crls(now: Date): Promise<StoredX509Crl[]> {
+    try {
+      const rows = await this.#db.query(
+        'SELECT authority_id, crl_number, der, not_after, updated_at FROM x509_crls WHERE not_after > ? ORDER BY authority_id',
+        [now.getTime()],
+      );
+      return rows.map((r) => ({
+        authorityId: String(r.authority_id),
+        number: BigInt(String(r.crl_number)),
+        der: Buffer.from(String(r.der), 'base64'),
+        notAfter: new Date(Number(r.not_after)),
+        updatedAt: new Date(Number(r.updated_at)),
+      }));
+    } catch (err) {
+      wrap('list CRLs', err);
+    }
+  }
+
+  async pruneX509(now: Date): Promise<string[]> {
+    const t = now.getTime();
+    try {
+      return await this.#write(
+        async (tx) => {
+          const rows = await tx.query(
+            'SELECT DISTINCT authority_id FROM x509_revocations WHERE expires_at <= ? ORDER BY authority_id',
+            [t],
+          );
+          await tx.execute('DELETE FROM x509_revocations WHERE expires_at <= ?', [t]);
+          await tx.execute('DELETE FROM x509_svids WHERE expires_at <= ?', [t]);
+          await tx.execute('DELETE FROM x509_crls WHERE not_after <= ?', [t]);
+          return rows.map((r) => String(r.authority_id));
+        },
+        (ids) => ids.map((authorityId) => ({ kind: 'revocation' as const, op: 'prune' as const, authorityId })),
+      );
+    } catch (err) {
+      wrap('prune expired X509-SVID records', err);
+    }
+  }
+
   /** Stops following the feed and closes the database; later calls do nothing. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -1202,6 +1370,16 @@ function toEntry(row: Row, selectors: readonly Row[]): RegistrationEntry {
     revision: Number(row.revision),
     createdAt: new Date(Number(row.created_at)),
     updatedAt: new Date(Number(row.updated_at)),
+  };
+}
+
+function svidRecordFromRow(r: Row): X509SvidRecord {
+  return {
+    serial: String(r.serial),
+    authorityId: String(r.authority_id),
+    spiffeId: String(r.spiffe_id),
+    entryId: String(r.entry_id),
+    expiresAt: new Date(Number(r.expires_at)),
   };
 }
 

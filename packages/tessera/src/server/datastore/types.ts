@@ -119,6 +119,36 @@ export interface AuthorityRecord {
   readonly revoked: boolean;
 }
 
+/** An X509-SVID a server of the trust domain issued, kept until it expires so it can be revoked. */
+export interface X509SvidRecord {
+  /** Upper-case hex without leading zeros (normalizeSerial). */
+  readonly serial: string;
+  /** Subject key ID (hex) of the X.509 authority that signed it. */
+  readonly authorityId: string;
+  readonly spiffeId: string;
+  /** The registration entry it was issued for; empty for `tessera x509 mint`. */
+  readonly entryId: string;
+  readonly expiresAt: Date;
+}
+
+/** A revoked X509-SVID, on its authority's CRL until it expires. */
+export interface X509Revocation extends X509SvidRecord {
+  readonly revokedAt: Date;
+  /** RFC 5280 CRLReason code. */
+  readonly reason: number;
+}
+
+/** The current CRL of one X.509 authority, signed by the server holding its key. */
+export interface StoredX509Crl {
+  readonly authorityId: string;
+  readonly number: bigint;
+  /** DER. */
+  readonly der: Buffer;
+  /** When the authority (and so every certificate on the CRL) expires: the CRL is dropped then. */
+  readonly notAfter: Date;
+  readonly updatedAt: Date;
+}
+
 /** A federation relationship created through the admin API (stored); config ones are not stored. */
 export interface StoredFederationRelationship {
   readonly trustDomain: string;
@@ -150,6 +180,8 @@ export type DatastoreChange = { readonly revision: number } & (
       readonly authorityKind: 'x509' | 'jwt';
       readonly id: string;
     }
+  | { readonly kind: 'revocation'; readonly op: 'revoke' | 'prune'; readonly authorityId: string }
+  | { readonly kind: 'crl'; readonly op: 'update'; readonly authorityId: string }
   | { readonly kind: 'resync' }
 );
 
@@ -249,5 +281,28 @@ export interface Datastore {
   taintAuthority(a: Omit<AuthorityRecord, 'tainted' | 'revoked' | 'status'>): Promise<void>;
   /** Marks a tainted authority revoked. */
   revokeAuthority(kind: 'x509' | 'jwt', id: string): Promise<void>;
+  /** Records issued X509-SVIDs (one transaction); kept until they expire (pruneX509). */
+  recordX509Svids(records: readonly X509SvidRecord[]): Promise<void>;
+  /** Issued X509-SVIDs not expired at `now`, by serial or by entry. */
+  findX509Svids(query: { serial: string } | { entryId: string }, now: Date): Promise<X509SvidRecord[]>;
+  /**
+   * Revokes X509-SVIDs (one transaction; one `revocation` change per authority). Returns the ones
+   * newly revoked; an already revoked serial keeps its first revocation.
+   */
+  revokeX509Svids(revocations: readonly X509Revocation[]): Promise<X509Revocation[]>;
+  /** Revocations not expired at `now`, optionally of one authority, oldest first. */
+  listX509Revocations(now: Date, authorityId?: string): Promise<X509Revocation[]>;
+  /**
+   * Stores an authority's CRL unless a CRL with the same or a higher number is stored (another
+   * server, or an older signing, raced it): true when stored (a `crl` change is told).
+   */
+  putX509Crl(crl: Omit<StoredX509Crl, 'updatedAt'>): Promise<boolean>;
+  /** Every stored CRL whose authority has not expired at `now`. */
+  listX509Crls(now: Date): Promise<StoredX509Crl[]>;
+  /**
+   * Drops issuance records, revocations and CRLs that expired at `now`. Returns the authorities
+   * whose revocation lists lost an entry (a `revocation` prune change each), to re-sign.
+   */
+  pruneX509(now: Date): Promise<string[]>;
   close(): Promise<void>;
 }
