@@ -4,7 +4,7 @@
 // tells the endpoints when anything a workload can see changed ('update'). With several servers it
 // talks to one at a time and moves to the next when that one fails (server-rotation.ts).
 
-import { type KeyObject, X509Certificate } from 'node:crypto';
+import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import {
@@ -12,9 +12,11 @@ import {
   parseSpiffeBundle,
   parseSpiffeId,
   parseTrustDomain,
+  parseX509Crl,
   type SpiffeBundle,
   type TrustDomain,
   type X509Bundle,
+  type X509Crl,
   X509Svid,
   type X509SvidSource,
 } from '@tessera/spiffe';
@@ -153,6 +155,10 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
   readonly #pending = new Set<string>();
   readonly #retryAt = new Map<string, number>();
   #tainted = new Set<string>();
+  /** The trust domain's CRLs as the server last pushed them. */
+  #crls: readonly X509Crl[] = [];
+  /** A digest of #crls, for change keys. */
+  #crlsKey = '';
   readonly #rotation: ServerRotation;
   #client: ServerClient;
   /** A failover is looking the servers up again; further failures of the old server are the same one. */
@@ -213,6 +219,16 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
   /** The trust domain's bundle (X.509 and JWT authorities). */
   get bundle(): SpiffeBundle {
     return this.#bundle;
+  }
+
+  /** The trust domain's CRLs (one per X.509 authority), as the server last pushed them. */
+  get crls(): readonly X509Crl[] {
+    return this.#crls;
+  }
+
+  /** Changes whenever the CRLs do (a digest of them). */
+  get crlsKey(): string {
+    return this.#crlsKey;
   }
 
   /** Federated bundles the node's entries federate with, by trust domain name. */
@@ -531,6 +547,7 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
     }
     for (const id of m.removedEntryIds) changed = this.#forget(id) || changed;
     if (m.taintedAuthorities.length > 0) this.#taint(m.taintedAuthorities);
+    if (m.x509Crls !== undefined) changed = this.#setCrls(m.x509Crls.crls) || changed;
     if (this.#snapshot !== undefined) {
       for (const e of m.upserted) this.#snapshot.add(e.id);
       if (m.synced) {
@@ -568,6 +585,40 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
     } catch (err) {
       this.#o.logger.error('agent: cannot save the bundle', { error: (err as Error).message });
     }
+    return true;
+  }
+
+  /** Replaces the CRLs; re-issues at once every cached SVID they revoke. True when they changed. */
+  #setCrls(ders: readonly Uint8Array[]): boolean {
+    const crls: X509Crl[] = [];
+    for (const der of ders) {
+      try {
+        crls.push(parseX509Crl(der));
+      } catch (err) {
+        this.#o.logger.error('agent: the server sent a CRL that cannot be parsed; ignoring it', {
+          error: (err as Error).message,
+        });
+      }
+    }
+    const digest = createHash('sha256');
+    for (const c of crls) digest.update(createHash('sha256').update(c.raw).digest());
+    const key = crls.length === 0 ? '' : digest.digest('base64');
+    if (key === this.#crlsKey) return false;
+    this.#crls = crls;
+    this.#crlsKey = key;
+    const revoked: string[] = [];
+    for (const [id, c] of this.#svids) {
+      const serial = c.svid.certificates[0]?.serialNumber;
+      if (serial !== undefined && crls.some((crl) => crl.entryFor(serial) !== undefined)) {
+        this.#pending.add(id);
+        this.#retryAt.delete(id);
+        revoked.push(`${c.svid.id}#${serial}`);
+      }
+    }
+    if (revoked.length > 0)
+      this.#o.logger.warn('agent: X509-SVIDs were revoked; re-issuing them now', {
+        svids: revoked.join(','),
+      });
     return true;
   }
 

@@ -21,7 +21,7 @@ commands:
   agent        attested agents: list, show, ban, evict, count
   bundle       trust bundles, own and federated: show, list, set, delete
   federation   relationships with other trust domains: create, list, show, update, delete, refresh
-  x509         mint an X509-SVID (tessera x509 mint --spiffe-id … --write dir)
+  x509         mint an X509-SVID; revoke one (by serial or entry), list revocations, print CRLs
   jwt          mint a JWT-SVID (tessera jwt mint --spiffe-id … --audience …)
   authority    the signing keys: show, prepare, activate, taint, revoke
   healthcheck  exit 0 when the server is ready

@@ -5,6 +5,7 @@ export type AuditEvent =
   | 'attestation.success'
   | 'attestation.failure'
   | 'svid.issued'
+  | 'svid.revoked'
   | 'svid.denied'
   | 'entry.created'
   | 'entry.updated'

@@ -28,6 +28,8 @@ export const TesseraErrorCode = {
   FEDERATION_EXISTS: 'ERR_FEDERATION_EXISTS',
   /** No federation relationship names that trust domain (or it is defined in server.yaml). */
   FEDERATION_NOT_FOUND: 'ERR_FEDERATION_NOT_FOUND',
+  /** No unexpired X509-SVID issued by this trust domain has that serial, or the entry has none. */
+  X509_SVID_NOT_FOUND: 'ERR_X509_SVID_NOT_FOUND',
   /** A bundle endpoint could not be fetched or its answer was not a valid bundle. */
   FEDERATION_FETCH: 'ERR_FEDERATION_FETCH',
   /** The agent is banned: it must be evicted before it can attest again. */

@@ -78,6 +78,7 @@ export function toGrpcStatus(err: unknown): { code: grpc.status; details: string
       [C.AGENT_NOT_FOUND]: grpc.status.NOT_FOUND,
       [C.BUNDLE_NOT_FOUND]: grpc.status.NOT_FOUND,
       [C.FEDERATION_NOT_FOUND]: grpc.status.NOT_FOUND,
+      [C.X509_SVID_NOT_FOUND]: grpc.status.NOT_FOUND,
       [C.FEDERATION_EXISTS]: grpc.status.ALREADY_EXISTS,
       [C.FEDERATION_FETCH]: grpc.status.UNAVAILABLE,
       [C.ENTRY_DUPLICATE]: grpc.status.ALREADY_EXISTS,

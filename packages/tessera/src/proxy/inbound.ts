@@ -29,6 +29,7 @@ import {
   parseTrustDomain,
   peerSpiffeId,
   type TlsBundleSource,
+  type X509CrlSource,
   type X509SvidSource,
 } from '@tessera/spiffe';
 import type { DaemonLogger } from '../common/log.js';
@@ -42,7 +43,7 @@ import { forwardedClientCert, XFCC_HEADER, xfccElement } from './xfcc.js';
 /** What the inbound listener needs from the proxy: the narrow view of its identity and its policies. */
 export interface InboundDeps {
   /** The workload's SVID and the bundles clients are verified against (an X509Source is both). */
-  identity: X509SvidSource & TlsBundleSource;
+  identity: X509SvidSource & TlsBundleSource & X509CrlSource;
   /** Decides one request or connection with the policies in force now. */
   decide(protocol: 'http' | 'tcp', request: PolicyRequest): PolicyDecision;
   /**
@@ -226,6 +227,8 @@ export function createInboundListener(
     svid: deps.identity,
     bundles: deps.identity,
     authorizer: trustAuthorizer(config.trust_domains),
+    // A revoked client is refused at the handshake: the CRLs come with the identity.
+    revocation: deps.identity,
     logger: log,
   };
   const connections = createConnectionSet();

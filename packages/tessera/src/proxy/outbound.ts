@@ -8,6 +8,7 @@ import {
   authorizeOneOf,
   spiffeTlsConnect,
   type TlsBundleSource,
+  type X509CrlSource,
   type X509SvidSource,
 } from '@tessera/spiffe';
 import type { DaemonLogger } from '../common/log.js';
@@ -15,7 +16,7 @@ import { type OutboundConfig, splitHostPort } from './config.js';
 import { createConnectionSet } from './connections.js';
 
 export interface OutboundDeps {
-  identity: X509SvidSource & TlsBundleSource;
+  identity: X509SvidSource & TlsBundleSource & X509CrlSource;
   /** False while the workload has no identity (e.g. its entry was deleted): connections are refused. */
   hasIdentity(): boolean;
   logger: DaemonLogger;
@@ -54,6 +55,8 @@ export function createOutboundListener(
     svid: deps.identity,
     bundles: deps.identity,
     authorizer: outboundAuthorizer(config),
+    // A revoked server is refused at the handshake: the CRLs come with the identity.
+    revocation: deps.identity,
     logger: log,
   };
   const alpn = ALPN[config.protocol];

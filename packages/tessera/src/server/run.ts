@@ -24,6 +24,7 @@ import type { NodeAttestor } from './attestation/types.js';
 import { X509PopAttestor } from './attestation/x509pop.js';
 import { jwtAlgorithmOf } from './ca/jwt-authority.js';
 import { AuthorityManager } from './ca/manager.js';
+import { X509Revocations } from './ca/revocation.js';
 import { SigningPool } from './ca/signing-pool.js';
 import type { ServerConfig } from './config.js';
 import { openPostgresDatastore } from './datastore/postgres.js';
@@ -326,11 +327,20 @@ export async function startServer(
         }
       }),
     );
+    const revocations = new X509Revocations({
+      datastore,
+      authority,
+      now,
+      logger: logger.with({ subsystem: 'ca' }),
+    });
+    await revocations.init();
+    cleanups.push(() => revocations.close());
     const cores = availableParallelism();
     const signing = new SigningPool(config.ca.signing_threads ?? (cores > 1 ? Math.min(cores, 8) : 0));
     cleanups.push(() => signing.close());
     const agentApi = new AgentApi({
       signing,
+      crls: revocations,
       trustDomain,
       datastore,
       authority,
@@ -428,6 +438,7 @@ export async function startServer(
       version: tesseraVersion(),
       connectedAgents: () => agentApi.connectedAgents(),
       federation,
+      revocations,
     });
     // The admin API is also served on the agent API port, to SVIDs of entries marked admin.
     const agentApiPort = await agentApi.listen(config.agent_api.address, config.agent_api.port, adminService);
@@ -435,6 +446,7 @@ export async function startServer(
       authority
         .rotate()
         .then(() => authority.prune())
+        .then(() => revocations.prune())
         .then(() => {
           identity.maybeRenew();
         })

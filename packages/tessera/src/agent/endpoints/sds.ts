@@ -84,12 +84,15 @@ function bundlePem(b: SpiffeBundle): Uint8Array {
 interface View {
   svids: CachedSvid[];
   bundles: SpiffeBundle[];
+  /** The own trust domain's CRLs (PEM), and a digest of them for change keys. */
+  crls: { pem: Uint8Array; key: string };
 }
 
 function viewOf(manager: AgentManager, entries: readonly Entry[], selectors: readonly Selector[]): View {
   const federated = new Set(entries.flatMap((e) => e.federatesWith));
   return {
     svids: manager.svidsFor(selectors),
+    crls: { pem: Buffer.from(manager.crls.map((c) => c.toPem()).join('')), key: manager.crlsKey },
     bundles: [
       manager.bundle,
       ...[...federated].flatMap((td) => {
@@ -134,15 +137,22 @@ function secretsFor(
     );
   };
   const trusted = (name: string, bundles: readonly SpiffeBundle[]) => {
+    // The CRLs go with the own trust domain's roots alone: Envoy refuses a certificate whose issuer
+    // has no CRL once a context has any, so none go with federated roots (their CRLs are not ours),
+    // and only the leaf is checked (an upstream authority's CRLs are not ours either).
+    const own = bundles.length === 1 && bundles[0] === view.bundles[0] && view.crls.pem.length > 0;
     keys.push(
-      `${name}=${bundles.map((b) => `${b.trustDomain}:${b.x509Authorities.map((c) => c.fingerprint256)}`)}`,
+      `${name}=${bundles.map((b) => `${b.trustDomain}:${b.x509Authorities.map((c) => c.fingerprint256)}`)}${own ? `+crl:${view.crls.key}` : ''}`,
     );
     secrets.push(
       create(SecretSchema, {
         name,
         type: {
           case: 'validationContext',
-          value: { trustedCa: inline(Buffer.concat(bundles.map(bundlePem))) },
+          value: {
+            trustedCa: inline(Buffer.concat(bundles.map(bundlePem))),
+            ...(own ? { crl: inline(view.crls.pem), onlyVerifyLeafCertCrl: true } : {}),
+          },
         },
       }),
     );

@@ -91,6 +91,7 @@ function x509Response(
     federatedBundles: Object.fromEntries(
       federatedFor(manager, entries).map((b) => [b.trustDomain.idString(), der(b)]),
     ),
+    crl: manager.crls.map((c) => c.raw),
   });
 }
 
@@ -220,6 +221,7 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
           ...message.svids.map((s) => s.hint),
           manager.bundle.sequenceNumber?.toString(),
           manager.bundle.x509Authorities.map((c) => c.fingerprint256).join(','),
+          manager.crlsKey,
           // A federated bundle's roots, not only its name: a peer's rotation must reach watchers.
           ...federatedFor(manager, entries).map(
             (b) => `${b.trustDomain.name}:${b.x509Authorities.map((c) => c.fingerprint256).join(',')}`,
@@ -233,12 +235,14 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
         const bundles = [manager.bundle, ...federatedFor(manager, entries)];
         const message = create(X509BundlesResponseSchema, {
           bundles: Object.fromEntries(bundles.map((b) => [b.trustDomain.idString(), der(b)])),
+          crl: manager.crls.map((c) => c.raw),
         });
         return {
           message,
-          key: bundles
-            .map((b) => `${b.trustDomain}:${b.x509Authorities.map((c) => c.fingerprint256)}`)
-            .join('|'),
+          key: [
+            ...bundles.map((b) => `${b.trustDomain}:${b.x509Authorities.map((c) => c.fingerprint256)}`),
+            manager.crlsKey,
+          ].join('|'),
         };
       })) as grpc.UntypedHandleCall,
     FetchJWTBundles: ((call: Stream) =>

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type * as grpc from '@grpc/grpc-js';
 import {
+  normalizeSerial,
   parseSpiffeBundle,
   parseSpiffeId,
   parseTrustDomain,
@@ -25,13 +26,20 @@ import {
 } from '../../gen/tessera/admin/v1/admin_pb.js';
 import type { Bundle, Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import { joinTokenAgentId } from '../attestation/join-token-id.js';
-import type { AuthorityInfo, AuthorityKind, AuthorityManager } from '../ca/manager.js';
+import {
+  type AuthorityInfo,
+  type AuthorityKind,
+  type AuthorityManager,
+  authorityKeyId,
+} from '../ca/manager.js';
+import type { X509Revocations } from '../ca/revocation.js';
 import type {
   AttestedAgent,
   Datastore,
   EntryInput,
   RegistrationEntry,
   Selector,
+  X509Revocation,
 } from '../datastore/types.js';
 import { federationHandlers } from '../federation/admin.js';
 import type { Federation } from '../federation/federation.js';
@@ -70,8 +78,35 @@ export interface AdminServiceDeps {
   connectedAgents?: () => Iterable<string>;
   /** The federation relationships and their refreshes (absent: the federation methods refuse). */
   federation?: Federation;
+  /** Revocation of single X509-SVIDs (absent: the revocation methods refuse). */
+  revocations?: X509Revocations;
   /** Randomness for join tokens; default crypto.randomBytes. */
   randomBytes?: (n: number) => Buffer;
+}
+
+function revocationsOf(deps: AdminServiceDeps): X509Revocations {
+  if (deps.revocations === undefined)
+    throw new TesseraError(
+      TesseraErrorCode.INVALID_ARGUMENT,
+      'admin: X509-SVID revocation is not available on this server',
+    );
+  return deps.revocations;
+}
+
+function revocationToProto(r: X509Revocation) {
+  return {
+    serial: r.serial,
+    authorityId: r.authorityId,
+    spiffeId: r.spiffeId,
+    entryId: r.entryId,
+    reason: r.reason,
+    revokedAt: seconds(r.revokedAt),
+    expiresAt: seconds(r.expiresAt),
+  };
+}
+
+function crlToProto(c: { authorityId: string; number: bigint; der: Buffer; updatedAt: Date }) {
+  return { authorityId: c.authorityId, number: c.number, der: c.der, updatedAt: seconds(c.updatedAt) };
 }
 
 function invalid(message: string): TesseraError {
@@ -538,6 +573,15 @@ export function createAdminService(deps: AdminServiceDeps): {
           ttlMs: ttlMs('ttl', req.ttl, deps.x509SvidTtlMs),
           now: now(),
         });
+        await ds.recordX509Svids([
+          {
+            serial: normalizeSerial(issued.serial),
+            authorityId: authorityKeyId(authority.x509.certificate),
+            spiffeId: id.toString(),
+            entryId: '',
+            expiresAt: issued.expiresAt,
+          },
+        ]);
         const bundle = await ds.getBundle(td);
         audit.record('svid.issued', {
           type: 'x509',
@@ -552,6 +596,39 @@ export function createAdminService(deps: AdminServiceDeps): {
           bundle: (bundle?.x509Authorities ?? [authority.x509.certificate]).map((c) => c.raw),
           expiresAt: seconds(issued.expiresAt),
         };
+      },
+
+      async revokeX509SVID(req, call) {
+        const caller = adminCallerOf(call);
+        const r = revocationsOf(deps);
+        const by =
+          req.by.case === 'serial' && req.by.value !== ''
+            ? { serial: req.by.value }
+            : req.by.case === 'entryId' && req.by.value !== ''
+              ? { entryId: req.by.value }
+              : undefined;
+        if (by === undefined) throw invalid('give the serial of the X509-SVID to revoke, or an entry ID');
+        const result = await r.revoke(by, req.reason);
+        for (const x of result.revoked)
+          audit.record('svid.revoked', {
+            type: 'x509',
+            serial: x.serial,
+            spiffe_id: x.spiffeId,
+            entry_id: x.entryId,
+            authority: x.authorityId,
+            reason: x.reason,
+            ...callerFields(caller),
+          });
+        return {
+          revoked: result.revoked.map(revocationToProto),
+          alreadyRevoked: result.alreadyRevoked.map(revocationToProto),
+          crls: result.crls.map(crlToProto),
+        };
+      },
+
+      async listX509Revocations() {
+        const r = revocationsOf(deps);
+        return { revocations: (await r.list()).map(revocationToProto), crls: r.crls().map(crlToProto) };
       },
 
       async mintJWTSVID(req, call) {

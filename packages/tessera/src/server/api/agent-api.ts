@@ -8,6 +8,7 @@ import {
   authorizeMemberOf,
   grpcServerCredentials,
   type Logger,
+  normalizeSerial,
   parseTrustDomain,
   peerSpiffeIdOfCall,
   type SpiffeBundle,
@@ -35,7 +36,7 @@ import {
 import { type Bundle, BundleSchema } from '../../gen/tessera/common/v1/types_pb.js';
 import type { NodeAttestor } from '../attestation/types.js';
 import { isAgentId } from '../attestation/types.js';
-import type { AuthorityManager } from '../ca/manager.js';
+import { type AuthorityManager, authorityKeyId } from '../ca/manager.js';
 import type { SigningPool } from '../ca/signing-pool.js';
 import type { IssuedX509Svid } from '../ca/x509-authority.js';
 import type { AttestedAgent, Datastore, DatastoreChange, RegistrationEntry } from '../datastore/types.js';
@@ -59,6 +60,8 @@ export interface AgentApiOptions {
   identity: ServerIdentity;
   /** Where batches of X509-SVIDs are signed (worker threads, or the main thread). */
   signing: SigningPool;
+  /** The trust domain's CRLs, pushed to agents (absent: agents get none). */
+  crls?: CrlSet;
   attestors: ReadonlyMap<string, NodeAttestor>;
   x509SvidTtlMs: number;
   jwtSvidTtlMs: number;
@@ -67,6 +70,12 @@ export interface AgentApiOptions {
   logger: Required<Logger>;
   metrics: Metrics;
   now: () => Date;
+}
+
+/** What the agent API needs of the revocations: the current CRLs and word of a change. */
+export interface CrlSet {
+  crls(): readonly { der: Buffer }[];
+  onChange(listener: () => void): () => void;
 }
 
 function denied(message: string): TesseraError {
@@ -105,9 +114,11 @@ export class AgentApi {
     options.index.on('change', this.#onIndexChange);
     const offChange = options.datastore.onChange((c) => this.#datastoreChanged(c));
     const offTaint = options.authority.onTaint(() => this.#broadcastTainted());
+    const offCrls = options.crls?.onChange(() => this.#broadcastCrls());
     this.#unsubscribe = () => {
       offChange();
       offTaint();
+      offCrls?.();
     };
   }
 
@@ -278,6 +289,25 @@ export class AgentApi {
               ],
         );
         const issuedAll = await o.signing.issue(authority, toIssue, now);
+        // Recorded before any is handed out, so each can be revoked by serial or entry.
+        const authorityId = authorityKeyId(authority.certificate);
+        let k = 0;
+        const records = wanted.flatMap(({ entry }) => {
+          if (entry === undefined) return [];
+          const issued = issuedAll[k++];
+          return issued === undefined || issued instanceof Error
+            ? []
+            : [
+                {
+                  serial: normalizeSerial(issued.serial),
+                  authorityId,
+                  spiffeId: entry.spiffeId,
+                  entryId: entry.id,
+                  expiresAt: issued.expiresAt,
+                },
+              ];
+        });
+        await o.datastore.recordX509Svids(records);
         let next = 0;
         const results = wanted.map(({ p, entry }) => {
           if (entry === undefined) {
@@ -529,6 +559,7 @@ export class AgentApi {
                 bundle: bundleToProto(o.identity.bundle),
                 federatedBundles: federated,
                 taintedAuthorities: o.authority.tainted(),
+                x509Crls: this.#crlsMessage(),
               }
             : {}),
           synced: last,
@@ -681,6 +712,17 @@ export class AgentApi {
           ),
         );
       }
+  }
+
+  #crlsMessage() {
+    return { crls: (this.#o.crls?.crls() ?? []).map((c) => c.der) };
+  }
+
+  /** Pushes the trust domain's CRLs to every agent (the whole set: it replaces what they hold). */
+  #broadcastCrls(): void {
+    const x509Crls = this.#crlsMessage();
+    for (const set of this.#streams.values())
+      for (const s of set) s.call.write(create(SyncResponseSchema, { x509Crls, synced: true }));
   }
 
   /** Pushes the tainted authorities to every agent. */

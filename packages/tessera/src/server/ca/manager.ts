@@ -140,6 +140,11 @@ export class AuthorityManager {
   readonly #rotationListeners = new Set<RotationListener>();
   /** Set while an operator command runs, so listeners can tell it from the schedule. */
   #byOperator = false;
+  /**
+   * Every X.509 authority whose key this server holds, by subject key ID, until it expires: the
+   * current and next, and retired ones (whose SVIDs may still be valid, so their CRLs are signed here).
+   */
+  readonly #heldX509 = new Map<string, X509Authority>();
 
   constructor(options: AuthorityManagerOptions) {
     this.#o = options;
@@ -160,6 +165,7 @@ export class AuthorityManager {
       };
       if (e.status === 'active') this.#x509.current = slot;
       else this.#x509.next = slot;
+      this.#heldX509.set(authorityKeyId(cert), slot.authority);
     }
     for (const e of journal.jwt) {
       if (e.status === 'old') {
@@ -234,6 +240,17 @@ export class AuthorityManager {
     if (c === undefined)
       throw new TesseraError(TesseraErrorCode.CA_ISSUE, 'ca: no active JWT authority; call init()');
     return c.authority;
+  }
+
+  /**
+   * The X.509 authorities this server can sign CRLs for (current, next, and retired ones it still
+   * holds, until they expire), by subject key ID. Retired keys are held in memory only: after a
+   * restart, what a retired key signed can be revoked by tainting and revoking that authority.
+   */
+  heldX509(): ReadonlyMap<string, X509Authority> {
+    const now = this.#o.now().getTime();
+    for (const [id, a] of this.#heldX509) if (a.notAfter.getTime() <= now) this.#heldX509.delete(id);
+    return this.#heldX509;
   }
 
   /** A prepared X.509 authority waiting for activation, if any. */
@@ -621,6 +638,7 @@ export class AuthorityManager {
       authority,
       window: { issuedAt: now, notAfter: authority.notAfter },
     };
+    this.#heldX509.set(authorityKeyId(authority.certificate), authority);
     this.#rotated('x509', 'prepared', authorityKeyId(authority.certificate));
     this.#o.logger?.info?.('ca: prepared X.509 authority', {
       slot,

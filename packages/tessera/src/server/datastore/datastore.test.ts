@@ -271,18 +271,32 @@ function suite(name: string, open: () => Promise<Datastore>): void {
         entryId,
         expiresAt: later(ttl),
       });
-      await ds.recordX509Svids([rec('A1', 'e1', 'ca1', 60_000), rec('B2', 'e1', 'ca1', 120_000), rec('C3', 'e2', 'ca2', 60_000)]);
+      await ds.recordX509Svids([
+        rec('A1', 'e1', 'ca1', 60_000),
+        rec('B2', 'e1', 'ca1', 120_000),
+        rec('C3', 'e2', 'ca2', 60_000),
+      ]);
       await ds.recordX509Svids([rec('A1', 'e1', 'ca1', 60_000)]); // a repeat is harmless
       assert.deepEqual(
         (await ds.findX509Svids({ entryId: 'e1' }, now)).map((r) => r.serial),
         ['A1', 'B2'],
       );
       assert.deepEqual(await ds.findX509Svids({ serial: 'C3' }, now), [rec('C3', 'e2', 'ca2', 60_000)]);
-      assert.deepEqual(await ds.findX509Svids({ serial: 'A1' }, later(60_000)), [], 'expired ones are not found');
+      assert.deepEqual(
+        await ds.findX509Svids({ serial: 'A1' }, later(60_000)),
+        [],
+        'expired ones are not found',
+      );
 
       const revoke = (r: ReturnType<typeof rec>, reason: number) => ({ ...r, reason, revokedAt: now });
-      const fresh = await ds.revokeX509Svids([revoke(rec('A1', 'e1', 'ca1', 60_000), 1), revoke(rec('C3', 'e2', 'ca2', 60_000), 0)]);
-      assert.deepEqual(fresh.map((r) => r.serial), ['A1', 'C3']);
+      const fresh = await ds.revokeX509Svids([
+        revoke(rec('A1', 'e1', 'ca1', 60_000), 1),
+        revoke(rec('C3', 'e2', 'ca2', 60_000), 0),
+      ]);
+      assert.deepEqual(
+        fresh.map((r) => r.serial),
+        ['A1', 'C3'],
+      );
       const again = await ds.revokeX509Svids([revoke(rec('A1', 'e1', 'ca1', 60_000), 4)]);
       assert.deepEqual(again, [], 'revoked once: the first revocation stays');
       assert.deepEqual(
@@ -292,10 +306,22 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       assert.equal((await ds.listX509Revocations(now)).length, 2);
 
       const der = (n: number) => Buffer.from([0x30, 0x01, n]);
-      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(2), notAfter: later(120_000) }), true);
-      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 1n, der: der(1), notAfter: later(120_000) }), false);
-      assert.equal(await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(9), notAfter: later(120_000) }), false);
-      assert.equal(await ds.putX509Crl({ authorityId: 'ca2', number: 1n, der: der(1), notAfter: later(30_000) }), true);
+      assert.equal(
+        await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(2), notAfter: later(120_000) }),
+        true,
+      );
+      assert.equal(
+        await ds.putX509Crl({ authorityId: 'ca1', number: 1n, der: der(1), notAfter: later(120_000) }),
+        false,
+      );
+      assert.equal(
+        await ds.putX509Crl({ authorityId: 'ca1', number: 2n, der: der(9), notAfter: later(120_000) }),
+        false,
+      );
+      assert.equal(
+        await ds.putX509Crl({ authorityId: 'ca2', number: 1n, der: der(1), notAfter: later(30_000) }),
+        true,
+      );
       const crls = await ds.listX509Crls(now);
       assert.deepEqual(
         crls.map((c) => [c.authorityId, c.number, c.der.toString('hex')]),
@@ -308,8 +334,14 @@ function suite(name: string, open: () => Promise<Datastore>): void {
       // At 60 s A1, C3 (revocations and records) and ca2's CRL expire; B2 and ca1's CRL stay.
       assert.deepEqual(await ds.pruneX509(later(60_000)), ['ca1', 'ca2']);
       assert.deepEqual(await ds.listX509Revocations(later(60_000)), []);
-      assert.deepEqual((await ds.listX509Crls(later(30_000))).map((c) => c.authorityId), ['ca1']);
-      assert.deepEqual((await ds.findX509Svids({ entryId: 'e1' }, now)).map((r) => r.serial), ['B2']);
+      assert.deepEqual(
+        (await ds.listX509Crls(later(30_000))).map((c) => c.authorityId),
+        ['ca1'],
+      );
+      assert.deepEqual(
+        (await ds.findX509Svids({ entryId: 'e1' }, now)).map((r) => r.serial),
+        ['B2'],
+      );
       assert.deepEqual(await ds.pruneX509(later(60_000)), [], 'nothing left to prune');
       off();
       assert.deepEqual(told, [

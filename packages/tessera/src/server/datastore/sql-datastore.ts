@@ -1165,7 +1165,15 @@ export class SqlDatastore implements Datastore {
             const n = await tx.execute(
               `INSERT INTO x509_revocations (serial, authority_id, spiffe_id, entry_id, reason, revoked_at, expires_at)
                VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-              [r.serial, r.authorityId, r.spiffeId, r.entryId, r.reason, r.revokedAt.getTime(), r.expiresAt.getTime()],
+              [
+                r.serial,
+                r.authorityId,
+                r.spiffeId,
+                r.entryId,
+                r.reason,
+                r.revokedAt.getTime(),
+                r.expiresAt.getTime(),
+              ],
             );
             if (n === 1) fresh.push(r);
           }
@@ -1209,7 +1217,13 @@ export class SqlDatastore implements Datastore {
              ON CONFLICT (authority_id) DO UPDATE SET crl_number = excluded.crl_number, der = excluded.der,
                not_after = excluded.not_after, updated_at = excluded.updated_at
              WHERE x509_crls.crl_number < excluded.crl_number`,
-            [crl.authorityId, Number(crl.number), crl.der.toString('base64'), crl.notAfter.getTime(), Date.now()],
+            [
+              crl.authorityId,
+              Number(crl.number),
+              crl.der.toString('base64'),
+              crl.notAfter.getTime(),
+              Date.now(),
+            ],
           )) === 1,
         (stored) => (stored ? [{ kind: 'crl', op: 'update', authorityId: crl.authorityId }] : []),
       );
@@ -1250,7 +1264,8 @@ export class SqlDatastore implements Datastore {
           await tx.execute('DELETE FROM x509_crls WHERE not_after <= ?', [t]);
           return rows.map((r) => String(r.authority_id));
         },
-        (ids) => ids.map((authorityId) => ({ kind: 'revocation' as const, op: 'prune' as const, authorityId })),
+        (ids) =>
+          ids.map((authorityId) => ({ kind: 'revocation' as const, op: 'prune' as const, authorityId })),
       );
     } catch (err) {
       wrap('prune expired X509-SVID records', err);

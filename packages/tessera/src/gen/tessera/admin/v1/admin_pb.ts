@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tessera/admin/v1/admin.proto.
  */
 export const file_tessera_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chx0ZXNzZXJhL2FkbWluL3YxL2FkbWluLnByb3RvEhB0ZXNzZXJhLmFkbWluLnYxIgcKBUVtcHR5IjsKBlN0YXR1cxIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSEgoKZXJyb3JfY29kZRgDIAEoCSJBChRDcmVhdGVFbnRyaWVzUmVxdWVzdBIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiZgoRQ3JlYXRlRW50cnlSZXN1bHQSKAoGc3RhdHVzGAEgASgLMhgudGVzc2VyYS5hZG1pbi52MS5TdGF0dXMSJwoFZW50cnkYAiABKAsyGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeSJNChVDcmVhdGVFbnRyaWVzUmVzcG9uc2USNAoHcmVzdWx0cxgBIAMoCzIjLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cnlSZXN1bHQiPQoSVXBkYXRlRW50cnlSZXF1ZXN0EicKBWVudHJ5GAEgASgLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiIwoURGVsZXRlRW50cmllc1JlcXVlc3QSCwoDaWRzGAEgAygJIkkKEURlbGV0ZUVudHJ5UmVzdWx0EgoKAmlkGAEgASgJEigKBnN0YXR1cxgCIAEoCzIYLnRlc3NlcmEuYWRtaW4udjEuU3RhdHVzIk0KFURlbGV0ZUVudHJpZXNSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyeVJlc3VsdCIdCg9HZXRFbnRyeVJlcXVlc3QSCgoCaWQYASABKAkimQEKEkxpc3RFbnRyaWVzUmVxdWVzdBIUCgxieV9zcGlmZmVfaWQYASABKAkSFAoMYnlfcGFyZW50X2lkGAIgASgJEjAKC2J5X3NlbGVjdG9yGAMgASgLMhsudGVzc2VyYS5jb21tb24udjEuU2VsZWN0b3ISEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiWQoTTGlzdEVudHJpZXNSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIg4KDENvdW50UmVxdWVzdCIeCg1Db3VudFJlc3BvbnNlEg0KBWNvdW50GAEgASgDIkwKFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSCwoDdHRsGAEgASgFEhIKCmFnZW50X25hbWUYAiABKAkSEQoJc3BpZmZlX2lkGAMgASgJIk4KF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMSEAoIYWdlbnRfaWQYAyABKAkiywEKBUFnZW50EhEKCXNwaWZmZV9pZBgBIAEoCRIQCghhdHRlc3RvchgCIAEoCRIuCglzZWxlY3RvcnMYAyADKAsyGy50ZXNzZXJhLmNvbW1vbi52MS5TZWxlY3RvchIOCgZzZXJpYWwYBCABKAkSEgoKZXhwaXJlc19hdBgFIAEoAxIOCgZiYW5uZWQYBiABKAgSEgoKY3JlYXRlZF9hdBgHIAEoAxISCgp1cGRhdGVkX2F0GAggASgDEhEKCWNvbm5lY3RlZBgJIAEoCCJ8ChFMaXN0QWdlbnRzUmVxdWVzdBIwCgtieV9zZWxlY3RvchgBIAEoCzIbLnRlc3NlcmEuY29tbW9uLnYxLlNlbGVjdG9yEg4KBmJhbm5lZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJWChJMaXN0QWdlbnRzUmVzcG9uc2USJwoGYWdlbnRzGAEgAygLMhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoMQWdlbnRSZXF1ZXN0EhEKCXNwaWZmZV9pZBgBIAEoCSISChBHZXRCdW5kbGVSZXF1ZXN0IhQKEkxpc3RCdW5kbGVzUmVxdWVzdCJBChNMaXN0QnVuZGxlc1Jlc3BvbnNlEioKB2J1bmRsZXMYASADKAsyGS50ZXNzZXJhLmNvbW1vbi52MS5CdW5kbGUiKwoTRGVsZXRlQnVuZGxlUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiVQoTTWludFg1MDlTVklEUmVxdWVzdBIRCglzcGlmZmVfaWQYASABKAkSCwoDY3NyGAIgASgMEgsKA3R0bBgDIAEoBRIRCglkbnNfbmFtZXMYBCADKAkiTgoUTWludFg1MDlTVklEUmVzcG9uc2USEgoKc3ZpZF9jaGFpbhgBIAMoDBIOCgZidW5kbGUYAiADKAwSEgoKZXhwaXJlc19hdBgDIAEoAyJGChJNaW50SldUU1ZJRFJlcXVlc3QSEQoJc3BpZmZlX2lkGAEgASgJEhAKCGF1ZGllbmNlGAIgAygJEgsKA3R0bBgDIAEoBSI4ChNNaW50SldUU1ZJRFJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMigwEKCUF1dGhvcml0eRIMCgRraW5kGAEgASgJEgoKAmlkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIPCgd0YWludGVkGAQgASgIEhEKCW5vdF9hZnRlchgFIAEoAxITCgtjZXJ0aWZpY2F0ZRgGIAEoDBITCgt1cHN0cmVhbV9pZBgHIAEoCSIXChVHZXRBdXRob3JpdGllc1JlcXVlc3QiSgoWR2V0QXV0aG9yaXRpZXNSZXNwb25zZRIwCgthdXRob3JpdGllcxgBIAMoCzIbLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5IiwKEEF1dGhvcml0eVJlcXVlc3QSDAoEa2luZBgBIAEoCRIKCgJpZBgCIAEoCSIPCg1IZWFsdGhSZXF1ZXN0IkYKDkhlYWx0aFJlc3BvbnNlEg0KBXJlYWR5GAEgASgIEhQKDHRydXN0X2RvbWFpbhgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIoACChZGZWRlcmF0aW9uUmVsYXRpb25zaGlwEhQKDHRydXN0X2RvbWFpbhgBIAEoCRIbChNidW5kbGVfZW5kcG9pbnRfdXJsGAIgASgJEh8KF2J1bmRsZV9lbmRwb2ludF9wcm9maWxlGAMgASgJEhoKEmVuZHBvaW50X3NwaWZmZV9pZBgEIAEoCRIVCg1jYV9idW5kbGVfcGVtGAUgASgJEhsKE3RydXN0X2RvbWFpbl9idW5kbGUYBiABKAwSDgoGc291cmNlGAcgASgJEjIKBnN0YXR1cxgIIAEoCzIiLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblN0YXR1cyLwAQoQRmVkZXJhdGlvblN0YXR1cxIUCgxsYXN0X2F0dGVtcHQYASABKAMSFAoMbGFzdF9zdWNjZXNzGAIgASgDEhIKCmxhc3RfZXJyb3IYAyABKAkSFAoMbmV4dF9yZWZyZXNoGAQgASgDEhIKCmhhc19idW5kbGUYBSABKAgSFwoPYnVuZGxlX3NlcXVlbmNlGAYgASgEEhQKDHJlZnJlc2hfaGludBgHIAEoAxIYChB4NTA5X2F1dGhvcml0aWVzGAggASgNEhcKD2p3dF9hdXRob3JpdGllcxgJIAEoDRIQCghmYWlsdXJlcxgKIAEoDSIpChFGZWRlcmF0aW9uUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiJAoiTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzUmVxdWVzdCJmCiNMaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXNwb25zZRI/Cg1yZWxhdGlvbnNoaXBzGAEgAygLMigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwMosVCgVBZG1pbhJgCg1DcmVhdGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5DcmVhdGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cmllc1Jlc3BvbnNlEk0KC1VwZGF0ZUVudHJ5EiQudGVzc2VyYS5hZG1pbi52MS5VcGRhdGVFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJgCg1EZWxldGVFbnRyaWVzEiYudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyaWVzUmVxdWVzdBonLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlRW50cmllc1Jlc3BvbnNlEkcKCEdldEVudHJ5EiEudGVzc2VyYS5hZG1pbi52MS5HZXRFbnRyeVJlcXVlc3QaGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeRJaCgtMaXN0RW50cmllcxIkLnRlc3NlcmEuYWRtaW4udjEuTGlzdEVudHJpZXNSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5MaXN0RW50cmllc1Jlc3BvbnNlEk8KDENvdW50RW50cmllcxIeLnRlc3NlcmEuYWRtaW4udjEuQ291bnRSZXF1ZXN0Gh8udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlc3BvbnNlEmYKD0NyZWF0ZUpvaW5Ub2tlbhIoLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVxdWVzdBopLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USVwoKTGlzdEFnZW50cxIjLnRlc3NlcmEuYWRtaW4udjEuTGlzdEFnZW50c1JlcXVlc3QaJC50ZXNzZXJhLmFkbWluLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJDCghHZXRBZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBJDCghCYW5BZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJFCgpFdmljdEFnZW50Eh4udGVzc2VyYS5hZG1pbi52MS5BZ2VudFJlcXVlc3QaFy50ZXNzZXJhLmFkbWluLnYxLkVtcHR5Ek4KC0NvdW50QWdlbnRzEh4udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlcXVlc3QaHy50ZXNzZXJhLmFkbWluLnYxLkNvdW50UmVzcG9uc2USSgoJR2V0QnVuZGxlEiIudGVzc2VyYS5hZG1pbi52MS5HZXRCdW5kbGVSZXF1ZXN0GhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEloKC0xpc3RCdW5kbGVzEiQudGVzc2VyYS5hZG1pbi52MS5MaXN0QnVuZGxlc1JlcXVlc3QaJS50ZXNzZXJhLmFkbWluLnYxLkxpc3RCdW5kbGVzUmVzcG9uc2USQQoJU2V0QnVuZGxlEhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlGhkudGVzc2VyYS5jb21tb24udjEuQnVuZGxlEk4KDERlbGV0ZUJ1bmRsZRIlLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlQnVuZGxlUmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuRW1wdHkScgocQ3JlYXRlRmVkZXJhdGlvblJlbGF0aW9uc2hpcBIoLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBJyChxVcGRhdGVGZWRlcmF0aW9uUmVsYXRpb25zaGlwEigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwGigudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVsYXRpb25zaGlwElwKHERlbGV0ZUZlZGVyYXRpb25SZWxhdGlvbnNoaXASIy50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJqChlHZXRGZWRlcmF0aW9uUmVsYXRpb25zaGlwEiMudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBKKAQobTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzEjQudGVzc2VyYS5hZG1pbi52MS5MaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXF1ZXN0GjUudGVzc2VyYS5hZG1pbi52MS5MaXN0RmVkZXJhdGlvblJlbGF0aW9uc2hpcHNSZXNwb25zZRJeCg1SZWZyZXNoQnVuZGxlEiMudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBJdCgxNaW50WDUwOVNWSUQSJS50ZXNzZXJhLmFkbWluLnYxLk1pbnRYNTA5U1ZJRFJlcXVlc3QaJi50ZXNzZXJhLmFkbWluLnYxLk1pbnRYNTA5U1ZJRFJlc3BvbnNlEloKC01pbnRKV1RTVklEEiQudGVzc2VyYS5hZG1pbi52MS5NaW50SldUU1ZJRFJlcXVlc3QaJS50ZXNzZXJhLmFkbWluLnYxLk1pbnRKV1RTVklEUmVzcG9uc2USYwoOR2V0QXV0aG9yaXRpZXMSJy50ZXNzZXJhLmFkbWluLnYxLkdldEF1dGhvcml0aWVzUmVxdWVzdBooLnRlc3NlcmEuYWRtaW4udjEuR2V0QXV0aG9yaXRpZXNSZXNwb25zZRJTChBQcmVwYXJlQXV0aG9yaXR5EiIudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHlSZXF1ZXN0GhsudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHkSVAoRQWN0aXZhdGVBdXRob3JpdHkSIi50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eVJlcXVlc3QaGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eRJRCg5UYWludEF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5ElIKD1Jldm9rZUF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5EksKBkhlYWx0aBIfLnRlc3NlcmEuYWRtaW4udjEuSGVhbHRoUmVxdWVzdBogLnRlc3NlcmEuYWRtaW4udjEuSGVhbHRoUmVzcG9uc2ViBnByb3RvMw", [file_tessera_common_v1_types]);
+  fileDesc("Chx0ZXNzZXJhL2FkbWluL3YxL2FkbWluLnByb3RvEhB0ZXNzZXJhLmFkbWluLnYxIgcKBUVtcHR5IjsKBlN0YXR1cxIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSEgoKZXJyb3JfY29kZRgDIAEoCSJBChRDcmVhdGVFbnRyaWVzUmVxdWVzdBIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiZgoRQ3JlYXRlRW50cnlSZXN1bHQSKAoGc3RhdHVzGAEgASgLMhgudGVzc2VyYS5hZG1pbi52MS5TdGF0dXMSJwoFZW50cnkYAiABKAsyGC50ZXNzZXJhLmNvbW1vbi52MS5FbnRyeSJNChVDcmVhdGVFbnRyaWVzUmVzcG9uc2USNAoHcmVzdWx0cxgBIAMoCzIjLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cnlSZXN1bHQiPQoSVXBkYXRlRW50cnlSZXF1ZXN0EicKBWVudHJ5GAEgASgLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkiIwoURGVsZXRlRW50cmllc1JlcXVlc3QSCwoDaWRzGAEgAygJIkkKEURlbGV0ZUVudHJ5UmVzdWx0EgoKAmlkGAEgASgJEigKBnN0YXR1cxgCIAEoCzIYLnRlc3NlcmEuYWRtaW4udjEuU3RhdHVzIk0KFURlbGV0ZUVudHJpZXNSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMudGVzc2VyYS5hZG1pbi52MS5EZWxldGVFbnRyeVJlc3VsdCIdCg9HZXRFbnRyeVJlcXVlc3QSCgoCaWQYASABKAkimQEKEkxpc3RFbnRyaWVzUmVxdWVzdBIUCgxieV9zcGlmZmVfaWQYASABKAkSFAoMYnlfcGFyZW50X2lkGAIgASgJEjAKC2J5X3NlbGVjdG9yGAMgASgLMhsudGVzc2VyYS5jb21tb24udjEuU2VsZWN0b3ISEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiWQoTTGlzdEVudHJpZXNSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIg4KDENvdW50UmVxdWVzdCIeCg1Db3VudFJlc3BvbnNlEg0KBWNvdW50GAEgASgDIkwKFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSCwoDdHRsGAEgASgFEhIKCmFnZW50X25hbWUYAiABKAkSEQoJc3BpZmZlX2lkGAMgASgJIk4KF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMSEAoIYWdlbnRfaWQYAyABKAkiywEKBUFnZW50EhEKCXNwaWZmZV9pZBgBIAEoCRIQCghhdHRlc3RvchgCIAEoCRIuCglzZWxlY3RvcnMYAyADKAsyGy50ZXNzZXJhLmNvbW1vbi52MS5TZWxlY3RvchIOCgZzZXJpYWwYBCABKAkSEgoKZXhwaXJlc19hdBgFIAEoAxIOCgZiYW5uZWQYBiABKAgSEgoKY3JlYXRlZF9hdBgHIAEoAxISCgp1cGRhdGVkX2F0GAggASgDEhEKCWNvbm5lY3RlZBgJIAEoCCJ8ChFMaXN0QWdlbnRzUmVxdWVzdBIwCgtieV9zZWxlY3RvchgBIAEoCzIbLnRlc3NlcmEuY29tbW9uLnYxLlNlbGVjdG9yEg4KBmJhbm5lZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJWChJMaXN0QWdlbnRzUmVzcG9uc2USJwoGYWdlbnRzGAEgAygLMhcudGVzc2VyYS5hZG1pbi52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoMQWdlbnRSZXF1ZXN0EhEKCXNwaWZmZV9pZBgBIAEoCSISChBHZXRCdW5kbGVSZXF1ZXN0IhQKEkxpc3RCdW5kbGVzUmVxdWVzdCJBChNMaXN0QnVuZGxlc1Jlc3BvbnNlEioKB2J1bmRsZXMYASADKAsyGS50ZXNzZXJhLmNvbW1vbi52MS5CdW5kbGUiKwoTRGVsZXRlQnVuZGxlUmVxdWVzdBIUCgx0cnVzdF9kb21haW4YASABKAkiVQoTTWludFg1MDlTVklEUmVxdWVzdBIRCglzcGlmZmVfaWQYASABKAkSCwoDY3NyGAIgASgMEgsKA3R0bBgDIAEoBRIRCglkbnNfbmFtZXMYBCADKAkiTgoUTWludFg1MDlTVklEUmVzcG9uc2USEgoKc3ZpZF9jaGFpbhgBIAMoDBIOCgZidW5kbGUYAiADKAwSEgoKZXhwaXJlc19hdBgDIAEoAyJTChVSZXZva2VYNTA5U1ZJRFJlcXVlc3QSEAoGc2VyaWFsGAEgASgJSAASEgoIZW50cnlfaWQYAiABKAlIABIOCgZyZWFzb24YAyABKAVCBAoCYnkikwEKDlg1MDlSZXZvY2F0aW9uEg4KBnNlcmlhbBgBIAEoCRIUCgxhdXRob3JpdHlfaWQYAiABKAkSEQoJc3BpZmZlX2lkGAMgASgJEhAKCGVudHJ5X2lkGAQgASgJEg4KBnJlYXNvbhgFIAEoBRISCgpyZXZva2VkX2F0GAYgASgDEhIKCmV4cGlyZXNfYXQYByABKAMiUAoHWDUwOUNSTBIUCgxhdXRob3JpdHlfaWQYASABKAkSDgoGbnVtYmVyGAIgASgEEgsKA2RlchgDIAEoDBISCgp1cGRhdGVkX2F0GAQgASgDIq8BChZSZXZva2VYNTA5U1ZJRFJlc3BvbnNlEjEKB3Jldm9rZWQYASADKAsyIC50ZXNzZXJhLmFkbWluLnYxLlg1MDlSZXZvY2F0aW9uEjkKD2FscmVhZHlfcmV2b2tlZBgCIAMoCzIgLnRlc3NlcmEuYWRtaW4udjEuWDUwOVJldm9jYXRpb24SJwoEY3JscxgDIAMoCzIZLnRlc3NlcmEuYWRtaW4udjEuWDUwOUNSTCIcChpMaXN0WDUwOVJldm9jYXRpb25zUmVxdWVzdCJ9ChtMaXN0WDUwOVJldm9jYXRpb25zUmVzcG9uc2USNQoLcmV2b2NhdGlvbnMYASADKAsyIC50ZXNzZXJhLmFkbWluLnYxLlg1MDlSZXZvY2F0aW9uEicKBGNybHMYAiADKAsyGS50ZXNzZXJhLmFkbWluLnYxLlg1MDlDUkwiRgoSTWludEpXVFNWSURSZXF1ZXN0EhEKCXNwaWZmZV9pZBgBIAEoCRIQCghhdWRpZW5jZRgCIAMoCRILCgN0dGwYAyABKAUiOAoTTWludEpXVFNWSURSZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgpleHBpcmVzX2F0GAIgASgDIoMBCglBdXRob3JpdHkSDAoEa2luZBgBIAEoCRIKCgJpZBgCIAEoCRIOCgZzdGF0dXMYAyABKAkSDwoHdGFpbnRlZBgEIAEoCBIRCglub3RfYWZ0ZXIYBSABKAMSEwoLY2VydGlmaWNhdGUYBiABKAwSEwoLdXBzdHJlYW1faWQYByABKAkiFwoVR2V0QXV0aG9yaXRpZXNSZXF1ZXN0IkoKFkdldEF1dGhvcml0aWVzUmVzcG9uc2USMAoLYXV0aG9yaXRpZXMYASADKAsyGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eSIsChBBdXRob3JpdHlSZXF1ZXN0EgwKBGtpbmQYASABKAkSCgoCaWQYAiABKAkiDwoNSGVhbHRoUmVxdWVzdCJGCg5IZWFsdGhSZXNwb25zZRINCgVyZWFkeRgBIAEoCBIUCgx0cnVzdF9kb21haW4YAiABKAkSDwoHdmVyc2lvbhgDIAEoCSKAAgoWRmVkZXJhdGlvblJlbGF0aW9uc2hpcBIUCgx0cnVzdF9kb21haW4YASABKAkSGwoTYnVuZGxlX2VuZHBvaW50X3VybBgCIAEoCRIfChdidW5kbGVfZW5kcG9pbnRfcHJvZmlsZRgDIAEoCRIaChJlbmRwb2ludF9zcGlmZmVfaWQYBCABKAkSFQoNY2FfYnVuZGxlX3BlbRgFIAEoCRIbChN0cnVzdF9kb21haW5fYnVuZGxlGAYgASgMEg4KBnNvdXJjZRgHIAEoCRIyCgZzdGF0dXMYCCABKAsyIi50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25TdGF0dXMi8AEKEEZlZGVyYXRpb25TdGF0dXMSFAoMbGFzdF9hdHRlbXB0GAEgASgDEhQKDGxhc3Rfc3VjY2VzcxgCIAEoAxISCgpsYXN0X2Vycm9yGAMgASgJEhQKDG5leHRfcmVmcmVzaBgEIAEoAxISCgpoYXNfYnVuZGxlGAUgASgIEhcKD2J1bmRsZV9zZXF1ZW5jZRgGIAEoBBIUCgxyZWZyZXNoX2hpbnQYByABKAMSGAoQeDUwOV9hdXRob3JpdGllcxgIIAEoDRIXCg9qd3RfYXV0aG9yaXRpZXMYCSABKA0SEAoIZmFpbHVyZXMYCiABKA0iKQoRRmVkZXJhdGlvblJlcXVlc3QSFAoMdHJ1c3RfZG9tYWluGAEgASgJIiQKIkxpc3RGZWRlcmF0aW9uUmVsYXRpb25zaGlwc1JlcXVlc3QiZgojTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzUmVzcG9uc2USPwoNcmVsYXRpb25zaGlwcxgBIAMoCzIoLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcDLkFgoFQWRtaW4SYAoNQ3JlYXRlRW50cmllcxImLnRlc3NlcmEuYWRtaW4udjEuQ3JlYXRlRW50cmllc1JlcXVlc3QaJy50ZXNzZXJhLmFkbWluLnYxLkNyZWF0ZUVudHJpZXNSZXNwb25zZRJNCgtVcGRhdGVFbnRyeRIkLnRlc3NlcmEuYWRtaW4udjEuVXBkYXRlRW50cnlSZXF1ZXN0GhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSYAoNRGVsZXRlRW50cmllcxImLnRlc3NlcmEuYWRtaW4udjEuRGVsZXRlRW50cmllc1JlcXVlc3QaJy50ZXNzZXJhLmFkbWluLnYxLkRlbGV0ZUVudHJpZXNSZXNwb25zZRJHCghHZXRFbnRyeRIhLnRlc3NlcmEuYWRtaW4udjEuR2V0RW50cnlSZXF1ZXN0GhgudGVzc2VyYS5jb21tb24udjEuRW50cnkSWgoLTGlzdEVudHJpZXMSJC50ZXNzZXJhLmFkbWluLnYxLkxpc3RFbnRyaWVzUmVxdWVzdBolLnRlc3NlcmEuYWRtaW4udjEuTGlzdEVudHJpZXNSZXNwb25zZRJPCgxDb3VudEVudHJpZXMSHi50ZXNzZXJhLmFkbWluLnYxLkNvdW50UmVxdWVzdBofLnRlc3NlcmEuYWRtaW4udjEuQ291bnRSZXNwb25zZRJmCg9DcmVhdGVKb2luVG9rZW4SKC50ZXNzZXJhLmFkbWluLnYxLkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QaKS50ZXNzZXJhLmFkbWluLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlElcKCkxpc3RBZ2VudHMSIy50ZXNzZXJhLmFkbWluLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiQudGVzc2VyYS5hZG1pbi52MS5MaXN0QWdlbnRzUmVzcG9uc2USQwoIR2V0QWdlbnQSHi50ZXNzZXJhLmFkbWluLnYxLkFnZW50UmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuQWdlbnQSQwoIQmFuQWdlbnQSHi50ZXNzZXJhLmFkbWluLnYxLkFnZW50UmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuRW1wdHkSRQoKRXZpY3RBZ2VudBIeLnRlc3NlcmEuYWRtaW4udjEuQWdlbnRSZXF1ZXN0GhcudGVzc2VyYS5hZG1pbi52MS5FbXB0eRJOCgtDb3VudEFnZW50cxIeLnRlc3NlcmEuYWRtaW4udjEuQ291bnRSZXF1ZXN0Gh8udGVzc2VyYS5hZG1pbi52MS5Db3VudFJlc3BvbnNlEkoKCUdldEJ1bmRsZRIiLnRlc3NlcmEuYWRtaW4udjEuR2V0QnVuZGxlUmVxdWVzdBoZLnRlc3NlcmEuY29tbW9uLnYxLkJ1bmRsZRJaCgtMaXN0QnVuZGxlcxIkLnRlc3NlcmEuYWRtaW4udjEuTGlzdEJ1bmRsZXNSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5MaXN0QnVuZGxlc1Jlc3BvbnNlEkEKCVNldEJ1bmRsZRIZLnRlc3NlcmEuY29tbW9uLnYxLkJ1bmRsZRoZLnRlc3NlcmEuY29tbW9uLnYxLkJ1bmRsZRJOCgxEZWxldGVCdW5kbGUSJS50ZXNzZXJhLmFkbWluLnYxLkRlbGV0ZUJ1bmRsZVJlcXVlc3QaFy50ZXNzZXJhLmFkbWluLnYxLkVtcHR5EnIKHENyZWF0ZUZlZGVyYXRpb25SZWxhdGlvbnNoaXASKC50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZWxhdGlvbnNoaXAaKC50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZWxhdGlvbnNoaXAScgocVXBkYXRlRmVkZXJhdGlvblJlbGF0aW9uc2hpcBIoLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBooLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlbGF0aW9uc2hpcBJcChxEZWxldGVGZWRlcmF0aW9uUmVsYXRpb25zaGlwEiMudGVzc2VyYS5hZG1pbi52MS5GZWRlcmF0aW9uUmVxdWVzdBoXLnRlc3NlcmEuYWRtaW4udjEuRW1wdHkSagoZR2V0RmVkZXJhdGlvblJlbGF0aW9uc2hpcBIjLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlcXVlc3QaKC50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZWxhdGlvbnNoaXASigEKG0xpc3RGZWRlcmF0aW9uUmVsYXRpb25zaGlwcxI0LnRlc3NlcmEuYWRtaW4udjEuTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzUmVxdWVzdBo1LnRlc3NlcmEuYWRtaW4udjEuTGlzdEZlZGVyYXRpb25SZWxhdGlvbnNoaXBzUmVzcG9uc2USXgoNUmVmcmVzaEJ1bmRsZRIjLnRlc3NlcmEuYWRtaW4udjEuRmVkZXJhdGlvblJlcXVlc3QaKC50ZXNzZXJhLmFkbWluLnYxLkZlZGVyYXRpb25SZWxhdGlvbnNoaXASXQoMTWludFg1MDlTVklEEiUudGVzc2VyYS5hZG1pbi52MS5NaW50WDUwOVNWSURSZXF1ZXN0GiYudGVzc2VyYS5hZG1pbi52MS5NaW50WDUwOVNWSURSZXNwb25zZRJaCgtNaW50SldUU1ZJRBIkLnRlc3NlcmEuYWRtaW4udjEuTWludEpXVFNWSURSZXF1ZXN0GiUudGVzc2VyYS5hZG1pbi52MS5NaW50SldUU1ZJRFJlc3BvbnNlEmMKDlJldm9rZVg1MDlTVklEEicudGVzc2VyYS5hZG1pbi52MS5SZXZva2VYNTA5U1ZJRFJlcXVlc3QaKC50ZXNzZXJhLmFkbWluLnYxLlJldm9rZVg1MDlTVklEUmVzcG9uc2UScgoTTGlzdFg1MDlSZXZvY2F0aW9ucxIsLnRlc3NlcmEuYWRtaW4udjEuTGlzdFg1MDlSZXZvY2F0aW9uc1JlcXVlc3QaLS50ZXNzZXJhLmFkbWluLnYxLkxpc3RYNTA5UmV2b2NhdGlvbnNSZXNwb25zZRJjCg5HZXRBdXRob3JpdGllcxInLnRlc3NlcmEuYWRtaW4udjEuR2V0QXV0aG9yaXRpZXNSZXF1ZXN0GigudGVzc2VyYS5hZG1pbi52MS5HZXRBdXRob3JpdGllc1Jlc3BvbnNlElMKEFByZXBhcmVBdXRob3JpdHkSIi50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eVJlcXVlc3QaGy50ZXNzZXJhLmFkbWluLnYxLkF1dGhvcml0eRJUChFBY3RpdmF0ZUF1dGhvcml0eRIiLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5UmVxdWVzdBobLnRlc3NlcmEuYWRtaW4udjEuQXV0aG9yaXR5ElEKDlRhaW50QXV0aG9yaXR5EiIudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHlSZXF1ZXN0GhsudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHkSUgoPUmV2b2tlQXV0aG9yaXR5EiIudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHlSZXF1ZXN0GhsudGVzc2VyYS5hZG1pbi52MS5BdXRob3JpdHkSSwoGSGVhbHRoEh8udGVzc2VyYS5hZG1pbi52MS5IZWFsdGhSZXF1ZXN0GiAudGVzc2VyYS5hZG1pbi52MS5IZWFsdGhSZXNwb25zZWIGcHJvdG8z", [file_tessera_common_v1_types]);
 
 /**
  * @generated from message tessera.admin.v1.Empty
@@ -619,6 +619,196 @@ export const MintX509SVIDResponseSchema: GenMessage<MintX509SVIDResponse> = /*@_
   messageDesc(file_tessera_admin_v1_admin, 25);
 
 /**
+ * @generated from message tessera.admin.v1.RevokeX509SVIDRequest
+ */
+export type RevokeX509SVIDRequest = Message<"tessera.admin.v1.RevokeX509SVIDRequest"> & {
+  /**
+   * @generated from oneof tessera.admin.v1.RevokeX509SVIDRequest.by
+   */
+  by: {
+    /**
+     * Hex, as openssl and X509Certificate print it (colons and case ignored).
+     *
+     * @generated from field: string serial = 1;
+     */
+    value: string;
+    case: "serial";
+  } | {
+    /**
+     * @generated from field: string entry_id = 2;
+     */
+    value: string;
+    case: "entryId";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * RFC 5280 CRLReason code (0 unspecified, 1 keyCompromise, ...).
+   *
+   * @generated from field: int32 reason = 3;
+   */
+  reason: number;
+};
+
+/**
+ * Describes the message tessera.admin.v1.RevokeX509SVIDRequest.
+ * Use `create(RevokeX509SVIDRequestSchema)` to create a new message.
+ */
+export const RevokeX509SVIDRequestSchema: GenMessage<RevokeX509SVIDRequest> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 26);
+
+/**
+ * @generated from message tessera.admin.v1.X509Revocation
+ */
+export type X509Revocation = Message<"tessera.admin.v1.X509Revocation"> & {
+  /**
+   * @generated from field: string serial = 1;
+   */
+  serial: string;
+
+  /**
+   * Subject key ID (hex) of the authority that signed the SVID.
+   *
+   * @generated from field: string authority_id = 2;
+   */
+  authorityId: string;
+
+  /**
+   * @generated from field: string spiffe_id = 3;
+   */
+  spiffeId: string;
+
+  /**
+   * @generated from field: string entry_id = 4;
+   */
+  entryId: string;
+
+  /**
+   * @generated from field: int32 reason = 5;
+   */
+  reason: number;
+
+  /**
+   * Unix seconds.
+   *
+   * @generated from field: int64 revoked_at = 6;
+   */
+  revokedAt: bigint;
+
+  /**
+   * @generated from field: int64 expires_at = 7;
+   */
+  expiresAt: bigint;
+};
+
+/**
+ * Describes the message tessera.admin.v1.X509Revocation.
+ * Use `create(X509RevocationSchema)` to create a new message.
+ */
+export const X509RevocationSchema: GenMessage<X509Revocation> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 27);
+
+/**
+ * @generated from message tessera.admin.v1.X509CRL
+ */
+export type X509CRL = Message<"tessera.admin.v1.X509CRL"> & {
+  /**
+   * @generated from field: string authority_id = 1;
+   */
+  authorityId: string;
+
+  /**
+   * @generated from field: uint64 number = 2;
+   */
+  number: bigint;
+
+  /**
+   * @generated from field: bytes der = 3;
+   */
+  der: Uint8Array;
+
+  /**
+   * @generated from field: int64 updated_at = 4;
+   */
+  updatedAt: bigint;
+};
+
+/**
+ * Describes the message tessera.admin.v1.X509CRL.
+ * Use `create(X509CRLSchema)` to create a new message.
+ */
+export const X509CRLSchema: GenMessage<X509CRL> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 28);
+
+/**
+ * @generated from message tessera.admin.v1.RevokeX509SVIDResponse
+ */
+export type RevokeX509SVIDResponse = Message<"tessera.admin.v1.RevokeX509SVIDResponse"> & {
+  /**
+   * Newly revoked.
+   *
+   * @generated from field: repeated tessera.admin.v1.X509Revocation revoked = 1;
+   */
+  revoked: X509Revocation[];
+
+  /**
+   * Revoked before (their first revocation stands).
+   *
+   * @generated from field: repeated tessera.admin.v1.X509Revocation already_revoked = 2;
+   */
+  alreadyRevoked: X509Revocation[];
+
+  /**
+   * The CRLs this server signed for the revocation; an authority held by another server of the
+   * trust domain is absent here and is signed there.
+   *
+   * @generated from field: repeated tessera.admin.v1.X509CRL crls = 3;
+   */
+  crls: X509CRL[];
+};
+
+/**
+ * Describes the message tessera.admin.v1.RevokeX509SVIDResponse.
+ * Use `create(RevokeX509SVIDResponseSchema)` to create a new message.
+ */
+export const RevokeX509SVIDResponseSchema: GenMessage<RevokeX509SVIDResponse> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 29);
+
+/**
+ * @generated from message tessera.admin.v1.ListX509RevocationsRequest
+ */
+export type ListX509RevocationsRequest = Message<"tessera.admin.v1.ListX509RevocationsRequest"> & {
+};
+
+/**
+ * Describes the message tessera.admin.v1.ListX509RevocationsRequest.
+ * Use `create(ListX509RevocationsRequestSchema)` to create a new message.
+ */
+export const ListX509RevocationsRequestSchema: GenMessage<ListX509RevocationsRequest> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 30);
+
+/**
+ * @generated from message tessera.admin.v1.ListX509RevocationsResponse
+ */
+export type ListX509RevocationsResponse = Message<"tessera.admin.v1.ListX509RevocationsResponse"> & {
+  /**
+   * @generated from field: repeated tessera.admin.v1.X509Revocation revocations = 1;
+   */
+  revocations: X509Revocation[];
+
+  /**
+   * @generated from field: repeated tessera.admin.v1.X509CRL crls = 2;
+   */
+  crls: X509CRL[];
+};
+
+/**
+ * Describes the message tessera.admin.v1.ListX509RevocationsResponse.
+ * Use `create(ListX509RevocationsResponseSchema)` to create a new message.
+ */
+export const ListX509RevocationsResponseSchema: GenMessage<ListX509RevocationsResponse> = /*@__PURE__*/
+  messageDesc(file_tessera_admin_v1_admin, 31);
+
+/**
  * @generated from message tessera.admin.v1.MintJWTSVIDRequest
  */
 export type MintJWTSVIDRequest = Message<"tessera.admin.v1.MintJWTSVIDRequest"> & {
@@ -643,7 +833,7 @@ export type MintJWTSVIDRequest = Message<"tessera.admin.v1.MintJWTSVIDRequest"> 
  * Use `create(MintJWTSVIDRequestSchema)` to create a new message.
  */
 export const MintJWTSVIDRequestSchema: GenMessage<MintJWTSVIDRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 26);
+  messageDesc(file_tessera_admin_v1_admin, 32);
 
 /**
  * @generated from message tessera.admin.v1.MintJWTSVIDResponse
@@ -665,7 +855,7 @@ export type MintJWTSVIDResponse = Message<"tessera.admin.v1.MintJWTSVIDResponse"
  * Use `create(MintJWTSVIDResponseSchema)` to create a new message.
  */
 export const MintJWTSVIDResponseSchema: GenMessage<MintJWTSVIDResponse> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 27);
+  messageDesc(file_tessera_admin_v1_admin, 33);
 
 /**
  * @generated from message tessera.admin.v1.Authority
@@ -722,7 +912,7 @@ export type Authority = Message<"tessera.admin.v1.Authority"> & {
  * Use `create(AuthoritySchema)` to create a new message.
  */
 export const AuthoritySchema: GenMessage<Authority> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 28);
+  messageDesc(file_tessera_admin_v1_admin, 34);
 
 /**
  * @generated from message tessera.admin.v1.GetAuthoritiesRequest
@@ -735,7 +925,7 @@ export type GetAuthoritiesRequest = Message<"tessera.admin.v1.GetAuthoritiesRequ
  * Use `create(GetAuthoritiesRequestSchema)` to create a new message.
  */
 export const GetAuthoritiesRequestSchema: GenMessage<GetAuthoritiesRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 29);
+  messageDesc(file_tessera_admin_v1_admin, 35);
 
 /**
  * @generated from message tessera.admin.v1.GetAuthoritiesResponse
@@ -752,7 +942,7 @@ export type GetAuthoritiesResponse = Message<"tessera.admin.v1.GetAuthoritiesRes
  * Use `create(GetAuthoritiesResponseSchema)` to create a new message.
  */
 export const GetAuthoritiesResponseSchema: GenMessage<GetAuthoritiesResponse> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 30);
+  messageDesc(file_tessera_admin_v1_admin, 36);
 
 /**
  * @generated from message tessera.admin.v1.AuthorityRequest
@@ -776,7 +966,7 @@ export type AuthorityRequest = Message<"tessera.admin.v1.AuthorityRequest"> & {
  * Use `create(AuthorityRequestSchema)` to create a new message.
  */
 export const AuthorityRequestSchema: GenMessage<AuthorityRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 31);
+  messageDesc(file_tessera_admin_v1_admin, 37);
 
 /**
  * @generated from message tessera.admin.v1.HealthRequest
@@ -789,7 +979,7 @@ export type HealthRequest = Message<"tessera.admin.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 32);
+  messageDesc(file_tessera_admin_v1_admin, 38);
 
 /**
  * @generated from message tessera.admin.v1.HealthResponse
@@ -816,7 +1006,7 @@ export type HealthResponse = Message<"tessera.admin.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 33);
+  messageDesc(file_tessera_admin_v1_admin, 39);
 
 /**
  * @generated from message tessera.admin.v1.FederationRelationship
@@ -881,7 +1071,7 @@ export type FederationRelationship = Message<"tessera.admin.v1.FederationRelatio
  * Use `create(FederationRelationshipSchema)` to create a new message.
  */
 export const FederationRelationshipSchema: GenMessage<FederationRelationship> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 34);
+  messageDesc(file_tessera_admin_v1_admin, 40);
 
 /**
  * @generated from message tessera.admin.v1.FederationStatus
@@ -951,7 +1141,7 @@ export type FederationStatus = Message<"tessera.admin.v1.FederationStatus"> & {
  * Use `create(FederationStatusSchema)` to create a new message.
  */
 export const FederationStatusSchema: GenMessage<FederationStatus> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 35);
+  messageDesc(file_tessera_admin_v1_admin, 41);
 
 /**
  * @generated from message tessera.admin.v1.FederationRequest
@@ -968,7 +1158,7 @@ export type FederationRequest = Message<"tessera.admin.v1.FederationRequest"> & 
  * Use `create(FederationRequestSchema)` to create a new message.
  */
 export const FederationRequestSchema: GenMessage<FederationRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 36);
+  messageDesc(file_tessera_admin_v1_admin, 42);
 
 /**
  * @generated from message tessera.admin.v1.ListFederationRelationshipsRequest
@@ -981,7 +1171,7 @@ export type ListFederationRelationshipsRequest = Message<"tessera.admin.v1.ListF
  * Use `create(ListFederationRelationshipsRequestSchema)` to create a new message.
  */
 export const ListFederationRelationshipsRequestSchema: GenMessage<ListFederationRelationshipsRequest> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 37);
+  messageDesc(file_tessera_admin_v1_admin, 43);
 
 /**
  * @generated from message tessera.admin.v1.ListFederationRelationshipsResponse
@@ -998,7 +1188,7 @@ export type ListFederationRelationshipsResponse = Message<"tessera.admin.v1.List
  * Use `create(ListFederationRelationshipsResponseSchema)` to create a new message.
  */
 export const ListFederationRelationshipsResponseSchema: GenMessage<ListFederationRelationshipsResponse> = /*@__PURE__*/
-  messageDesc(file_tessera_admin_v1_admin, 38);
+  messageDesc(file_tessera_admin_v1_admin, 44);
 
 /**
  * @generated from service tessera.admin.v1.Admin
@@ -1211,6 +1401,27 @@ export const Admin: GenService<{
     methodKind: "unary";
     input: typeof MintJWTSVIDRequestSchema;
     output: typeof MintJWTSVIDResponseSchema;
+  },
+  /**
+   * Revokes one X509-SVID (by serial) or every unexpired one of an entry: it goes on the CRL of the
+   * authority that signed it, which agents get by push; their workloads get new SVIDs at once.
+   *
+   * @generated from rpc tessera.admin.v1.Admin.RevokeX509SVID
+   */
+  revokeX509SVID: {
+    methodKind: "unary";
+    input: typeof RevokeX509SVIDRequestSchema;
+    output: typeof RevokeX509SVIDResponseSchema;
+  },
+  /**
+   * The revoked X509-SVIDs not yet expired, and every authority's current CRL.
+   *
+   * @generated from rpc tessera.admin.v1.Admin.ListX509Revocations
+   */
+  listX509Revocations: {
+    methodKind: "unary";
+    input: typeof ListX509RevocationsRequestSchema;
+    output: typeof ListX509RevocationsResponseSchema;
   },
   /**
    * The authority's own keys, for an operator responding to a compromise.
