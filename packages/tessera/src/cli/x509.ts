@@ -146,12 +146,14 @@ async function revoke(args: string[], io: Io): Promise<number> {
   if ((serial === undefined) === (entryId === undefined))
     throw new CliError(
       'give either --serial (one X509-SVID) or --entry-id (every unexpired SVID of the entry)',
+      2,
     );
   const reasonText = f.string('reason') ?? 'unspecified';
   const reason = CRL_REASONS[reasonText];
   if (reason === undefined)
     throw new CliError(
       `--reason ${JSON.stringify(reasonText)} is not an RFC 5280 reason; use one of ${Object.keys(CRL_REASONS).join(', ')}`,
+      2,
     );
   const r = await withClient(f.socket, (c) =>
     c.call(Admin.method.revokeX509SVID, {

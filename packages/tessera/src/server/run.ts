@@ -203,6 +203,8 @@ export interface RunningServer {
   readonly authority: AuthorityManager;
   readonly datastore: Datastore;
   readonly federation: Federation;
+  /** Revocation of single X509-SVIDs and the trust domain's CRLs. */
+  readonly revocations: X509Revocations;
   /** The bundle endpoint's port, when federation.bundle_endpoint is configured. */
   readonly bundleEndpointPort: number | undefined;
   /** The OIDC discovery endpoint's HTTPS port, when oidc_discovery serves HTTPS. */
@@ -542,6 +544,7 @@ export async function startServer(
       authority,
       datastore,
       federation,
+      revocations,
       bundleEndpointPort: bundleEndpoint?.port,
       oidcDiscoveryPort: oidc?.port,
       stop,
