@@ -382,6 +382,55 @@ describe('real Envoys from tessera envoy bootstrap, on the agent', {
     }
   });
 
+  test('one revoked SVID: the inbound Envoy gets the CRL by SDS (ROOTCA) and refuses it; the re-issued one gets through', async () => {
+    const ca = agent.manager.bundle.x509Authorities.map((c) => c.toString()).join('');
+    const cached = agent.manager.svidsFor(nobody)[0];
+    assert.ok(cached !== undefined);
+    const orders = cached.svid.marshal();
+    const serial = (cached.svid.certificates[0] as X509Certificate).serialNumber;
+    const client = {
+      cert: Buffer.from(orders.certificates),
+      key: Buffer.from(orders.privateKey),
+      ca,
+      rejectUnauthorized: true,
+      checkServerIdentity: () => undefined,
+    };
+    assert.match((await direct(inPort, client)).data, /^HTTP\/1\.1 200 OK/, 'accepted before the revocation');
+    const i = inbound as RunningEnvoy;
+    const failedBefore = await i.counter(inboundSsl('fail_verify_error'));
+    const r = await server.revocations.revoke({ serial }, 1);
+    assert.equal(r.revoked.length, 1);
+    // The agent pushes the new ROOTCA (with the CRL) to the Envoy; from then on the handshake fails.
+    let refused: Direct | undefined;
+    await untilEnvoy(
+      async () => {
+        const d = await direct(inPort, client);
+        if (d.data !== '') return false;
+        refused = d;
+        return true;
+      },
+      10_000,
+      'the inbound Envoy refusing the revoked SVID',
+    );
+    assert.ok(refused?.error !== undefined, 'the connection fails');
+    assert.ok(
+      (await i.counter(inboundSsl('fail_verify_error'))) > failedBefore,
+      'Envoy counts a verify error',
+    );
+    // The agent re-issued ORDERS's SVID at once: through the outbound Envoy, requests work again.
+    await whenAgent(
+      agent,
+      () => agent.manager.svidsFor(nobody)[0]?.svid.certificates[0]?.serialNumber !== serial,
+      10_000,
+      'the re-issued ORDERS SVID',
+    );
+    await untilEnvoy(
+      async () => (await httpGet(outPort, '/after-revocation').catch(() => undefined))?.status === 200,
+      10_000,
+      'a request through both Envoys after the re-issue',
+    );
+  });
+
   test('ORDERS’s entry deleted: once its last certificate expires, requests through the outbound Envoy are refused', async () => {
     assert.deepEqual(await httpGet(outPort, '/before-delete'), {
       status: 200,

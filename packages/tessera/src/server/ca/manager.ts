@@ -145,6 +145,8 @@ export class AuthorityManager {
    * current and next, and retired ones (whose SVIDs may still be valid, so their CRLs are signed here).
    */
   readonly #heldX509 = new Map<string, X509Authority>();
+  /** Run (in order, awaited) after a new X.509 authority is published, before it can be activated. */
+  readonly #prepareHooks: ((authority: X509Authority) => Promise<void>)[] = [];
 
   constructor(options: AuthorityManagerOptions) {
     this.#o = options;
@@ -550,6 +552,19 @@ export class AuthorityManager {
     return () => this.#taintListeners.delete(listener);
   }
 
+  /**
+   * Runs `hook` each time an X.509 authority is prepared, after it is in the bundle and before it
+   * can sign anything: the revocation manager signs its first CRL there, so that every verifier that
+   * checks CRLs has one for it before any SVID of it exists. A failing hook fails the preparation.
+   */
+  onPrepareX509(hook: (authority: X509Authority) => Promise<void>): () => void {
+    this.#prepareHooks.push(hook);
+    return () => {
+      const i = this.#prepareHooks.indexOf(hook);
+      if (i >= 0) this.#prepareHooks.splice(i, 1);
+    };
+  }
+
   /** Called after each key is prepared or activated (by the schedule or an operator). */
   onRotation(listener: RotationListener): () => void {
     this.#rotationListeners.add(listener);
@@ -639,6 +654,7 @@ export class AuthorityManager {
       window: { issuedAt: now, notAfter: authority.notAfter },
     };
     this.#heldX509.set(authorityKeyId(authority.certificate), authority);
+    for (const hook of this.#prepareHooks) await hook(authority);
     this.#rotated('x509', 'prepared', authorityKeyId(authority.certificate));
     this.#o.logger?.info?.('ca: prepared X.509 authority', {
       slot,

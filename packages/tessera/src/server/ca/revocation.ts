@@ -9,14 +9,13 @@ import { normalizeSerial, parseX509Crl } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { signX509Crl } from '../../common/x509.js';
 import type { Datastore, StoredX509Crl, X509Revocation, X509SvidRecord } from '../datastore/types.js';
+import { authorityKeyId } from './manager.js';
 import type { X509Authority } from './x509-authority.js';
 
 /** What the revocation manager needs of the authority manager. */
 export interface HeldAuthorities {
   heldX509(): ReadonlyMap<string, X509Authority>;
-  onRotation(
-    listener: (kind: 'x509' | 'jwt', step: 'prepared' | 'activated', id: string) => void,
-  ): () => void;
+  onPrepareX509(hook: (authority: X509Authority) => Promise<void>): () => void;
 }
 
 export interface X509RevocationsOptions {
@@ -63,8 +62,9 @@ export class X509Revocations {
       }),
       // A new authority has a CRL before it signs anything: a verifier that checks CRLs (Envoy)
       // refuses a certificate whose issuer has none.
-      this.#o.authority.onRotation((kind, step, id) => {
-        if (kind === 'x509' && step === 'prepared') void this.#resign(id);
+      this.#o.authority.onPrepareX509(async (authority) => {
+        const crl = await this.#resign(authorityKeyId(authority.certificate));
+        if (crl === undefined) throw new Error('ca: the new X.509 authority has no CRL; preparing it again');
       }),
     );
     const now = this.#o.now();
