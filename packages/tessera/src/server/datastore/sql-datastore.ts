@@ -1130,12 +1130,15 @@ export class SqlDatastore implements Datastore {
     if (records.length === 0) return;
     try {
       await this.#db.transaction(async (tx) => {
-        for (const r of records)
+        // Multi-row inserts of up to 100 rows (500 parameters): a batch of SVIDs is one statement.
+        for (let i = 0; i < records.length; i += 100) {
+          const chunk = records.slice(i, i + 100);
           await tx.execute(
             `INSERT INTO x509_svids (serial, authority_id, spiffe_id, entry_id, expires_at)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-            [r.serial, r.authorityId, r.spiffeId, r.entryId, r.expiresAt.getTime()],
+             VALUES ${chunk.map(() => '(?, ?, ?, ?, ?)').join(', ')} ON CONFLICT DO NOTHING`,
+            chunk.flatMap((r) => [r.serial, r.authorityId, r.spiffeId, r.entryId, r.expiresAt.getTime()]),
           );
+        }
       });
     } catch (err) {
       wrap('record issued X509-SVIDs', err);
