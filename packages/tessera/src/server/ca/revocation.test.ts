@@ -15,12 +15,20 @@ import type * as tls from 'node:tls';
 import {
   authorizeAny,
   createSpiffeTlsServer,
+  normalizeSerial,
   pickByHint,
   spiffeTlsConnect,
   X509Source,
   type X509Svid,
 } from '@tessera/spiffe';
-import { freePort, makeTempDir, type TempDir } from '@tessera/testkit';
+import {
+  freePort,
+  makeTempDir,
+  type PostgresCluster,
+  postgresAvailable,
+  startPostgres,
+  type TempDir,
+} from '@tessera/testkit';
 import type { RunningAgent } from '../../agent/run.js';
 import { startTestAgent } from '../../agent/test-agent.test.util.js';
 import { tessera } from '../../cli/main.test.util.js';
@@ -129,7 +137,8 @@ describe('revoking one X509-SVID', () => {
   });
 
   const svidOf = (hint: string) => pickByHint(hint)(source.getX509Svids());
-  const serialOf = (s: X509Svid) => (s.certificates[0] as X509Certificate).serialNumber;
+  /** The leaf's serial as the server names it (normalizeSerial: upper case, no leading zeros). */
+  const serialOf = (s: X509Svid) => normalizeSerial((s.certificates[0] as X509Certificate).serialNumber);
 
   it('every authority has a CRL from the start, on the Workload API; none revokes anything yet', () => {
     const crls = source.getX509Crls();
@@ -343,3 +352,68 @@ health: {port: 0}
     );
   });
 });
+
+if (postgresAvailable('revocation across servers on one PostgreSQL'))
+  describe('revoking through one server an SVID another server signed (one PostgreSQL)', () => {
+    let tmp: TempDir;
+    let cluster: PostgresCluster;
+    const servers: RunningServer[] = [];
+    let agent: RunningAgent | undefined;
+    let source: X509Source | undefined;
+    before(async () => {
+      tmp = await makeTempDir('revocation-ha-');
+      cluster = await startPostgres();
+    });
+    after(async () => {
+      source?.close();
+      await agent?.stop();
+      for (const s of servers.reverse()) await s.stop();
+      await cluster?.stop();
+      await tmp?.cleanup();
+    });
+
+    it('the server holding the key signs the CRL; the agent of the other gets it', {
+      timeout: 60_000,
+    }, async () => {
+      const pg = `datastore: { postgres: { connection_string: "${cluster.connectionString}" } }`;
+      const one = await startTestServer(join(tmp.path, 'one'), [pg]);
+      servers.push(one);
+      const two = await startTestServer(join(tmp.path, 'two'), [pg]);
+      servers.push(two);
+      await two.datastore.createJoinToken({
+        token: TOKEN,
+        expiresAt: new Date(Date.now() + 60_000),
+        agentName: 'revocation',
+      });
+      await two.datastore.createEntry({
+        spiffeId: 'spiffe://example.org/ha',
+        parentId: PARENT,
+        selectors: [{ type: 'unix', value: `uid:${uid}` }],
+      });
+      agent = await startTestAgent(two, join(tmp.path, 'two'), TOKEN, silent);
+      const s = await X509Source.create({ address: `unix://${agent.socketPath}`, readyTimeoutMs: 10_000 });
+      source = s;
+      // Both servers' authorities have a CRL, whichever server the agent talks to.
+      await whenUpdated(s, () => (s.getX509Crls().length === 2 ? true : undefined));
+      const serial = (s.getX509Svid().certificates[0] as X509Certificate).serialNumber;
+      const r = await tessera(
+        'x509',
+        'revoke',
+        '--serial',
+        serial,
+        '--socket',
+        join(tmp.path, 'one', 'admin.sock'),
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /Revoked 1 X509-SVID:/);
+      assert.match(r.stdout, /signed by the server of the trust domain that holds its key/);
+      const crl = await whenUpdated(s, () => s.getX509Crls().find((c) => c.entryFor(serial) !== undefined));
+      const signer = (await two.authority.list()).find(
+        (a) => a.kind === 'x509' && a.status === 'active',
+      )?.certificate;
+      assert.ok(
+        signer !== undefined && crl.signedBy(signer),
+        "signed by the agent's server, which holds the key",
+      );
+    });
+  });
