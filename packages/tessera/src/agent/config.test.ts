@@ -52,6 +52,18 @@ describe('agent configuration', () => {
     assert.equal(c.workload_attestors.unix.sha256, false);
   });
 
+  it('the example in docs/workload-attestation.md is a valid workload_attestors section', () => {
+    const doc = readFileSync(new URL('../../docs/workload-attestation.md', import.meta.url), 'utf8');
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
+    assert.ok(yaml, 'docs/workload-attestation.md has a yaml block');
+    const c = parseAgentConfig(
+      `trust_domain: example.org\nserver_address: s\n${yaml}`,
+      'docs/workload-attestation.md',
+    );
+    assert.equal(c.workload_attestors.systemd?.bus_address, 'unix:path=/run/dbus/system_bus_socket');
+    assert.equal(c.workload_attestors.docker?.docker_socket_path, 'unix:///var/run/docker.sock');
+  });
+
   it('turns the systemd and docker workload attestors on by their key, with defaults', () => {
     const base = 'trust_domain: example.org\nserver_address: tessera.internal\n';
     const off = parseAgentConfig(base);
