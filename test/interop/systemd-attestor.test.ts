@@ -73,9 +73,9 @@ describe('the systemd workload attestor against systemd --user', { skip, timeout
   });
 
   /** The go-spiffe peer as transient unit `unit`; resolves with its lines once the unit has exited. */
-  const runUnit = async (unit: string): Promise<GoWorkloadLine[]> => {
+  const runUnit = async (unit: string, timeoutS: number): Promise<GoWorkloadLine[]> => {
     const out = join(tmp.path, `${unit}.out`);
-    await systemd.run(unit, [GO_STATIC_BINARY, 'workload', '--updates', '1', '--timeout', '4s'], {
+    await systemd.run(unit, [GO_STATIC_BINARY, 'workload', '--updates', '1', '--timeout', `${timeoutS}s`], {
       env: { SPIFFE_ENDPOINT_SOCKET: `unix://${socket}` },
       stdout: out,
     });
@@ -129,7 +129,7 @@ describe('the systemd workload attestor against systemd --user', { skip, timeout
   });
 
   test('the unit an entry names by systemd:id gets its SVID', async () => {
-    const lines = await runUnit('tessera-billing.service');
+    const lines = await runUnit('tessera-billing.service', 30); // it exits once it has the SVID
     const x509 = lines.find((l): l is X509UpdateLine => l.kind === 'x509');
     assert.ok(x509, JSON.stringify(lines));
     assert.deepEqual(
@@ -139,7 +139,7 @@ describe('the systemd workload attestor against systemd --user', { skip, timeout
   });
 
   test('another unit is refused: no identity', async () => {
-    const lines = await runUnit('tessera-other.service');
+    const lines = await runUnit('tessera-other.service', 4); // refused: it retries until then
     assert.equal(
       lines.find((l) => l.kind === 'x509'),
       undefined,
