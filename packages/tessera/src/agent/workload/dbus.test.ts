@@ -8,6 +8,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
+import { isTesseraError } from '../../common/errors.js';
 import {
   connectDbus,
   type DbusConnection,
@@ -17,6 +18,7 @@ import {
   parseDbusAddress,
   splitSignature,
 } from './dbus.js';
+import { SystemdWorkloadAttestor } from './systemd.js';
 
 const DBUS_DAEMON = '/usr/bin/dbus-daemon';
 
@@ -30,7 +32,7 @@ function dbusUnavailable(): boolean {
 }
 
 /** A dbus-daemon on `<dir>/bus`, started with a config of its own (no system or session files). */
-export async function startDbusDaemon(dir: string): Promise<{ address: string; stop(): Promise<void> }> {
+async function startDbusDaemon(dir: string): Promise<{ address: string; stop(): Promise<void> }> {
   const config = join(dir, 'bus.conf');
   writeFileSync(
     config,
@@ -155,6 +157,33 @@ if (dbusUnavailable()) {
         await assert.rejects(connectDbus(`unix:path=${path}`, AbortSignal.timeout(200)), /silent\.sock/);
       } finally {
         silent.close();
+      }
+    });
+
+    it('the systemd attestor on a bus systemd is not on: refused, saying so, and again after the bus restarts', async () => {
+      const attestor = new SystemdWorkloadAttestor({ busAddress: bus.address, timeoutMs: 5000 });
+      const refusedForServiceUnknown = (err: unknown) => {
+        assert.ok(isTesseraError(err, 'ERR_WORKLOAD_ATTESTATION'));
+        assert.match(
+          err.message,
+          /GetUnitByPID\(\d+\) on unix:path=.* failed: org\.freedesktop\.DBus\.Error\.ServiceUnknown/,
+        );
+        assert.match(err.message, /systemd is not on this bus: set workload_attestors\.systemd\.bus_address/);
+        return true;
+      };
+      try {
+        await assert.rejects(attestor.attest({ pid: process.pid, uid: 0, gid: 0 }), refusedForServiceUnknown);
+        await bus.stop();
+        await assert.rejects(
+          attestor.attest({ pid: process.pid, uid: 0, gid: 0 }),
+          /ERR|systemd|closed|ECONNRESET/,
+        );
+        bus = await startDbusDaemon(tmp.path);
+        conn = await connectDbus(bus.address);
+        // A new connection is made for the next caller.
+        await assert.rejects(attestor.attest({ pid: process.pid, uid: 0, gid: 0 }), refusedForServiceUnknown);
+      } finally {
+        attestor.close();
       }
     });
 
