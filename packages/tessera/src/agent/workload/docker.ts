@@ -58,7 +58,7 @@ function get(socketPath: string, path: string, signal: AbortSignal): Promise<Ans
         res.on('data', (c: Buffer) => {
           size += c.length;
           if (size > MAX_BODY) {
-            req.destroy(new Error(`the answer is over ${MAX_BODY} bytes`));
+            req.destroy(Object.assign(new Error(`answered more than ${MAX_BODY} bytes`), { tooLarge: true }));
             return;
           }
           chunks.push(c);
@@ -138,6 +138,10 @@ export class DockerWorkloadAttestor implements WorkloadAttestor {
           answer = await get(socket, `/containers/${c.id}/json`, signal);
         } catch (err) {
           if (signal.aborted) throw signal.reason;
+          if ((err as { tooLarge?: boolean }).tooLarge === true)
+            throw refusal(
+              `workload attestation: docker: ${about}; the ${engine} at ${socket} ${(err as Error).message}`,
+            );
           const code = (err as NodeJS.ErrnoException).code;
           throw refusal(
             `workload attestation: docker: ${about}; cannot reach the ${engine} at ${socket}: ${code ?? (err as Error).message}; is it running, and is workload_attestors.docker.${key} its socket?`,
