@@ -29,7 +29,9 @@ import { type ErrorLine, type GoWorkloadLine, runPeer, type X509UpdateLine } fro
 const skip = dockerUnavailable('docker workload attestor');
 const IMAGE = 'tessera-test/workload:1';
 const AGENT_ID = 'spiffe://example.org/tessera/agent/join_token/docker-host';
-const quiet = createLogger({ level: 'error', write: () => undefined });
+/** The agent's warnings and errors (refusals are logged as warnings). */
+const logged: string[] = [];
+const logger = createLogger({ level: 'warn', format: 'json', write: (line) => logged.push(line) });
 /** `docker run` of the test image: never pulled (there is no registry), no network. */
 const RUN = ['run', '--pull', 'never', '--network', 'none'] as const;
 
@@ -64,7 +66,7 @@ describe('the docker workload attestor against a real dockerd', { skip, timeout:
     });
     sockDir = join(tmp.path, 'sock');
     mkdirSync(sockDir);
-    agent = await startTestAgent(server, join(tmp.path, 'agent'), 'docker-host-token-0123456', quiet, {
+    agent = await startTestAgent(server, join(tmp.path, 'agent'), 'docker-host-token-0123456', logger, {
       socketPath: join(sockDir, 'agent.sock'),
       config: [
         'workload_attestors:',
@@ -269,6 +271,13 @@ describe('the docker workload attestor against a real dockerd', { skip, timeout:
         new RegExp(`workload attestation failed: docker: process \\d+ is in container ${waiter.id}`),
       );
       assert.ok(err?.error.includes(`cannot reach the docker daemon at ${dockerd.socket}`), err?.error);
+      // The agent logs the refusal: who (the peer, the process), what (attestation) and why.
+      const line = logged
+        .map((l) => JSON.parse(l) as { level: string; msg: string; error?: string })
+        .find((l) => l.msg === 'workload API: workload attestation failed' && l.error?.includes(waiter.id));
+      assert.ok(line, logged.join('\n'));
+      assert.equal(line.level, 'warn');
+      assert.match(line.error ?? '', /docker: process \d+ is in container .*cannot reach the docker daemon/);
     } finally {
       await dockerd.start();
     }
