@@ -1,14 +1,13 @@
 // A real software TPM for tests: swtpm (Debian swtpm, swtpm-tools) on two loopback TCP ports,
 // optionally manufactured first by swtpm_setup with an EK certificate in NV from its own local CA
 // (swtpm_localca), and reached by tpm2-tools through TCTI "swtpm:host=127.0.0.1,port=…".
-import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { accessSync, constants, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { delimiter, join } from 'node:path';
-import { test } from 'node:test';
+import { join } from 'node:path';
 import { freePort } from '@tessera/testkit';
+import { onPath, suiteUnavailable } from './verdicts.js';
 
 /** What the TPM suite runs: swtpm and its set-up tools, and the tpm2-tools the agent drives. */
 export const TPM_PROGRAMS = [
@@ -27,17 +26,6 @@ export const TPM_PROGRAMS = [
   'tpm2_pcrextend',
 ] as const;
 
-function onPath(program: string): boolean {
-  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
-    try {
-      accessSync(join(dir, program), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
 /**
  * True (the suite must skip) when a program of TPM_PROGRAMS is missing, said loudly; with
  * TESSERA_REQUIRE_INTEROP=1 a missing one is a failing test instead, as for the other interop peers.
@@ -45,18 +33,11 @@ function onPath(program: string): boolean {
 export function tpmUnavailable(suite: string): boolean {
   const missing = TPM_PROGRAMS.filter((p) => !onPath(p));
   if (missing.length === 0) return false;
-  const hint = `swtpm / tpm2-tools not installed (missing ${missing.join(', ')}); apt-get install -y swtpm swtpm-tools tpm2-tools, or run test/interop/setup.sh as root`;
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`a software TPM is available (${suite})`, () => {
-      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test(suite, { skip: hint }, () => {});
-  }
-  return true;
+  return suiteUnavailable(
+    suite,
+    `swtpm / tpm2-tools not installed (missing ${missing.join(', ')}); apt-get install -y swtpm swtpm-tools tpm2-tools, or run test/interop/setup.sh as root`,
+    'a software TPM is available',
+  );
 }
 
 function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<string> {

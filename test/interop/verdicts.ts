@@ -4,9 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -40,9 +40,32 @@ export const PYTHON_SCRIPT = join(INTEROP_DIR, 'python', 'verdicts.py');
 export function interopUnavailable(suite: string, needs: readonly string[] = []): boolean {
   const missing = [...missingPeers(), ...needs.filter((f) => !existsSync(f))];
   if (missing.length === 0) return false;
-  const hint = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
+  return suiteUnavailable(
+    suite,
+    `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`,
+    'interop reference peers are built',
+  );
+}
+
+/** True when `program` is an executable file in a directory of PATH. */
+export function onPath(program: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
+    try {
+      accessSync(join(dir, program), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Skips `suite` loudly because of `hint` (what is missing and how to get it), or, with
+ * TESSERA_REQUIRE_INTEROP=1, registers a failing test named `requirement`. Returns true.
+ */
+export function suiteUnavailable(suite: string, hint: string, requirement: string): true {
   if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`interop reference peers are built (${suite})`, () => {
+    test(`${requirement} (${suite})`, () => {
       assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
     });
   } else {

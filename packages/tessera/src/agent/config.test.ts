@@ -52,6 +52,62 @@ describe('agent configuration', () => {
     assert.equal(c.workload_attestors.unix.sha256, false);
   });
 
+  it('the example in docs/workload-attestation.md is a valid workload_attestors section', () => {
+    const doc = readFileSync(new URL('../../docs/workload-attestation.md', import.meta.url), 'utf8');
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
+    assert.ok(yaml, 'docs/workload-attestation.md has a yaml block');
+    const c = parseAgentConfig(
+      `trust_domain: example.org\nserver_address: s\n${yaml}`,
+      'docs/workload-attestation.md',
+    );
+    assert.equal(c.workload_attestors.systemd?.bus_address, 'unix:path=/run/dbus/system_bus_socket');
+    assert.equal(c.workload_attestors.docker?.docker_socket_path, 'unix:///var/run/docker.sock');
+  });
+
+  it('turns the systemd and docker workload attestors on by their key, with defaults', () => {
+    const base = 'trust_domain: example.org\nserver_address: tessera.internal\n';
+    const off = parseAgentConfig(base);
+    assert.equal(off.workload_attestors.systemd, undefined);
+    assert.equal(off.workload_attestors.docker, undefined);
+    // A key with no value is the attestor with its defaults, as `{}`.
+    const on = parseAgentConfig(`${base}workload_attestors:\n  systemd:\n  docker: {}\n`);
+    assert.deepEqual(on.workload_attestors.systemd, {
+      bus_address: 'unix:path=/run/dbus/system_bus_socket',
+      timeout: 3000,
+    });
+    assert.deepEqual(on.workload_attestors.docker, {
+      docker_socket_path: 'unix:///var/run/docker.sock',
+      timeout: 3000,
+    });
+    const set = parseAgentConfig(
+      `${base}workload_attestors:\n  systemd: { bus_address: "unix:path=/run/user/1000/bus", timeout: 500ms }\n  docker: { docker_socket_path: /run/docker.sock, podman_socket_path: unix:///run/podman/podman.sock }\n`,
+    );
+    assert.equal(set.workload_attestors.systemd?.timeout, 500);
+    assert.equal(set.workload_attestors.docker?.podman_socket_path, 'unix:///run/podman/podman.sock');
+  });
+
+  it('reports every problem of the workload attestors at once, with a did-you-mean', () => {
+    assert.deepEqual(
+      problems(
+        [
+          'trust_domain: example.org',
+          'server_address: s',
+          'workload_attestors:',
+          '  systemd: { bus_address: "tcp:host=localhost,port=1", timout: 1s }',
+          '  docker: { docker_socket_path: "tcp://127.0.0.1:2375", timeout: soon }',
+          '  sytemd: {}',
+        ].join('\n'),
+      ),
+      [
+        '4:workload_attestors.systemd.bus_address: D-Bus address "tcp:host=localhost,port=1" is not unix:path=<absolute path> or unix:abstract=<name> (one address; tcp and other transports are not supported)',
+        '4:workload_attestors.systemd.timout: unknown key; did you mean timeout? allowed here: bus_address, timeout',
+        '5:workload_attestors.docker.docker_socket_path: must be a Unix socket: unix:///path or an absolute path; got "tcp://127.0.0.1:2375"',
+        '5:workload_attestors.docker.timeout: must be a duration such as 90s, 5m, 1h30m or 24h; got "soon"',
+        '6:workload_attestors.sytemd: unknown key; did you mean systemd? allowed here: unix, systemd, docker',
+      ],
+    );
+  });
+
   it('reports every problem with its key and line', () => {
     assert.deepEqual(
       problems(

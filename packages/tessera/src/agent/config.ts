@@ -10,6 +10,9 @@ import {
 import { type Field, loadConfigFile, validateConfig } from '../common/config-schema.js';
 import { agentPluginConfigOptions } from './node-attestation/registry.js';
 import { serverAddressProblem } from './server-address.js';
+import { DEFAULT_DOCKER_SOCKET } from './workload/docker.js';
+import { dbusAddressProblem, unixSocketProblem, type WorkloadAttestorsConfig } from './workload/registry.js';
+import { DEFAULT_SYSTEM_BUS } from './workload/systemd.js';
 
 /** The agent configuration file (`tessera agent run --config agent.yaml`); names follow SPIRE's. */
 export const AGENT_CONFIG_SCHEMA = {
@@ -82,10 +85,33 @@ export const AGENT_CONFIG_SCHEMA = {
     // A second socket serving the same APIs, e.g. where istio-agent looks for an SDS server:
     // /var/run/secrets/workload-spiffe-uds/socket.
     additional_socket_path: { kind: 'string', check: absolutePath },
+    // unix is always on; systemd and docker are on when their key is there (docs/attestation.md).
     workload_attestors: {
       kind: 'object',
       fields: {
         unix: { kind: 'object', fields: { sha256: { kind: 'bool', default: false } } },
+        systemd: {
+          kind: 'object',
+          optional: true,
+          fields: {
+            bus_address: { kind: 'string', default: DEFAULT_SYSTEM_BUS, check: dbusAddressProblem },
+            timeout: { kind: 'duration', default: '3s', min: '1ms' },
+          },
+        },
+        docker: {
+          kind: 'object',
+          optional: true,
+          fields: {
+            docker_socket_path: {
+              kind: 'string',
+              default: `unix://${DEFAULT_DOCKER_SOCKET}`,
+              check: unixSocketProblem,
+            },
+            // Asked about containers whose cgroup says libpod; unset, those get no docker selectors.
+            podman_socket_path: { kind: 'string', check: unixSocketProblem },
+            timeout: { kind: 'duration', default: '3s', min: '1ms' },
+          },
+        },
       },
     },
     log: LOG_FIELD,
@@ -115,7 +141,7 @@ export interface AgentConfig {
     readonly disable_spiffe_cert_validation: boolean;
   };
   readonly additional_socket_path?: string;
-  readonly workload_attestors: { readonly unix: { readonly sha256: boolean } };
+  readonly workload_attestors: WorkloadAttestorsConfig;
   readonly log: LogConfig;
   readonly health: HealthConfig;
 }

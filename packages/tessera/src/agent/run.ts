@@ -41,7 +41,7 @@ import {
   savedBundlePath,
 } from './state.js';
 import { attestWorkload } from './workload/attest.js';
-import { UnixWorkloadAttestor } from './workload/unix.js';
+import { createWorkloadAttestors } from './workload/registry.js';
 
 const fail = (message: string, cause?: unknown) => startupError('agent', message, cause);
 
@@ -456,7 +456,12 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       stopping = true;
     });
     manager.start();
-    const attestors = [new UnixWorkloadAttestor({ sha256: config.workload_attestors.unix.sha256 })];
+    const workloadAttestors = createWorkloadAttestors(
+      config.workload_attestors,
+      logger.with({ subsystem: 'workload-attestation' }),
+    );
+    cleanups.push(() => workloadAttestors.close());
+    const attestors = workloadAttestors.attestors;
     const attestCaller = async (call: { getPeer(): string }) => {
       const peer = unixPeerOf(call);
       if (peer === undefined || !peer.ok)

@@ -12,7 +12,10 @@ export function startTestAgent(
   dir: string,
   joinToken: string,
   logger: DaemonLogger,
-  options: { socketPath?: string } = {},
+  options: {
+    socketPath?: string /** More lines of agent.yaml (e.g. workload_attestors). */;
+    config?: readonly string[];
+  } = {},
 ): Promise<RunningAgent> {
   return startAgent(
     parseAgentConfig(
@@ -24,6 +27,7 @@ export function startTestAgent(
         `socket_path: ${options.socketPath ?? `${dir}/agent.sock`}`,
         `data_dir: ${dir}/agent`,
         'health: { port: 0 }',
+        ...(options.config ?? []),
       ].join('\n'),
     ),
     { joinToken, logger },

@@ -28,7 +28,8 @@ export type Field =
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
   /**
-   * With `optional: true`, an absent object is left out (undefined) instead of filled with defaults.
+   * With `optional: true`, an absent object is left out (undefined) instead of filled with defaults;
+   * its key written with no value (`systemd:`) is the object with its defaults, as `systemd: {}`.
    * `aliases` names keys of other products (SPIRE's) that mean one of ours: an unknown key found
    * there is answered with ours (`default_x509_svid_ttl` → `x509_svid_ttl`).
    */
@@ -140,7 +141,7 @@ export function validateConfig(
       switch (field.kind) {
         case 'object':
           if (field.required === true) return fail('is required');
-          if (field.optional === true) return undefined;
+          if (field.optional === true && node === undefined) return undefined;
           return objectDefaults(field, path);
         case 'choice':
           if (field.default !== undefined)

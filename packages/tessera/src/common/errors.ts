@@ -36,6 +36,8 @@ export const TesseraErrorCode = {
   AGENT_BANNED: 'ERR_AGENT_BANNED',
   /** Node attestation failed: unknown attestor, bad evidence, failed challenge. */
   ATTESTATION_FAILED: 'ERR_ATTESTATION_FAILED',
+  /** A workload attestor could not look up the caller (D-Bus, container engine, timeout): the connection is refused. */
+  WORKLOAD_ATTESTATION: 'ERR_WORKLOAD_ATTESTATION',
   /** The caller is not entitled to what it asked for. */
   PERMISSION_DENIED: 'ERR_PERMISSION_DENIED',
   /** A request is malformed (missing field, bad value). */

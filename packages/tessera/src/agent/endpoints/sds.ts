@@ -351,12 +351,16 @@ export function createSds(o: SdsOptions): {
         const built = secretsFor(o, call.request.resourceNames, viewOf(manager, entries, selectors));
         cb(null, response(built.key, randomBytes(8).toString('hex'), built.secrets));
       })
-      .catch((err: unknown) =>
+      .catch((err: unknown) => {
+        o.logger.warn('sds: workload attestation failed', {
+          peer: call.getPeer(),
+          error: (err as Error).message,
+        });
         cb({
           code: grpc.status.UNAVAILABLE,
-          details: `workload attestation failed: ${(err as Error).message}`,
-        }),
-      );
+          details: `workload attestation failed: ${(err as Error).message.replace(/^workload attestation: /, '')}`,
+        });
+      });
   };
 
   const deltaSecrets = (call: grpc.ServerDuplexStream<unknown, unknown>) => {

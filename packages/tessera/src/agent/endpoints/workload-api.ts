@@ -181,6 +181,16 @@ export function createWorkloadApi(o: WorkloadApiOptions): {
       return;
     }
     o.attest(call)
+      .catch((err: unknown) => {
+        o.logger.warn('workload API: workload attestation failed', {
+          peer: call.getPeer(),
+          error: (err as Error).message,
+        });
+        throw {
+          code: grpc.status.UNAVAILABLE,
+          details: `workload attestation failed: ${(err as Error).message.replace(/^workload attestation: /, '')}`,
+        };
+      })
       .then(async (selectors) => {
         const synced = await manager.whenSynced(SYNC_WAIT_MS);
         const refused = refusalStatus(manager);

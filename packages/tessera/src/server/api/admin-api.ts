@@ -13,7 +13,7 @@ import {
   type SpiffeId,
   type TrustDomain,
 } from '@tessera/spiffe';
-import { UNIX_SELECTOR_KEYS } from '../../agent/workload/unix.js';
+import { WORKLOAD_SELECTOR_KEYS } from '../../agent/workload/registry.js';
 import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { grpcImplementation, grpcServiceDefinition, toGrpcStatus } from '../../common/grpc.js';
@@ -121,6 +121,13 @@ const seconds = (d: Date | undefined): bigint =>
  * identity is reached by federation, never registered here), and `unix` selectors with a key the
  * unix workload attestor yields and a value (`unix:uid` alone matches no workload, ever).
  */
+/** A selector of each workload attestor's, for messages. */
+const SELECTOR_EXAMPLES: Record<string, string> = {
+  unix: 'unix:uid:1000',
+  systemd: 'systemd:id:nginx.service',
+  docker: 'docker:label:com.example.app:web',
+};
+
 function entryInput(e: Entry, td: TrustDomain): EntryInput {
   if (e.expiresAt < 0n) throw invalid(`expires_at ${e.expiresAt} must be Unix seconds (0 = never)`);
   const input = entryInputFromProto(e);
@@ -142,18 +149,20 @@ function entryInput(e: Entry, td: TrustDomain): EntryInput {
       );
   }
   for (const s of input.selectors) {
-    if (s.type !== 'unix') continue;
+    const keys = WORKLOAD_SELECTOR_KEYS[s.type];
+    if (keys === undefined) continue;
     const i = s.value.indexOf(':');
     const key = i < 0 ? s.value : s.value.slice(0, i);
-    if (!(UNIX_SELECTOR_KEYS as readonly string[]).includes(key))
+    const example = SELECTOR_EXAMPLES[s.type] ?? `${s.type}:${keys[0]}:<value>`;
+    if (!keys.includes(key))
       throw new TesseraError(
         TesseraErrorCode.ENTRY_INVALID,
-        `entry: selector "unix:${s.value}" has no key the unix attestor yields; use unix:<key>:<value> with key one of ${UNIX_SELECTOR_KEYS.join(', ')} (e.g. unix:uid:1000)`,
+        `entry: selector "${s.type}:${s.value}" has no key the ${s.type} attestor yields; use ${s.type}:<key>:<value> with key one of ${keys.join(', ')} (e.g. ${example})`,
       );
     if (i < 0 || i === s.value.length - 1)
       throw new TesseraError(
         TesseraErrorCode.ENTRY_INVALID,
-        `entry: selector "unix:${s.value}" has no value and would match no workload; write unix:${key}:<value> (e.g. unix:uid:1000)`,
+        `entry: selector "${s.type}:${s.value}" has no value and would match no workload; write ${s.type}:${key}:<value> (e.g. ${example})`,
       );
   }
   return input;

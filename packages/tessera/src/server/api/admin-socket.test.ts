@@ -175,6 +175,26 @@ describe('admin socket', () => {
           parentId: 'spiffe://example.org/agent',
           selectors: [{ type: 'unix', value: 'pid:7' }],
         },
+        // SPIRE's code once wrote systemd:Id:…; its names (and ours) are id and fragment_path.
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'systemd', value: 'Id:nginx.service' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [{ type: 'docker', value: 'label' }],
+        },
+        {
+          spiffeId: 'spiffe://example.org/w-docker',
+          parentId: 'spiffe://example.org/agent',
+          selectors: [
+            { type: 'docker', value: 'label:com.example.app:web' },
+            { type: 'docker', value: 'env:ROLE=frontend' },
+            { type: 'systemd', value: 'id:nginx.service' },
+          ],
+        },
         // Other selector types are the attestors' business: kept as given, as SPIRE does.
         {
           spiffeId: 'spiffe://example.org/w-team',
@@ -192,6 +212,9 @@ describe('admin socket', () => {
         'ERR_ENTRY_INVALID',
         'ERR_ENTRY_INVALID',
         'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        'ERR_ENTRY_INVALID',
+        '',
         '',
       ],
     );
@@ -211,6 +234,14 @@ describe('admin socket', () => {
     assert.match(
       String(messages[4]?.[1]),
       /selector "unix:pid:7" has no key the unix attestor yields; .*uid, user, gid/,
+    );
+    assert.match(
+      String(messages[5]?.[1]),
+      /selector "systemd:Id:nginx.service" has no key the systemd attestor yields; .*key one of id, fragment_path \(e.g. systemd:id:nginx.service\)/,
+    );
+    assert.match(
+      String(messages[6]?.[1]),
+      /selector "docker:label" has no value and would match no workload; write docker:label:<value> \(e.g. docker:label:com.example.app:web\)/,
     );
   });
 
