@@ -437,6 +437,15 @@ describe('agent API', () => {
       (e: grpc.ServiceError) =>
         e.code === grpc.status.PERMISSION_DENIED && /not an admin identity/.test(e.details),
     );
+    // Its SVID revoked, the admin workload is refused, saying why.
+    const serial = new X509Certificate(res.results[0]!.certChain[0]!).serialNumber;
+    await server.revocations.revoke({ serial }, 1);
+    await assert.rejects(
+      adminClient(0, ops.spiffeId).unary(Admin.method.countEntries, {}),
+      (e: grpc.ServiceError) =>
+        e.code === grpc.status.PERMISSION_DENIED &&
+        /the X509-SVID with serial \w+ was revoked by its authority/.test(e.details),
+    );
   });
 
   it('renews the agent SVID; the superseded-twice SVID is refused', async () => {

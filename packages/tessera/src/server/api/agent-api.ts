@@ -13,6 +13,7 @@ import {
   peerSpiffeIdOfCall,
   type SpiffeBundle,
   type TrustDomain,
+  type X509CrlSource,
 } from '@tessera/spiffe';
 import type { AuditLog } from '../../common/audit.js';
 import { isTesseraError, TesseraError, TesseraErrorCode } from '../../common/errors.js';
@@ -73,7 +74,7 @@ export interface AgentApiOptions {
 }
 
 /** What the agent API needs of the revocations: the current CRLs and word of a change. */
-export interface CrlSet {
+export interface CrlSet extends X509CrlSource {
   crls(): readonly { der: Buffer }[];
   onChange(listener: () => void): () => void;
 }
@@ -153,6 +154,8 @@ export class AgentApi {
         svid: this.#o.identity,
         bundles: this.#o.identity,
         authorizer: authorizeMemberOf(this.#o.trustDomain),
+        // A revoked SVID (an admin workload's) is refused at the handshake.
+        ...(this.#o.crls === undefined ? {} : { revocation: this.#o.crls }),
         logger: this.#o.logger,
       },
       { clientCertificate: 'optional' },

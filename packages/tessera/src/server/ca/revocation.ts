@@ -5,7 +5,7 @@
 // verification because a CRL went stale.
 
 import type { Logger } from '@tessera/spiffe';
-import { normalizeSerial, parseX509Crl } from '@tessera/spiffe';
+import { normalizeSerial, parseX509Crl, type X509Crl } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { signX509Crl } from '../../common/x509.js';
 import type { Datastore, StoredX509Crl, X509Revocation, X509SvidRecord } from '../datastore/types.js';
@@ -36,6 +36,8 @@ export class X509Revocations {
   readonly #o: X509RevocationsOptions;
   /** The trust domain's CRLs as the datastore last said (re-read at each `crl` change). */
   #crls: StoredX509Crl[] = [];
+  /** The same, parsed (what TLS verification of callers checks). */
+  #parsed: X509Crl[] = [];
   readonly #listeners = new Set<() => void>();
   /** Signing runs one at a time; `#latest` is each authority's last queued or running signing. */
   #chain: Promise<unknown> = Promise.resolve();
@@ -86,6 +88,11 @@ export class X509Revocations {
   crls(): readonly StoredX509Crl[] {
     const now = this.#o.now().getTime();
     return this.#crls.filter((c) => c.notAfter.getTime() > now);
+  }
+
+  /** The CRLs parsed: the server refuses callers with a revoked SVID (admin entries over mTLS). */
+  getX509Crls(): readonly X509Crl[] {
+    return this.#parsed;
   }
 
   /** Told after the set of CRLs changed (a new number for one of them, or one dropped). */
@@ -214,6 +221,7 @@ export class X509Revocations {
         const key = (l: readonly StoredX509Crl[]) => l.map((c) => `${c.authorityId}:${c.number}`).join();
         if (key(next) === key(this.#crls)) return;
         this.#crls = next;
+        this.#parsed = next.map((c) => parseX509Crl(c.der));
         for (const l of this.#listeners) l();
       })
       .catch((err: unknown) => {
