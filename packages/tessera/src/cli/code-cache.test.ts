@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { makeTempDir, type TempDir } from '@tessera/testkit';
-import { compileBundle, saveUserCache, shippedCachePath, writeCache } from './code-cache.js';
+import { compileBundle, saveUserCache, shippedCachePath, userCacheDir, writeCache } from './code-cache.js';
 
 /**
  * A bundle as scripts/bundle-cli.mjs makes one (CommonJS, exporting main) that answers `answer`;
@@ -127,6 +128,12 @@ describe('the code cache of the command line bundle', () => {
     });
     writeFileSync(shippedCachePath(bundle), '');
     assert.deepEqual(await run(bundle, unwritable), { out: ['shipped 2'], cacheUsed: undefined });
+  });
+
+  it('the user cache directory is $XDG_CACHE_HOME/tessera when that is absolute, else under the home', () => {
+    assert.equal(userCacheDir({ XDG_CACHE_HOME: '/var/cache/me' }), '/var/cache/me/tessera');
+    assert.equal(userCacheDir({ XDG_CACHE_HOME: 'relative' }), join(homedir(), '.cache', 'tessera'));
+    assert.equal(userCacheDir({}), join(homedir(), '.cache', 'tessera'));
   });
 
   it("the bundle's import() loads modules beside it", async () => {

@@ -28,7 +28,7 @@ import {
 } from 'node:fs';
 import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Script } from 'node:vm';
 
@@ -75,10 +75,16 @@ function readCache(file: string, key: Buffer, ownedOnly: boolean): Buffer | unde
   }
 }
 
-/** The user's cache directory for the command line, by the XDG convention. */
-export function userCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.XDG_CACHE_HOME?.startsWith('/') ? env.XDG_CACHE_HOME : join(homedir(), '.cache');
-  return join(base, 'tessera');
+/** The user's cache directory for the command line, by the XDG convention; undefined when there is no home to put it in. */
+export function userCacheDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.XDG_CACHE_HOME !== undefined && isAbsolute(env.XDG_CACHE_HOME))
+    return join(env.XDG_CACHE_HOME, 'tessera');
+  try {
+    const home = homedir();
+    return isAbsolute(home) ? join(home, '.cache', 'tessera') : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The shipped cache's path for a bundle: beside it, `.cjs` → `.cache`. */
@@ -97,20 +103,21 @@ export interface CompiledBundle {
   readonly cacheUsed: string | undefined;
   /** A cache file's contents for this bundle as compiled so far (run it first: V8 then includes what ran). */
   cacheData(): Buffer;
-  /** The cache file in the user's cache directory. */
-  readonly userCache: string;
+  /** The cache file in the user's cache directory, if there is one. */
+  readonly userCache: string | undefined;
 }
 
 /**
  * Compiles and runs the bundle's top level (a CommonJS module) with the first usable cache, then
  * returns its exports. `cacheDir`: the user cache directory (tests point it elsewhere).
  */
-export function compileBundle(bundle: string, cacheDir: string = userCacheDir()): CompiledBundle {
+export function compileBundle(bundle: string, cacheDir: string | undefined = userCacheDir()): CompiledBundle {
   const source = readFileSync(bundle);
   const key = cacheKey(source);
-  const userCache = join(cacheDir, `cli-${key.toString('hex').slice(0, 32)}.v8`);
+  const userCache =
+    cacheDir === undefined ? undefined : join(cacheDir, `cli-${key.toString('hex').slice(0, 32)}.v8`);
   const candidates: [string, boolean][] = [
-    [userCache, true],
+    ...(userCache === undefined ? [] : [[userCache, true] as [string, boolean]]),
     [shippedCachePath(bundle), false],
   ];
   let cacheUsed: string | undefined;
@@ -170,16 +177,17 @@ export function writeCache(file: string, data: Buffer, mode = 0o600): void {
 }
 
 /**
- * After a run that used no cache: writes one to the user's cache directory and removes the ones
- * other bundles left there (an upgrade's); any failure is ignored.
+ * After a run that used no cache: writes one to the user's cache directory and removes those made
+ * for other bundles or Nodes (an upgrade's); any failure is ignored.
  */
 export function saveUserCache(compiled: CompiledBundle): void {
-  if (compiled.cacheUsed !== undefined) return;
+  const file = compiled.userCache;
+  if (compiled.cacheUsed !== undefined || file === undefined) return;
   try {
-    writeCache(compiled.userCache, compiled.cacheData());
-    const dir = dirname(compiled.userCache);
+    writeCache(file, compiled.cacheData());
+    const dir = dirname(file);
     for (const name of readdirSync(dir))
-      if (/^cli-[0-9a-f]+\.v8$/.test(name) && join(dir, name) !== compiled.userCache)
+      if (/^cli-[0-9a-f]+\.v8$/.test(name) && join(dir, name) !== file)
         rmSync(join(dir, name), { force: true });
   } catch {
     // Unwritable or absent: the next run compiles without a cache, as this one did.
