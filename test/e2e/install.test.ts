@@ -9,7 +9,15 @@
 // here and compiles for ~2-3 min on 2 cores, and nothing checked here opens a database. With
 // TESSERA_INSTALL_SCRIPTS=1 they run, and the driver's native module must load.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { builtinModules } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -218,10 +226,11 @@ describe('installing the packed packages into an empty project', { timeout: 600_
     assert.ok(spiffe.includes('dist/index.d.ts') && spiffe.includes('dist/gen/workload/workload_pb.js'));
     const tessera = packed.get('@tessera/tessera')?.files.map((f) => f.path) ?? [];
     assert.ok(tessera.includes('bin/tessera.js') && tessera.includes('dist/cli/main.js'));
-    // The command line's bundle (npm run build), which bin/tessera.js loads by a computed path, so
-    // no import names it: without it the CLI silently falls back to the slower modules.
-    if (existsSync(join(ROOT, 'packages/tessera/dist/cli/tessera.bundle.js')))
-      assert.ok(tessera.includes('dist/cli/tessera.bundle.js'), '@tessera/tessera lacks the CLI bundle');
+    // The command line's bundle and its code cache (npm run build), which dist/cli/launch.js loads by
+    // computed paths, so no import names them: without them the CLI silently falls back to slower ways.
+    if (existsSync(join(ROOT, 'packages/tessera/dist/cli/tessera.bundle.cjs')))
+      for (const f of ['dist/cli/tessera.bundle.cjs', 'dist/cli/tessera.bundle.cache'])
+        assert.ok(tessera.includes(f), `@tessera/tessera lacks ${f}`);
   });
 
   it('every import of every shipped module resolves inside its package or to a declared dependency', () => {
@@ -356,6 +365,16 @@ parseSpiffeId(42);
     const help = await ok(bin, ['--help'], app, 30_000);
     assert.match(help.stdout, /^usage: tessera <command>/);
 
+    // The command line runs from the code cache that shipped in the tarball: a run that found none
+    // it could use would write one to the user's cache directory.
+    const cacheHome = join(tmp.path, 'xdg');
+    const cached = await runCommand(bin, ['--version'], {
+      cwd: app,
+      env: { ...process.env, XDG_CACHE_HOME: cacheHome },
+    });
+    assert.equal(cached.code, 0, cached.stderr);
+    assert.equal(existsSync(cacheHome), false, 'the shipped code cache was not used');
+
     // Only when the install scripts ran (TESSERA_INSTALL_SCRIPTS=1): the SQLite driver's native module.
     if (RUN_SCRIPTS)
       await ok(
@@ -363,6 +382,30 @@ parseSpiffeId(42);
         ['-e', "import('better-sqlite3').then((m) => new m.default(':memory:').close())"],
         app,
       );
+  });
+
+  it('the installed tessera bin runs for a user who can write neither the install directory nor a home', async (t) => {
+    if (process.geteuid?.() !== 0) return t.skip('running as another user needs root');
+    // The test's directories are the owner's alone; the other user needs to reach the install.
+    for (const d of [tmp.path, app]) chmodSync(d, 0o755);
+    const installed = join(app, 'node_modules/@tessera/tessera');
+    const before = walk(installed).sort();
+    const env = { PATH: process.env.PATH, HOME: '/nonexistent' };
+    const bin = join(app, 'node_modules/.bin/tessera');
+    const version = await runCommand(bin, ['--version'], { cwd: '/', env, uid: 65534 });
+    assert.equal(version.code, 0, version.stderr);
+    assert.match(version.stdout, /^tessera \d/);
+    const count = await runCommand(bin, ['entry', 'count', '--socket', join(app, 'none.sock')], {
+      cwd: '/',
+      env,
+      uid: 65534,
+    });
+    assert.equal(count.code, 1);
+    assert.match(
+      count.stderr,
+      /^tessera entry count: cannot connect to the server at .*none\.sock: is it running\?\n$/,
+    );
+    assert.deepEqual(walk(installed).sort(), before, 'the command line wrote into its install directory');
   });
 
   it('npm install printed no EBADENGINE, and no package in the workspace lock needs a newer Node', () => {

@@ -1,12 +1,7 @@
 #!/usr/bin/env node
-// The command line: the bundle `npm run build` makes (scripts/bundle-cli.mjs) when it is there,
-// else the modules tsc built.
-import { existsSync } from 'node:fs';
+// The command line: dist/cli/launch.js runs the bundle `npm run build` makes, else the modules tsc built.
+import { launch } from '../dist/cli/launch.js';
 
-const bundle = new URL('../dist/cli/tessera.bundle.js', import.meta.url);
-const cli = existsSync(bundle) ? bundle.href : new URL('../dist/cli/main.js', import.meta.url).href;
-import(cli).then((m) =>
-  m.main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
-  }),
-);
+launch(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});
