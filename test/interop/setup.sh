@@ -7,6 +7,8 @@
 #   - oauth2-proxy v7.15.6 (setup-oauth2-proxy.sh) -> go/bin/oauth2-proxy, for oidc.test.ts
 #   - swtpm + swtpm-tools and tpm2-tools from the distribution (apt-get, as root or with sudo), for
 #     tpm.test.ts (a software TPM driven through tpm2-tools)
+#   - nginx and openssl from the distribution (setup-helper-consumers.sh), for helper-consumers.test.ts
+#     (tessera helper in front of nginx and PostgreSQL)
 #   - SPIRE v1.13.3 spire-server and spire-agent (setup-spire.sh) -> .spire/bin, for the suites that
 #     run a real SPIRE (spire.test.util.ts)
 # Idempotent: re-running rebuilds the Go binary and re-syncs the venv; oauth2-proxy is built only
@@ -89,6 +91,9 @@ if ((${#tpm_packages[@]} > 0)); then
     die "apt-get install -y ${tpm_packages[*]} failed (see above)"
 fi
 echo "interop setup: $(swtpm --version 2>&1 | head -n 1); tpm2-tools $(tpm2_createek --version 2>&1 | sed -n 's/.*version="\([^"]*\)".*/\1/p')"
+
+# --- nginx and openssl (programs that reload certificates tessera helper writes) --------------
+bash "$here/setup-helper-consumers.sh" || die "installing nginx/openssl failed (see above; setup-helper-consumers.sh alone retries just that)"
 
 # --- SPIRE (built once per version; see setup-spire.sh) --------------------------------------
 # (.ci/run builds it in the background while the rest installs, and sets TESSERA_SPIRE_SEPARATELY=1.)
