@@ -397,7 +397,7 @@ export async function startHelper(config: HelperConfig, options: HelperOptions =
         reload();
         return true;
       } catch (err) {
-        mark('x509', false);
+        if (isTesseraError(err, TesseraErrorCode.HELPER_WRITE)) mark('x509', false);
         log.error('X.509 files not written', { error: (err as Error).message });
         return false;
       }
@@ -420,7 +420,7 @@ export async function startHelper(config: HelperConfig, options: HelperOptions =
               log.info('JWT bundle file written', { file: bundlePath, trust_domains: set.size });
               return true;
             } catch (err) {
-              mark('jwt_bundle', false);
+              if (isTesseraError(err, TesseraErrorCode.HELPER_WRITE)) mark('jwt_bundle', false);
               log.error('JWT bundle file not written', { error: (err as Error).message });
               return false;
             }
@@ -456,7 +456,9 @@ export async function startHelper(config: HelperConfig, options: HelperOptions =
             });
           } catch (err) {
             if (stopping.signal.aborted) return;
-            mark(j.path, false);
+            // Only a failed write makes the helper not live (as spiffe-helper); an agent that does
+            // not answer leaves the file as it was, and /ready says whether it is still good.
+            if (isTesseraError(err, TesseraErrorCode.HELPER_WRITE)) mark(j.path, false);
             wait = backoff;
             backoff = Math.min(60_000, backoff * 2);
             log.error('JWT-SVID not written', {
