@@ -44,6 +44,7 @@ import {
   type TesseraProcess,
   waitForLogCount,
 } from '../e2e/tessera-process.js';
+import { suiteUnavailable } from './unavailable.js';
 
 const run = promisify(execFile);
 const quiet = createLogger({ level: 'error', write: () => undefined });
@@ -69,18 +70,11 @@ const PG_BIN = findPostgresBin();
  */
 function consumerUnavailable(suite: string, missing: readonly string[]): boolean {
   if (missing.length === 0) return false;
-  const hint = `${missing.join(', ')} not installed; run test/interop/setup-helper-consumers.sh as root (apt-get install -y nginx openssl postgresql)`;
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`${suite}: its programs are installed`, () => {
-      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test(suite, { skip: hint }, () => {});
-  }
-  return true;
+  return suiteUnavailable(
+    suite,
+    `${suite}: its programs are installed`,
+    `${missing.join(', ')} not installed; run test/interop/setup-helper-consumers.sh as root (apt-get install -y nginx openssl postgresql)`,
+  );
 }
 
 /** The serial of the certificate a TLS server presents, as `openssl s_client` sees it; undefined if none. */

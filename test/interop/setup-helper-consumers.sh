@@ -6,28 +6,16 @@
 # or sudo and apt-get.
 set -euo pipefail
 
-die() {
-  echo "helper consumers setup: $*" >&2
-  exit 1
-}
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=apt-install.sh
+source "$here/apt-install.sh"
 
 packages=()
 { command -v nginx || [[ -x /usr/sbin/nginx ]]; } >/dev/null 2>&1 || packages+=(nginx)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || packages+=(postgresql)
 if ((${#packages[@]} > 0)); then
-  sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  command -v apt-get >/dev/null 2>&1 && { [[ -z "$sudo" ]] || command -v sudo >/dev/null 2>&1; } ||
-    die "missing ${packages[*]}: install them (Debian/Ubuntu: apt-get install -y ${packages[*]}) and re-run $0"
-  echo "helper consumers setup: apt-get install -y ${packages[*]}"
-  $sudo apt-get update -qq || die "apt-get update failed (see above)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null ||
-    die "apt-get install -y ${packages[*]} failed (see above)"
-  # Debian's package starts an nginx on port 80 and a PostgreSQL cluster; the tests start their own.
-  if [[ " ${packages[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1; then
-    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
-  fi
+  apt_install "helper consumers setup" "${packages[@]}" || exit 1
 fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 echo "helper consumers setup: $("$nginx_bin" -v 2>&1); $(openssl version)"

@@ -27,6 +27,8 @@ die() {
   echo "interop setup: $*" >&2
   exit 1
 }
+# shellcheck source=apt-install.sh
+source "$here/apt-install.sh"
 
 # --- Go peer ------------------------------------------------------------------
 command -v go >/dev/null 2>&1 ||
@@ -81,14 +83,7 @@ tpm_packages=()
 { command -v swtpm && command -v swtpm_setup && command -v swtpm_localca; } >/dev/null 2>&1 || tpm_packages+=(swtpm swtpm-tools)
 command -v tpm2_activatecredential >/dev/null 2>&1 || tpm_packages+=(tpm2-tools)
 if ((${#tpm_packages[@]} > 0)); then
-  sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  command -v apt-get >/dev/null 2>&1 && { [[ -z "$sudo" ]] || command -v sudo >/dev/null 2>&1; } ||
-    die "missing ${tpm_packages[*]}: install them (Debian/Ubuntu: apt-get install -y swtpm swtpm-tools tpm2-tools) and re-run $0"
-  echo "interop setup: apt-get install -y ${tpm_packages[*]}"
-  $sudo apt-get update -qq || die "apt-get update failed (see above)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tpm_packages[@]}" >/dev/null ||
-    die "apt-get install -y ${tpm_packages[*]} failed (see above)"
+  apt_install "interop setup" "${tpm_packages[@]}" || exit 1
 fi
 echo "interop setup: $(swtpm --version 2>&1 | head -n 1); tpm2-tools $(tpm2_createek --version 2>&1 | sed -n 's/.*version="\([^"]*\)".*/\1/p')"
 

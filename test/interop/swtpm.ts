@@ -1,14 +1,13 @@
 // A real software TPM for tests: swtpm (Debian swtpm, swtpm-tools) on two loopback TCP ports,
 // optionally manufactured first by swtpm_setup with an EK certificate in NV from its own local CA
 // (swtpm_localca), and reached by tpm2-tools through TCTI "swtpm:host=127.0.0.1,port=…".
-import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { accessSync, constants, mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { delimiter, join } from 'node:path';
-import { test } from 'node:test';
 import { freePort } from '@tessera/testkit';
+import { suiteUnavailable } from './unavailable.js';
 
 /** What the TPM suite runs: swtpm and its set-up tools, and the tpm2-tools the agent drives. */
 export const TPM_PROGRAMS = [
@@ -46,17 +45,7 @@ export function tpmUnavailable(suite: string): boolean {
   const missing = TPM_PROGRAMS.filter((p) => !onPath(p));
   if (missing.length === 0) return false;
   const hint = `swtpm / tpm2-tools not installed (missing ${missing.join(', ')}); apt-get install -y swtpm swtpm-tools tpm2-tools, or run test/interop/setup.sh as root`;
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`a software TPM is available (${suite})`, () => {
-      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test(suite, { skip: hint }, () => {});
-  }
-  return true;
+  return suiteUnavailable(suite, `a software TPM is available (${suite})`, hint);
 }
 
 function run(file: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<string> {

@@ -2,12 +2,10 @@
  * Verdicts: ours (from the `spiffe` package) and the reference peers' (go-spiffe and py-spiffe,
  * run as child processes), in one shape so they can be compared vector by vector.
  */
-import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import {
@@ -22,6 +20,7 @@ import {
   verifyX509Svid,
   X509BundleSet,
 } from '@tessera/spiffe';
+import { suiteUnavailable } from './unavailable.js';
 import { certificateDersFromPem, type Vector, type Verdict } from './vectors.js';
 
 const run = promisify(execFile);
@@ -40,18 +39,11 @@ export const PYTHON_SCRIPT = join(INTEROP_DIR, 'python', 'verdicts.py');
 export function interopUnavailable(suite: string, needs: readonly string[] = []): boolean {
   const missing = [...missingPeers(), ...needs.filter((f) => !existsSync(f))];
   if (missing.length === 0) return false;
-  const hint = `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`;
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`interop reference peers are built (${suite})`, () => {
-      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test(`${suite}`, { skip: hint }, () => {});
-  }
-  return true;
+  return suiteUnavailable(
+    suite,
+    `interop reference peers are built (${suite})`,
+    `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`,
+  );
 }
 
 /** What is missing for the peers to run; empty when both are set up. */
