@@ -2,8 +2,6 @@
 // bundles and JWT-SVIDs from the Workload API written to files for a program that reads them
 // from disk, kept renewed, and the program told to reload.
 import { parseArgs } from 'node:util';
-import { ConfigError } from '../common/config-schema.js';
-import { isTesseraError } from '../common/errors.js';
 import { createLogger } from '../common/log.js';
 import { type HelperConfig, loadHelperConfig, outputPath } from '../helper/config.js';
 import { agentAddress, runHelperOnce, startHelper } from '../helper/run.js';
@@ -19,18 +17,6 @@ const USAGE = `usage: tessera helper run|validate --config <helper.yaml> [--once
 
 The keys are spiffe-helper's (agent_address, cert_dir, svid_file_name, jwt_svids, ...) in YAML;
 see docs/helper.md.`;
-
-function load(file: string, io: Io): HelperConfig | undefined {
-  try {
-    return loadHelperConfig(file);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      io.err(err.message);
-      return undefined;
-    }
-    throw err;
-  }
-}
 
 function describe(config: HelperConfig): string[] {
   const mode = (m: number) => `0${m.toString(8)}`;
@@ -75,8 +61,9 @@ export async function helperCommand(args: string[], io: Io): Promise<number> {
     io.err(`tessera helper ${sub}: --config <file> is required\n\n${USAGE}`);
     return 2;
   }
-  const loaded = load(values.config, io);
-  if (loaded === undefined) return 1;
+  // A bad configuration (every problem, with its line), a failed one-shot run or a start-up error
+  // reach main(), which prints them as one message and exits 1.
+  const loaded = loadHelperConfig(values.config);
   const config: HelperConfig = values.once === true ? { ...loaded, daemon_mode: false } : loaded;
   if (sub === 'validate') {
     io.out(`${values.config}: valid`);
@@ -85,29 +72,10 @@ export async function helperCommand(args: string[], io: Io): Promise<number> {
   }
   const log = createLogger({ level: config.log.level, format: config.log.format });
   if (!config.daemon_mode) {
-    try {
-      await runHelperOnce(config, { logger: log });
-      return 0;
-    } catch (err) {
-      if (isTesseraError(err)) {
-        io.err(`tessera helper: ${err.message}`);
-        return 1;
-      }
-      throw err;
-    }
+    await runHelperOnce(config, { logger: log });
+    return 0;
   }
-  let running: Awaited<ReturnType<typeof startHelper>>;
-  try {
-    running = await startHelper(config, { logger: log });
-  } catch (err) {
-    if (isTesseraError(err)) {
-      io.err(`tessera helper: ${err.message}`);
-      return 1;
-    }
-    throw err;
-  }
-  // With a child (cmd), SIGTERM/SIGINT are forwarded to it and the helper ends when it does, with
-  // its status; without one they stop the helper.
+  const running = await startHelper(config, { logger: log });
   const status = await new Promise<number>((resolve) => {
     running.done.then(resolve);
     // A child running has the signal forwarded (reloader.ts) and its exit ends the helper;
