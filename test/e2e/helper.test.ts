@@ -5,7 +5,7 @@
 // SIGTERM forwarded, and whose exit status the helper exits with; /live and /ready.
 import assert from 'node:assert/strict';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -174,6 +174,7 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
     // Someone widens the key's mode; the next write puts 0600 back.
     chmodSync(join(dir, 'svid_key.pem'), 0o644);
     const writesSoFar = [...p.stderr().matchAll(/X\.509 files written/g)].length;
+    const inode = statSync(join(dir, 'svid_key.pem')).ino;
     // Meanwhile a reader reads the files as fast as it can: every read must parse.
     let reads = 0;
     let stop = false;
@@ -190,6 +191,8 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
     try {
       await waitForLogCount(p, /X\.509 files written/, writesSoFar + 1);
       assert.equal(mode(join(dir, 'svid_key.pem')), 0o600);
+      // Replaced by a rename (a new inode), never rewritten in place.
+      assert.notEqual(statSync(join(dir, 'svid_key.pem')).ino, inode);
       const [, second] = await waitForLog(
         p,
         new RegExp(`X\\.509 files written spiffe_id=\\S+ serial=(?!${first})(\\w+)`),
@@ -212,6 +215,8 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
     assert.ok(exp * 1000 > Date.now(), 'the token on disk has not expired');
     p.child.kill('SIGTERM');
     assert.equal(await p.exit, 0, p.stderr());
+    // No temporary file left behind by any of the writes.
+    assert.deepEqual(readdirSync(dir).sort(), ['db.token', 'svid.pem', 'svid_bundle.pem', 'svid_key.pem']);
   });
 
   test('child mode: renew_signal to the child on renewal, SIGTERM forwarded, the child status is the exit status', async () => {
