@@ -16,7 +16,13 @@ import { createLogger } from '@tessera/tessera/dist/common/log.js';
 import { startTestServer } from '@tessera/tessera/dist/server/api/test-server.test.util.js';
 import type { RunningServer } from '@tessera/tessera/dist/server/run.js';
 import { freePort, makeTempDir, type TempDir } from '@tessera/testkit';
-import { spawnTessera, type TesseraProcess, waitForLog, waitForLogCount } from './tessera-process.js';
+import {
+  spawnTessera,
+  spawnTesseraAs,
+  type TesseraProcess,
+  waitForLog,
+  waitForLogCount,
+} from './tessera-process.js';
 
 const uid = process.getuid?.() ?? 0;
 const quiet = createLogger({ level: 'error', write: () => undefined });
@@ -62,6 +68,7 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
 
   before(async () => {
     tmp = await makeTempDir('helper-e2e-');
+    chmodSync(tmp.path, 0o755); // a helper run as another uid reaches the agent's socket
     server = await startTestServer(tmp.path, ['x509_svid_ttl: 6s', 'jwt_svid_ttl: 4s']);
     await server.datastore.createJoinToken({
       token: 'helper-agent-token-0123',
@@ -144,6 +151,23 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
     assert.equal(await q.exit, 1);
     assert.match(q.stderr(), /no X509-SVID has the hint "api" .*the hints "web"/);
     assert.throws(() => statSync(join(tmp.path, 'never.pem')));
+    if (uid === 0) {
+      // A process the agent has no entry for: the Workload API's answer, with the selector to register.
+      const nobody = spawnTesseraAs(
+        65534,
+        'helper',
+        'run',
+        '--config',
+        config(['daemon_mode: false', 'fetch_timeout: 2s', 'svid_combined_file_name: never.pem']),
+      );
+      helpers.push(nobody);
+      assert.equal(await nobody.exit, 1);
+      assert.match(nobody.stderr(), /no X509-SVID from the Workload API within fetch_timeout \(2000 ms\)/);
+      assert.match(
+        nobody.stderr(),
+        /issued no identity to this process .*register an entry .*unix:uid:65534/,
+      );
+    }
     const bad = helper('run', '--config', config(['svid_combined_file_name: a.pem', 'key_file_mod: 0600']));
     assert.equal(await bad.exit, 1);
     assert.match(bad.stderr(), /key_file_mod: unknown key; did you mean key_file_mode\?/);
