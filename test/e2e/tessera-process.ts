@@ -24,16 +24,24 @@ export function spawnTesseraWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): 
   return startTessera(args, { env });
 }
 
-/** As spawnTessera, as another uid (and its gid). */
+/** As spawnTessera, as another uid (and a gid of the same number, unless `gid` is given). */
 export function spawnTesseraAs(uid: number, ...args: string[]): TesseraProcess {
   return startTessera(args, { uid });
 }
 
-function startTessera(args: string[], o: { env?: NodeJS.ProcessEnv; uid?: number }): TesseraProcess {
+/** As spawnTessera, as uid `uid` with group `gid` (a system user's own, e.g. postgres'). */
+export function spawnTesseraAsUser(user: { uid: number; gid: number }, ...args: string[]): TesseraProcess {
+  return startTessera(args, user);
+}
+
+function startTessera(
+  args: string[],
+  o: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number },
+): TesseraProcess {
   const child = spawn(process.execPath, [TESSERA_BIN, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, ...o.env },
-    ...(o.uid === undefined ? {} : { uid: o.uid, gid: o.uid }),
+    ...(o.uid === undefined ? {} : { uid: o.uid, gid: o.gid ?? o.uid }),
   });
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
@@ -55,6 +63,23 @@ export function waitForLog(p: TesseraProcess, re: RegExp): Promise<RegExpMatchAr
     };
     p.child.stderr?.on('data', check);
     p.exit.then((code) => reject(new Error(`exited ${code} before ${re}: ${p.stderr()}`)));
+    check();
+  });
+}
+
+/** Resolves with the `count`-th stderr match of `re` (1 = the first); rejects if the process exits first. */
+export function waitForLogCount(p: TesseraProcess, re: RegExp, count: number): Promise<RegExpMatchArray> {
+  const global = new RegExp(re.source, re.flags.includes('g') ? re.flags : `${re.flags}g`);
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const m = [...p.stderr().matchAll(global)][count - 1];
+      if (m !== undefined) {
+        p.child.stderr?.off('data', check);
+        resolve(m);
+      }
+    };
+    p.child.stderr?.on('data', check);
+    p.exit.then((code) => reject(new Error(`exited ${code} before match ${count} of ${re}: ${p.stderr()}`)));
     check();
   });
 }

@@ -9,6 +9,8 @@
 #     tpm.test.ts (a software TPM driven through tpm2-tools)
 #   - docker.io, busybox-static, systemd, dbus-daemon, dbus-user-session from the distribution and
 #     the go-spiffe peer built static (setup-workload-attestors.sh), for the workload attestor suites
+#   - nginx and openssl from the distribution (setup-helper-consumers.sh), for helper-consumers.test.ts
+#     (tessera helper in front of nginx and PostgreSQL)
 #   - SPIRE v1.13.3 spire-server and spire-agent (setup-spire.sh) -> .spire/bin, for the suites that
 #     run a real SPIRE (spire.test.util.ts)
 # Idempotent: re-running rebuilds the Go binary and re-syncs the venv; oauth2-proxy is built only
@@ -27,6 +29,8 @@ die() {
   echo "interop setup: $*" >&2
   exit 1
 }
+# shellcheck source=apt-install.sh
+source "$here/apt-install.sh"
 
 # --- Go peer ------------------------------------------------------------------
 command -v go >/dev/null 2>&1 ||
@@ -81,19 +85,15 @@ tpm_packages=()
 { command -v swtpm && command -v swtpm_setup && command -v swtpm_localca; } >/dev/null 2>&1 || tpm_packages+=(swtpm swtpm-tools)
 command -v tpm2_activatecredential >/dev/null 2>&1 || tpm_packages+=(tpm2-tools)
 if ((${#tpm_packages[@]} > 0)); then
-  sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  command -v apt-get >/dev/null 2>&1 && { [[ -z "$sudo" ]] || command -v sudo >/dev/null 2>&1; } ||
-    die "missing ${tpm_packages[*]}: install them (Debian/Ubuntu: apt-get install -y swtpm swtpm-tools tpm2-tools) and re-run $0"
-  echo "interop setup: apt-get install -y ${tpm_packages[*]}"
-  $sudo apt-get update -qq || die "apt-get update failed (see above)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tpm_packages[@]}" >/dev/null ||
-    die "apt-get install -y ${tpm_packages[*]} failed (see above)"
+  apt_install "interop setup" "${tpm_packages[@]}" || exit 1
 fi
 echo "interop setup: $(swtpm --version 2>&1 | head -n 1); tpm2-tools $(tpm2_createek --version 2>&1 | sed -n 's/.*version="\([^"]*\)".*/\1/p')"
 
 # --- docker, systemd, dbus and the static go-spiffe peer (the workload attestor suites) -------
 bash "$here/setup-workload-attestors.sh" || die "the workload attestor setup failed (see above; setup-workload-attestors.sh alone retries just that)"
+
+# --- nginx and openssl (programs that reload certificates tessera helper writes) --------------
+bash "$here/setup-helper-consumers.sh" || die "installing nginx/openssl failed (see above; setup-helper-consumers.sh alone retries just that)"
 
 # --- SPIRE (built once per version; see setup-spire.sh) --------------------------------------
 # (.ci/run builds it in the background while the rest installs, and sets TESSERA_SPIRE_SEPARATELY=1.)

@@ -2,7 +2,13 @@ export { FakeClock } from './clock.js';
 export { createCsr } from './csr.js';
 export { type JwtAuthorityOptions, type JwtKeyType, TestJwtAuthority, unsignedToken } from './jwt.js';
 export { freePort } from './net.js';
-export { findPostgresBin, type PostgresCluster, postgresAvailable, startPostgres } from './postgres.js';
+export {
+  findPostgresBin,
+  type PostgresCluster,
+  postgresAvailable,
+  type StartPostgresOptions,
+  startPostgres,
+} from './postgres.js';
 export { makeTempDir, type TempDir } from './tmp.js';
 export {
   type CaOptions,

@@ -18,7 +18,18 @@ export interface PostgresCluster {
   readonly connectionString: string;
   readonly socketDir: string;
   readonly port: number;
+  /** The data directory (postgresql.conf is there). */
+  readonly dataDir: string;
+  /** The directory of initdb and pg_ctl. */
+  readonly bin: string;
+  /** The user the server runs as when this process is root (postgres), else undefined (this process's). */
+  readonly user: { uid: number; gid: number } | undefined;
   stop(): Promise<void>;
+}
+
+export interface StartPostgresOptions {
+  /** listen_addresses, e.g. 127.0.0.1 to accept TCP on `port` too; default '' (the socket only). */
+  listenAddresses?: string;
 }
 
 /** The directory holding initdb and pg_ctl, or undefined when PostgreSQL server binaries are not installed. */
@@ -47,7 +58,7 @@ function postgresUser(): { uid: number; gid: number } | undefined {
 let nextPort = 15432 + (process.pid % 2000);
 
 /** Starts a fresh cluster. Throws with the server's output when it cannot. */
-export async function startPostgres(): Promise<PostgresCluster> {
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<PostgresCluster> {
   const bin = findPostgresBin();
   if (bin === undefined) throw new Error('testkit: PostgreSQL server binaries (initdb, pg_ctl) not found');
   const dir = mkdtempSync(join(tmpdir(), 'pg-'));
@@ -61,7 +72,7 @@ export async function startPostgres(): Promise<PostgresCluster> {
     opts,
   );
   const port = nextPort++;
-  const serverOpts = `-k ${dir} -p ${port} -c listen_addresses='' -c fsync=off -c max_connections=200`;
+  const serverOpts = `-k ${dir} -p ${port} -c listen_addresses='${options.listenAddresses ?? ''}' -c fsync=off -c max_connections=200`;
   try {
     await run(
       join(bin, 'pg_ctl'),
@@ -76,6 +87,9 @@ export async function startPostgres(): Promise<PostgresCluster> {
     connectionString: `postgresql://postgres@localhost/postgres?host=${encodeURIComponent(dir)}&port=${port}`,
     socketDir: dir,
     port,
+    dataDir: data,
+    bin,
+    user: as,
     stop: async () => {
       try {
         await run(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop'], opts);

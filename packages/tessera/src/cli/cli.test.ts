@@ -74,6 +74,7 @@ describe('tessera --help and --version', () => {
       [['api', 'fetch', '--help'], 'usage: tessera api'],
       [['envoy', 'bootstrap', '--help'], 'usage: tessera envoy'],
       [['proxy', 'run', '--help'], 'usage: tessera proxy'],
+      [['helper', 'run', '--help'], 'usage: tessera helper'],
       [['policy', 'check', '--help'], 'usage: tessera policy'],
       [['x509', 'mint', '-h'], 'usage: tessera x509'],
       [['jwt', 'mint', '-h'], 'usage: tessera jwt'],

@@ -28,9 +28,10 @@ commands:
   api          a Workload API client: fetch x509|jwt|bundles, watch, validate (any SPIFFE agent's socket)
   envoy        an Envoy bootstrap whose certificates come from the agent over SDS (tessera envoy bootstrap)
   proxy        identity-based mTLS in front of an app, with AuthorizationPolicies (tessera proxy run --config …)
+  helper       SVIDs and bundles written to files for a program that reads them from disk, renewed, the program reloaded (spiffe-helper's job)
   policy       Istio AuthorizationPolicies on their own: check a request's decision, lint policy files
 
-Every command but server, api, envoy, proxy and policy talks to the server's admin socket (--socket, default
+Every command but server, api, envoy, proxy, helper and policy talks to the server's admin socket (--socket, default
 /run/tessera/server/server.sock) and takes --output json for scripts. "tessera <command> --help" shows its usage; "tessera --version" the version.`;
 
 type Command = (args: string[], io: Io) => Promise<number>;
@@ -53,6 +54,7 @@ const GROUPS: Record<string, () => Promise<Command>> = {
   api: async () => (await import('./api.js')).apiCommand,
   envoy: async () => (await import('./envoy.js')).envoyCommand,
   proxy: async () => (await import('./proxy.js')).proxyCommand,
+  helper: async () => (await import('./helper.js')).helperCommand,
   policy: async () => (await import('./policy.js')).policyCommand,
 };
 

@@ -28,6 +28,11 @@ export type Field =
   | { kind: 'duration'; default?: string; min?: string }
   | { kind: 'enum'; values: readonly string[]; default?: string }
   /**
+   * A Unix file mode written in octal as for chmod, quoted or not: 0644, 644, 0o644, "0600". The
+   * digits are read as octal whatever YAML makes of them (plain 0644 is the integer 644 to YAML 1.2).
+   */
+  | { kind: 'file_mode'; default?: number }
+  /**
    * With `optional: true`, an absent object is left out (undefined) instead of filled with defaults;
    * its key written with no value (`systemd:`) is the object with its defaults, as `systemd: {}`.
    * `aliases` names keys of other products (SPIRE's) that mean one of ours: an unknown key found
@@ -292,6 +297,21 @@ export function validateConfig(
         const min = field.min === undefined ? undefined : parseDuration(field.min);
         if (min !== undefined && ms < min) return fail(`must be at least ${field.min}`);
         return ms;
+      }
+      case 'file_mode': {
+        const text = !isScalar(node)
+          ? undefined
+          : typeof node.value === 'string'
+            ? node.value
+            : typeof node.value === 'number'
+              ? (node.source ?? String(node.value))
+              : undefined;
+        const m = text === undefined ? null : /^(?:0o?)?([0-7]{1,4})$/.exec(text.trim());
+        if (m === null)
+          return fail(
+            `must be an octal file mode such as 0644 or 0600 (as for chmod); got ${describe(node)}`,
+          );
+        return Number.parseInt(m[1] as string, 8);
       }
       case 'enum':
         if (!isScalar(node) || typeof node.value !== 'string' || !field.values.includes(node.value)) {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { TesseraError, TesseraErrorCode } from './errors.js';
 import type { Metrics } from './metrics.js';
 
-export type Role = 'server' | 'agent' | 'proxy';
+export type Role = 'server' | 'agent' | 'proxy' | 'helper';
 
 export function startupError(role: Role, message: string, cause?: unknown): TesseraError {
   return new TesseraError(
@@ -56,23 +56,32 @@ export function lockDataDir(role: Role, dir: string): () => void {
   throw startupError(role, `cannot lock the data directory ${dir}`);
 }
 
-/** GET /live, /ready (503 until `ready()`), /metrics. Resolves with the bound port and a closer. */
+/**
+ * GET /live (503 when `live()` says so), /ready (503 until `ready()`), /metrics; the first two at
+ * other paths when `paths` says (spiffe-helper's liveness_path, readiness_path). Resolves with the
+ * bound port and a closer.
+ */
 export async function startHealthServer(o: {
   role: Role;
   address: string;
   port: number;
   metrics: Pick<Metrics, 'render'>;
   ready: () => boolean;
+  live?: () => boolean;
+  paths?: { live: string; ready: string };
 }): Promise<{ port: number; close(): Promise<void> }> {
+  const livePath = o.paths?.live ?? '/live';
+  const readyPath = o.paths?.ready ?? '/ready';
   const health = createServer((req, res) => {
     if (req.url === '/metrics') {
       o.metrics
         .render()
         .then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text))
         .catch((err: unknown) => res.writeHead(500).end(`metrics unavailable: ${(err as Error).message}\n`));
-    } else if (req.url === '/live') {
-      res.writeHead(200).end('ok\n');
-    } else if (req.url === '/ready') {
+    } else if (req.url === livePath) {
+      const live = o.live?.() ?? true;
+      res.writeHead(live ? 200 : 503).end(live ? 'ok\n' : 'not live\n');
+    } else if (req.url === readyPath) {
       const ready = o.ready();
       res.writeHead(ready ? 200 : 503).end(ready ? 'ready\n' : 'not ready\n');
     } else {

@@ -48,6 +48,12 @@ export const TesseraErrorCode = {
   DATASTORE: 'ERR_DATASTORE',
   /** An AuthorizationPolicy file cannot be read or is malformed; every problem is listed with file and line. */
   POLICY_INVALID: 'ERR_POLICY_INVALID',
+  /** `tessera helper`: a file in cert_dir cannot be written (missing or unwritable directory, disk full). */
+  HELPER_WRITE: 'ERR_HELPER_WRITE',
+  /** `tessera helper`: the app cannot be told to reload (pid file missing or stale, signal refused, reload command failed). */
+  HELPER_RELOAD: 'ERR_HELPER_RELOAD',
+  /** `tessera helper`: what the files need did not come from the Workload API (in time, or with that hint). */
+  HELPER_FETCH: 'ERR_HELPER_FETCH',
 } as const;
 
 export type TesseraErrorCode = (typeof TesseraErrorCode)[keyof typeof TesseraErrorCode];
