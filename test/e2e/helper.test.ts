@@ -4,12 +4,13 @@
 // after a chmod; no reader ever sees a partial file; a child that is signalled on renewal, gets
 // SIGTERM forwarded, and whose exit status the helper exits with; /live and /ready.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { idFromCertificate } from '@tessera/spiffe';
+import { idFromCertificate, parseX509Crls } from '@tessera/spiffe';
 import type { RunningAgent } from '@tessera/tessera/dist/agent/run.js';
 import { startTestAgent } from '@tessera/tessera/dist/agent/test-agent.test.util.js';
 import { createLogger } from '@tessera/tessera/dist/common/log.js';
@@ -101,6 +102,7 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
       'svid_key_file_name: svid_key.pem',
       'svid_bundle_file_name: svid_bundle.pem',
       'svid_combined_file_name: combined.pem',
+      'crl_file_name: crl.pem',
       'jwt_bundle_file_name: jwt_bundle.json',
       'jwt_svids: [{ jwt_audience: db, jwt_extra_audiences: [cache], jwt_svid_file_name: db.token }]',
       'cert_file_mode: 0640',
@@ -119,6 +121,25 @@ describe('tessera helper against a real agent', { timeout: 120_000 }, () => {
     assert.equal(mode(join(tmp.path, 'svid_bundle.pem')), 0o640);
     assert.equal(mode(join(tmp.path, 'svid_key.pem')), 0o600);
     assert.equal(mode(join(tmp.path, 'combined.pem')), 0o600);
+    // The trust domain's CRL, signed by the bundle's CA: OpenSSL checks the SVID against both files.
+    const crls = parseX509Crls(readFileSync(join(tmp.path, 'crl.pem'), 'utf8'));
+    assert.equal(crls.length, 1);
+    assert.ok(crls[0]?.signedBy(ca));
+    assert.equal(mode(join(tmp.path, 'crl.pem')), 0o640);
+    const verified = spawnSync(
+      'openssl',
+      [
+        'verify',
+        '-crl_check',
+        '-CAfile',
+        join(tmp.path, 'svid_bundle.pem'),
+        '-CRLfile',
+        join(tmp.path, 'crl.pem'),
+        join(tmp.path, 'svid.pem'),
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(verified.status, 0, verified.stdout + verified.stderr);
     assert.equal(mode(join(tmp.path, 'db.token')), 0o600);
     assert.equal(mode(join(tmp.path, 'jwt_bundle.json')), 0o600);
     const token = readFileSync(join(tmp.path, 'db.token'), 'utf8');

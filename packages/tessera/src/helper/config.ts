@@ -67,8 +67,9 @@ export const HELPER_CONFIG_SCHEMA = {
     // Tessera's own: the key then the chain in one PEM file (HAProxy's crt, Mosquitto, ...), written
     // with key_file_mode.
     svid_combined_file_name: fileName,
-    // TODO(crl): crl_file_name — the X.509 CRLs of the trust domain, once the Workload API carries
-    // them (written with cert_file_mode, beside svid_bundle_file_name; see writeX509 in run.ts).
+    // The X.509 CRLs of the trust domain (PEM), from the Workload API (written with cert_file_mode,
+    // with the X.509 files; see writeX509 in run.ts). Tessera's: spiffe-helper has no such file.
+    crl_file_name: fileName,
     // JWT-SVIDs for audiences, each in its file (the compact JWS), re-fetched at half their lifetime.
     jwt_svids: {
       kind: 'list',
@@ -132,6 +133,7 @@ export interface HelperConfig {
   readonly svid_key_file_name?: string;
   readonly svid_bundle_file_name?: string;
   readonly svid_combined_file_name?: string;
+  readonly crl_file_name?: string;
   readonly jwt_svids: readonly JwtSvidFileConfig[];
   readonly jwt_bundle_file_name?: string;
   readonly cert_file_mode: number;
@@ -208,6 +210,12 @@ const crossCheck: CrossCheck = (raw) => {
       message:
         'writes nothing: set svid_file_name, svid_key_file_name and svid_bundle_file_name, or svid_combined_file_name, jwt_svids or jwt_bundle_file_name',
     });
+  if (c.crl_file_name !== undefined && set.length === 0 && c.svid_combined_file_name === undefined)
+    problems.push({
+      path: 'crl_file_name',
+      message:
+        'is written with the X.509 files: set svid_file_name, svid_key_file_name and svid_bundle_file_name, or svid_combined_file_name, too',
+    });
   if (c.pid_file_name !== undefined && c.renew_signal === undefined)
     problems.push({
       path: 'pid_file_name',
@@ -244,7 +252,8 @@ const crossCheck: CrossCheck = (raw) => {
       });
     else files.set(n, path);
   };
-  for (const k of [...x509, 'svid_combined_file_name', 'jwt_bundle_file_name'] as const) claim(k, c[k]);
+  for (const k of [...x509, 'svid_combined_file_name', 'crl_file_name', 'jwt_bundle_file_name'] as const)
+    claim(k, c[k]);
   for (const [i, j] of c.jwt_svids.entries())
     claim(`jwt_svids[${i}].jwt_svid_file_name`, j.jwt_svid_file_name);
   if (c.health_checks.liveness_path === c.health_checks.readiness_path)

@@ -29,6 +29,7 @@ const svid = (id: string, hint: string) => {
 };
 const ctx: X509Context = {
   svids: [svid('spiffe://example.org/web', 'web'), svid('spiffe://example.org/api', 'api')],
+  crls: [],
   bundles: new X509BundleSet([
     new X509Bundle(td, [root.certificate, expiredCa.certificate]),
     new X509Bundle(parseTrustDomain('partner.org'), [partner.certificate]),

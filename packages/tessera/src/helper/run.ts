@@ -70,6 +70,7 @@ interface Outputs {
     readonly key?: string;
     readonly bundle?: string;
     readonly combined?: string;
+    readonly crl?: string;
     readonly jwtBundle?: string;
   };
   readonly jwt: readonly (JwtSvidFileConfig & { readonly path: string })[];
@@ -82,6 +83,7 @@ function outputsOf(config: HelperConfig, cwd: string): Outputs {
     key: p(config.svid_key_file_name),
     bundle: p(config.svid_bundle_file_name),
     combined: p(config.svid_combined_file_name),
+    crl: p(config.crl_file_name),
     jwtBundle: p(config.jwt_bundle_file_name),
   };
   return {
@@ -99,7 +101,7 @@ function writeX509(
   now: Date,
 ): { id: string; serial: string; expiresAt: Date } {
   const files = x509Files(
-    { svids: source.getX509Svids(), bundles: source.getX509Bundles() },
+    { svids: source.getX509Svids(), bundles: source.getX509Bundles(), crls: source.getX509Crls() },
     {
       hint: config.hint,
       addIntermediatesToBundle: config.add_intermediates_to_bundle,
@@ -117,8 +119,17 @@ function writeX509(
   if (out.paths.bundle !== undefined) writeFileAtomic(out.paths.bundle, files.bundle, config.cert_file_mode);
   if (out.paths.combined !== undefined)
     writeFileAtomic(out.paths.combined, files.combined, config.key_file_mode);
-  // TODO(crl): write crl_file_name here (cert_file_mode) from the CRLs of the X.509 context, once
-  // the Workload API delivers them; a CRL change then reloads the program like an SVID change.
+  // The trust domain's CRLs (PEM, one per X.509 authority; empty from an agent that sends none, as
+  // SPIRE's): a new CRL is an update of the context, so it is written and reloaded like an SVID.
+  if (out.paths.crl !== undefined)
+    writeFileAtomic(
+      out.paths.crl,
+      source
+        .getX509Crls()
+        .map((c) => c.toPem())
+        .join(''),
+      config.cert_file_mode,
+    );
   return {
     id: files.svid.id.toString(),
     serial: files.svid.leaf.serialNumber,
