@@ -169,6 +169,7 @@ async function revoke(args: string[], io: Io): Promise<number> {
       revoked: r.revoked.map(revocationJson),
       already_revoked: r.alreadyRevoked.map(revocationJson),
       crls: r.crls.map((c) => ({ authority: c.authorityId, number: Number(c.number) })),
+      warnings: r.warnings,
     });
     return 0;
   }
@@ -185,6 +186,7 @@ async function revoke(args: string[], io: Io): Promise<number> {
       io.out(
         `CRL of authority ${id}: signed by the server of the trust domain that holds its key, when it hears of this`,
       );
+  for (const w of r.warnings) io.err(`warning: ${w}`);
   return 0;
 }
 

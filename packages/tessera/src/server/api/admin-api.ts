@@ -632,6 +632,7 @@ export function createAdminService(deps: AdminServiceDeps): {
           revoked: result.revoked.map(revocationToProto),
           alreadyRevoked: result.alreadyRevoked.map(revocationToProto),
           crls: result.crls.map(crlToProto),
+          warnings: result.warnings,
         };
       },
 

@@ -4,7 +4,7 @@
 // OpenSSL's own CRL check as an outside judge.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import type { X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -418,3 +418,53 @@ if (postgresAvailable('revocation across servers on one PostgreSQL'))
       );
     });
   });
+
+describe('revoking an SVID of a key retired before a restart', () => {
+  let tmp: TempDir;
+  let server: RunningServer | undefined;
+  before(async () => {
+    tmp = await makeTempDir('revocation-restart-');
+  });
+  after(async () => {
+    await server?.stop();
+    await tmp?.cleanup();
+  });
+
+  it('is recorded, and the command says that no server may hold the key and what to do', {
+    timeout: 60_000,
+  }, async () => {
+    server = await startTestServer(tmp.path);
+    const sock = ['--socket', join(tmp.path, 'admin.sock')];
+    const minted = await tessera(
+      'x509',
+      'mint',
+      '--spiffe-id',
+      'spiffe://example.org/minted',
+      '--write',
+      join(tmp.path, 'm'),
+      ...sock,
+    );
+    assert.equal(minted.code, 0, minted.stderr);
+    const serial = new X509Certificate(readFileSync(join(tmp.path, 'm', 'svid.pem'))).serialNumber;
+    const old = (await server.authority.list()).find((a) => a.kind === 'x509' && a.status === 'active')?.id;
+    await server.authority.prepare('x509');
+    await server.authority.activate('x509');
+    // Still held in memory: revoking now would be signed here. After a restart it is not held.
+    await server.stop();
+    server = await startTestServer(tmp.path);
+    const r = await tessera('x509', 'revoke', '--serial', serial, ...sock);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Revoked 1 X509-SVID:/);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `warning: authority ${old} is retired: its CRL is signed only if the server that retired it has not restarted since .*\\(tessera authority taint\\|revoke --kind x509 --id ${old}`,
+      ),
+    );
+    const list = await tessera('x509', 'revoked', ...sock);
+    assert.match(
+      list.stdout,
+      new RegExp(`${normalizeSerial(serial)} {2}spiffe://example.org/minted \\(minted\\)`),
+    );
+  });
+});

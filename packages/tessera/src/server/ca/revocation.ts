@@ -30,6 +30,8 @@ export interface RevokeResult {
   alreadyRevoked: X509Revocation[];
   /** CRLs this server signed for the revocation (authorities held elsewhere are signed there). */
   crls: StoredX509Crl[];
+  /** For the operator: authorities whose CRL may never be signed (no server may hold the key). */
+  warnings: string[];
 }
 
 export class X509Revocations {
@@ -151,8 +153,23 @@ export class X509Revocations {
       reason,
     });
     const crls = (await Promise.all(signing)).filter((c): c is StoredX509Crl => c !== undefined);
+    // An authority signed elsewhere is fine while its server holds the key; one its server retired
+    // may be held by nobody (retired keys are kept in memory only): say what to do then.
+    const signed = new Set(crls.map((c) => c.authorityId));
+    const records = await datastore.listAuthorities();
+    const warnings = [...new Set(fresh.map((r) => r.authorityId))]
+      .filter((id) => !signed.has(id))
+      .flatMap((id) => {
+        const a = records.find((r) => r.kind === 'x509' && r.id === id);
+        return a === undefined || a.status === 'old'
+          ? [
+              `authority ${id} is retired: its CRL is signed only if the server that retired it has not restarted since (retired keys are kept in memory); if \`tessera x509 revoked\` shows no new CRL number for it, taint and revoke the authority (tessera authority taint|revoke --kind x509 --id ${id})`,
+            ]
+          : [];
+      });
+    for (const w of warnings) this.#o.logger?.warn?.(`ca: ${w}`);
     await this.#reload;
-    return { revoked: fresh, alreadyRevoked: already, crls };
+    return { revoked: fresh, alreadyRevoked: already, crls, warnings };
   }
 
   /** The unexpired revocations, oldest first. */
