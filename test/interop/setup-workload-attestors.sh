@@ -11,6 +11,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=apt-install.sh
+source "$here/apt-install.sh"
 die() {
   echo "workload attestors setup: $*" >&2
   exit 1
@@ -25,14 +27,8 @@ command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
 command -v unshare >/dev/null 2>&1 || packages+=(util-linux)
 command -v file >/dev/null 2>&1 || packages+=(file)
 if ((${#packages[@]} > 0)); then
-  sudo=""
-  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-  command -v apt-get >/dev/null 2>&1 ||
-    die "missing ${packages[*]}: install them (Debian/Ubuntu: apt-get install -y ${packages[*]}) and re-run $0"
-  echo "workload attestors setup: apt-get install -y ${packages[*]}"
-  $sudo apt-get update -qq || die "apt-get update failed (see above)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null ||
-    die "apt-get install -y ${packages[*]} failed (see above)"
+  # docker.io recommends a dozen packages the tests do not use.
+  apt_install --no-install-recommends "workload attestors setup" "${packages[@]}" || exit 1
 fi
 echo "workload attestors setup: $(dockerd --version 2>&1); $(systemd --version 2>&1 | head -n 1); $(dbus-daemon --version 2>&1 | head -n 1)"
 
