@@ -119,11 +119,13 @@ export interface AgentManagerOptions {
 /**
  * Why the server will not deal with this agent any more: every server says the same (they share
  * the datastore), so it is not a server failure to fail over from. `banned`: an operator banned it
- * (it stays so until evicted); `evicted`: its record was deleted (it may attest again); `refused`:
- * its SVID was refused otherwise (e.g. a later attestation of the same agent ID replaced it).
+ * (it stays so until evicted); `evicted`: its record was deleted (it may attest again); `untrusted`:
+ * its SVID no longer verifies on the server — the CA that signed it was revoked while the agent was
+ * away, or it expired — so it must attest again; `refused`: its SVID was refused otherwise (e.g. a
+ * later attestation of the same agent ID replaced it).
  */
 export interface AgentRefusal {
-  readonly kind: 'banned' | 'evicted' | 'refused';
+  readonly kind: 'banned' | 'evicted' | 'untrusted' | 'refused';
   /** The server's words. */
   readonly reason: string;
 }
@@ -135,6 +137,10 @@ export function agentRefusalOf(err: unknown): AgentRefusal | undefined {
   const reason = grpcErrorText(err);
   if (errorCodeOf(err) === 'ERR_AGENT_BANNED' || /\bbanned\b/.test(reason)) return { kind: 'banned', reason };
   if (/\bevicted\b|not attested/.test(reason)) return { kind: 'evicted', reason };
+  // The server's TLS verification of the agent SVID (the spiffe library's words): no reconnecting
+  // can help, a new attestation can.
+  if (/peer refused: x509svid: .*(does not chain to an authority|has expired|was revoked)/.test(reason))
+    return { kind: 'untrusted', reason };
   return { kind: 'refused', reason };
 }
 
@@ -493,6 +499,11 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
         {
           reason,
         },
+      );
+    else if (refusal.kind === 'untrusted')
+      this.#o.logger.warn(
+        `agent: the server no longer trusts this agent's SVID (${id}): the CA that signed it was revoked while the agent was away, or it expired; no identity is served until it attests again`,
+        { reason },
       );
     else
       this.#o.logger.error(

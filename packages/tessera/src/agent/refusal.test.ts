@@ -257,6 +257,75 @@ describe('a banned or evicted agent', { timeout: 60_000 }, () => {
     assert.ok(log.lines.some((l) => l.includes(`ERROR ${fatal.message}`)));
   });
 
+  it('its CA revoked while it was stopped: an x509pop agent attests again; a join-token agent stops, saying how to give it a new token', {
+    timeout: 60_000,
+  }, async () => {
+    const node = nodeCa.issueCertificate({
+      uris: [],
+      dnsNames: ['web-8.nodes.example'],
+      subject: 'CN=web-8',
+    });
+    writeFileSync(join(tmp.path, 'node8.pem'), node.certificatesPem);
+    writeFileSync(join(tmp.path, 'node8.key'), node.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
+      mode: 0o600,
+    });
+    const popYaml = yaml('pop8', [
+      `node_attestor: { x509pop: { certificate_path: ${tmp.path}/node8.pem, private_key_path: ${tmp.path}/node8.key } }`,
+    ]);
+    let pop = await startAgent(popYaml, { logger: lineLog().logger });
+    agents.push(pop);
+    const used = await joinTokenAgent('revoked-away');
+    const id = pop.manager.id;
+    await server.datastore.createEntry({
+      spiffeId: 'spiffe://example.org/web-8',
+      parentId: id,
+      selectors: [{ type: 'unix', value: `uid:${uid}` }],
+    });
+    assert.ok(!((await fetchNow(pop.socketPath)) instanceof Error));
+    // Both agents hear of the next CA (the server rotates the moment it is activated), then stop;
+    // while they are away the old CA, which signed their SVIDs, is tainted and revoked.
+    await server.authority.prepare('x509');
+    const next = server.authority.nextX509?.certificate;
+    assert.ok(next !== undefined);
+    const knows = (a: RunningAgent) =>
+      a.manager.bundle.x509Authorities.some((c) => c.fingerprint256 === next.fingerprint256);
+    for (const a of [pop, used])
+      for (let i = 0; !knows(a); i++) {
+        assert.ok(i < 100, 'the agent got the prepared CA');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    const old = (await server.authority.list()).find((a) => a.kind === 'x509' && a.status === 'active')
+      ?.id as string;
+    await stop(pop);
+    await stop(used);
+    await server.authority.activate('x509');
+    await server.authority.taint('x509', old);
+    await server.authority.revoke('x509', old);
+
+    // Restarted on its saved state (no join token): its SVID is refused; it attests again and serves.
+    const log = lineLog();
+    pop = await startAgent(popYaml, { logger: log.logger });
+    agents.push(pop);
+    await log.next(/WARN {2}agent: the server no longer trusts this agent's SVID/);
+    await log.next(/INFO {2}agent: attested .*attestor=x509pop/);
+    await log.next(/agent: serving again with a new agent SVID/);
+    const back = await fetchNow(pop.socketPath);
+    assert.ok(!(back instanceof Error), String(back));
+    assert.deepEqual(
+      back.svids.map((s) => s.id.toString()),
+      ['spiffe://example.org/web-8'],
+    );
+
+    const again = await startAgent(yaml('revoked-away'), { logger: lineLog().logger });
+    agents.push(again);
+    const fatal = await again.fatal;
+    assert.equal(fatal.code, 'ERR_ATTESTATION_FAILED');
+    assert.match(
+      fatal.message,
+      /^agent: the server no longer trusts this agent's SVID \(its CA was revoked while the agent was away, or it expired\) \(spiffe:\/\/example\.org\/tessera\/agent\/join_token\/revoked-away\) and it cannot attest again: .*A join token is used once: generate a new one/,
+    );
+  });
+
   it("classifies the agent API's PERMISSION_DENIED about the agent itself; anything else is not a refusal", () => {
     const denied = (details: string) => ({ code: 7, details, metadata: undefined });
     assert.deepEqual(agentRefusalOf(denied('agent API: agent "spiffe://example.org/a" is banned')), {
@@ -280,6 +349,14 @@ describe('a banned or evicted agent', { timeout: 60_000 }, () => {
         ),
       )?.kind,
       'refused',
+    );
+    assert.equal(
+      agentRefusalOf(
+        denied(
+          'tlsconfig: peer refused: x509svid: certificate of "spiffe://example.org/a" does not chain to an authority of trust domain "example.org": its issuer "C=US" is neither a presented intermediate nor a bundle authority',
+        ),
+      )?.kind,
+      'untrusted',
     );
     assert.equal(agentRefusalOf({ code: 14, details: 'No connection established' }), undefined);
     assert.equal(agentRefusalOf(new Error('x')), undefined);

@@ -427,14 +427,15 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
       metrics,
     });
     cleanups.push(() => manager.close());
-    // Evicted (its record deleted on the server): attest again as at first start, else give up.
+    // Evicted (its record deleted on the server), or its SVID no longer trusted (its CA revoked while
+    // it was away): attest again as at first start, else give up.
     let giveUp: (err: TesseraError) => void = () => undefined;
     const fatal = new Promise<TesseraError>((resolve) => {
       giveUp = resolve;
     });
     let stopping = false;
     manager.on('refused', (refusal) => {
-      if (refusal.kind !== 'evicted') return;
+      if (refusal.kind !== 'evicted' && refusal.kind !== 'untrusted') return;
       const id = manager.id;
       void (async () => {
         try {
@@ -443,7 +444,7 @@ export async function startAgent(config: AgentConfig, opts: StartAgentOptions = 
         } catch (err) {
           const why = (err as Error).message.replace(/^agent: /, '');
           const message =
-            `agent: the server evicted this agent (${id}) and it cannot attest again: ${why}` +
+            `agent: ${refusal.kind === 'evicted' ? 'the server evicted this agent' : "the server no longer trusts this agent's SVID (its CA was revoked while the agent was away, or it expired)"} (${id}) and it cannot attest again: ${why}` +
             (nodeAttestorName(config) === 'join_token'
               ? '. A join token is used once: generate a new one on the server (tessera token generate) and start the agent with it (tessera agent run --join-token <token>)'
               : '');

@@ -23,6 +23,11 @@ export function refusalStatus(manager: {
         code: grpc.status.UNAVAILABLE,
         details: `the server evicted this agent (${id}); it is attesting again: retry`,
       };
+    case 'untrusted':
+      return {
+        code: grpc.status.UNAVAILABLE,
+        details: `the server no longer trusts this agent's SVID (${id}: its CA was revoked, or it expired); it is attesting again: retry`,
+      };
     case 'refused':
       return {
         code: grpc.status.PERMISSION_DENIED,
