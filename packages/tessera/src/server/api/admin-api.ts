@@ -26,12 +26,7 @@ import {
 } from '../../gen/tessera/admin/v1/admin_pb.js';
 import type { Bundle, Entry } from '../../gen/tessera/common/v1/types_pb.js';
 import { joinTokenAgentId } from '../attestation/join-token-id.js';
-import {
-  type AuthorityInfo,
-  type AuthorityKind,
-  type AuthorityManager,
-  authorityKeyId,
-} from '../ca/manager.js';
+import type { AuthorityInfo, AuthorityKind, AuthorityManager } from '../ca/manager.js';
 import type { X509Revocations } from '../ca/revocation.js';
 import type {
   AttestedAgent,
@@ -575,7 +570,8 @@ export function createAdminService(deps: AdminServiceDeps): {
         const caller = adminCallerOf(call);
         const id = parseId('spiffe_id', req.spiffeId);
         if (req.csr.length === 0) throw invalid('csr is required (DER PKCS#10, signed by the SVID key)');
-        const issued = authority.x509.issueX509Svid({
+        const ca = authority.x509;
+        const issued = ca.issueX509Svid({
           csr: req.csr,
           spiffeId: id,
           dnsNames: req.dnsNames,
@@ -585,7 +581,7 @@ export function createAdminService(deps: AdminServiceDeps): {
         await ds.recordX509Svids([
           {
             serial: normalizeSerial(issued.serial),
-            authorityId: authorityKeyId(authority.x509.certificate),
+            authorityId: ca.id,
             spiffeId: id.toString(),
             entryId: '',
             expiresAt: issued.expiresAt,

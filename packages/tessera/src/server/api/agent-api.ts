@@ -37,7 +37,7 @@ import {
 import { type Bundle, BundleSchema } from '../../gen/tessera/common/v1/types_pb.js';
 import type { NodeAttestor } from '../attestation/types.js';
 import { isAgentId } from '../attestation/types.js';
-import { type AuthorityManager, authorityKeyId } from '../ca/manager.js';
+import type { AuthorityManager } from '../ca/manager.js';
 import type { SigningPool } from '../ca/signing-pool.js';
 import type { IssuedX509Svid } from '../ca/x509-authority.js';
 import type { AttestedAgent, Datastore, DatastoreChange, RegistrationEntry } from '../datastore/types.js';
@@ -293,23 +293,23 @@ export class AgentApi {
         );
         const issuedAll = await o.signing.issue(authority, toIssue, now);
         // Recorded before any is handed out, so each can be revoked by serial or entry.
-        const authorityId = authorityKeyId(authority.certificate);
-        let k = 0;
-        const records = wanted.flatMap(({ entry }) => {
-          if (entry === undefined) return [];
-          const issued = issuedAll[k++];
-          return issued === undefined || issued instanceof Error
-            ? []
-            : [
-                {
-                  serial: normalizeSerial(issued.serial),
-                  authorityId,
-                  spiffeId: entry.spiffeId,
-                  entryId: entry.id,
-                  expiresAt: issued.expiresAt,
-                },
-              ];
-        });
+        // issuedAll[i] is the SVID of the i-th entitled request, as toIssue listed them.
+        const records = wanted
+          .flatMap(({ entry }) => (entry === undefined ? [] : [entry]))
+          .flatMap((entry, i) => {
+            const issued = issuedAll[i];
+            return issued === undefined || issued instanceof Error
+              ? []
+              : [
+                  {
+                    serial: normalizeSerial(issued.serial),
+                    authorityId: authority.id,
+                    spiffeId: entry.spiffeId,
+                    entryId: entry.id,
+                    expiresAt: issued.expiresAt,
+                  },
+                ];
+          });
         await o.datastore.recordX509Svids(records);
         let next = 0;
         const results = wanted.map(({ p, entry }) => {

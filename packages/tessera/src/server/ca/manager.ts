@@ -167,7 +167,7 @@ export class AuthorityManager {
       };
       if (e.status === 'active') this.#x509.current = slot;
       else this.#x509.next = slot;
-      this.#heldX509.set(authorityKeyId(cert), slot.authority);
+      this.#heldX509.set(slot.authority.id, slot.authority);
     }
     for (const e of journal.jwt) {
       if (e.status === 'old') {
@@ -297,7 +297,7 @@ export class AuthorityManager {
     };
     for (const s of [this.#x509.current, this.#x509.next]) {
       if (s === undefined) continue;
-      const id = authorityKeyId(s.authority.certificate);
+      const id = s.authority.id;
       add({
         kind: 'x509',
         id,
@@ -467,8 +467,7 @@ export class AuthorityManager {
       kind === 'x509' ? [this.#x509.current, this.#x509.next] : [this.#jwt.current, this.#jwt.next];
     for (const s of slots) {
       if (s === undefined) continue;
-      const sid =
-        s.authority instanceof X509Authority ? authorityKeyId(s.authority.certificate) : s.authority.kid;
+      const sid = s.authority instanceof X509Authority ? s.authority.id : s.authority.kid;
       if (sid === id) return s.status;
     }
     return undefined;
@@ -653,9 +652,9 @@ export class AuthorityManager {
       authority,
       window: { issuedAt: now, notAfter: authority.notAfter },
     };
-    this.#heldX509.set(authorityKeyId(authority.certificate), authority);
+    this.#heldX509.set(authority.id, authority);
     for (const hook of this.#prepareHooks) await hook(authority);
-    this.#rotated('x509', 'prepared', authorityKeyId(authority.certificate));
+    this.#rotated('x509', 'prepared', authority.id);
     this.#o.logger?.info?.('ca: prepared X.509 authority', {
       slot,
       notAfter: authority.notAfter.toISOString(),
@@ -668,7 +667,7 @@ export class AuthorityManager {
     const previous = this.#x509.current;
     if (previous !== undefined) this.#retired.push(x509Record(previous, 'old'));
     this.#x509 = { current: { ...next, status: 'active' } };
-    this.#rotated('x509', 'activated', authorityKeyId(next.authority.certificate));
+    this.#rotated('x509', 'activated', next.authority.id);
     this.#o.logger?.info?.('ca: activated X.509 authority', { slot: next.slot });
   }
 
@@ -790,7 +789,7 @@ export class AuthorityManager {
 function x509Record(s: X509Slot, status: Status): Omit<AuthorityRecord, 'tainted' | 'revoked'> {
   return {
     kind: 'x509',
-    id: authorityKeyId(s.authority.certificate),
+    id: s.authority.id,
     status,
     notAfter: s.authority.notAfter,
     certificate: s.authority.certificate.toString(),

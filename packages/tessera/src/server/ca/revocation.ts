@@ -9,7 +9,6 @@ import { normalizeSerial, parseX509Crl, type X509Crl } from '@tessera/spiffe';
 import { TesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { signX509Crl } from '../../common/x509.js';
 import type { Datastore, StoredX509Crl, X509Revocation, X509SvidRecord } from '../datastore/types.js';
-import { authorityKeyId } from './manager.js';
 import type { X509Authority } from './x509-authority.js';
 
 /** What the revocation manager needs of the authority manager. */
@@ -67,7 +66,7 @@ export class X509Revocations {
       // A new authority has a CRL before it signs anything: a verifier that checks CRLs (Envoy)
       // refuses a certificate whose issuer has none.
       this.#o.authority.onPrepareX509(async (authority) => {
-        const crl = await this.#resign(authorityKeyId(authority.certificate));
+        const crl = await this.#resign(authority.id);
         if (crl === undefined) throw new Error('ca: the new X.509 authority has no CRL; preparing it again');
       }),
     );

@@ -24,6 +24,7 @@ import { parseTrustDomain, parseX509SvidRaw, verifyX509Svid, X509Bundle } from '
 import { createCsr, generateKey, type KeyType, makeTempDir, type TempDir } from '@tessera/testkit';
 import { isTesseraError, TesseraErrorCode } from '../../common/errors.js';
 import { parseCsr } from './csr.js';
+import { authorityKeyId } from './manager.js';
 import { BACKDATE_MS, type CaKeyType, X509Authority } from './x509-authority.js';
 
 const td = parseTrustDomain('example.org');
@@ -163,6 +164,18 @@ describe('X509Authority', () => {
     assert.deepEqual(Buffer.from(aki.keyIdentifier!.buffer), caSki, 'AKI is the CA’s SKI');
     assert.equal(cert.tbsCertificate.version, 2);
     assert.ok(new X509Certificate(chainDer[0]!).verify(ca.certificate.publicKey));
+  });
+
+  it('is known by its subject key ID, as the authority manager names it', () => {
+    const ca = X509Authority.createSelfSigned({
+      trustDomain: td,
+      keyType: 'ec-p256',
+      ttlMs: HOUR,
+      subject: { country: 'US', organization: 'SPIFFE' },
+      now: new Date(),
+    });
+    assert.equal(ca.id, authorityKeyId(ca.certificate));
+    assert.match(ca.id, /^[0-9a-f]{40}$/);
   });
 
   it('caps the TTL at the CA’s own expiry', () => {

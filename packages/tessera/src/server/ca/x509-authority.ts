@@ -136,6 +136,8 @@ export class X509Authority {
   readonly trustDomain: TrustDomain;
   readonly certificate: X509Certificate;
   readonly privateKey: KeyObject;
+  /** The subject key ID (hex) the authority is known by: authorityKeyId(certificate), computed once. */
+  readonly id: string;
   /** Upstream intermediates between this CA and the root, when an upstream authority signed it. */
   readonly upstreamChain: readonly X509Certificate[];
   readonly #issuer: { name: ReturnType<typeof subjectName>; privateKey: KeyObject; keyId: ArrayBuffer };
@@ -161,6 +163,7 @@ export class X509Authority {
       privateKey,
       keyId: keyIdentifier(spkiOf(certificate.publicKey)),
     };
+    this.id = Buffer.from(this.#issuer.keyId).toString('hex');
     this.#notAfter = new Date(certificate.validTo).getTime();
     const selfSigned =
       certificate.subject === certificate.issuer && certificate.verify(certificate.publicKey);
