@@ -165,6 +165,8 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
   #crls: readonly X509Crl[] = [];
   /** A digest of #crls, for change keys. */
   #crlsKey = '';
+  /** #crls as PEM (what SDS sends), encoded once per change. */
+  #crlsPem: Uint8Array = new Uint8Array(0);
   readonly #rotation: ServerRotation;
   #client: ServerClient;
   /** A failover is looking the servers up again; further failures of the old server are the same one. */
@@ -235,6 +237,11 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
   /** Changes whenever the CRLs do (a digest of them). */
   get crlsKey(): string {
     return this.#crlsKey;
+  }
+
+  /** The CRLs as concatenated PEM blocks (empty when there are none). */
+  get crlsPem(): Uint8Array {
+    return this.#crlsPem;
   }
 
   /** Federated bundles the node's entries federate with, by trust domain name. */
@@ -617,6 +624,7 @@ export class AgentManager extends EventEmitter<{ update: []; refused: [AgentRefu
     if (key === this.#crlsKey) return false;
     this.#crls = crls;
     this.#crlsKey = key;
+    this.#crlsPem = Buffer.from(crls.map((c) => c.toPem()).join(''));
     const revoked: string[] = [];
     for (const [id, c] of this.#svids) {
       const serial = c.svid.certificates[0]?.serialNumber;

@@ -92,7 +92,7 @@ function viewOf(manager: AgentManager, entries: readonly Entry[], selectors: rea
   const federated = new Set(entries.flatMap((e) => e.federatesWith));
   return {
     svids: manager.svidsFor(selectors),
-    crls: { pem: Buffer.from(manager.crls.map((c) => c.toPem()).join('')), key: manager.crlsKey },
+    crls: { pem: manager.crlsPem, key: manager.crlsKey },
     bundles: [
       manager.bundle,
       ...[...federated].flatMap((td) => {
