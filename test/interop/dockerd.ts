@@ -9,7 +9,8 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync } from '
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { INTEROP_DIR, onPath, suiteUnavailable } from './verdicts.js';
+import { onPath, suiteUnavailable } from '@tessera/testkit';
+import { INTEROP_DIR } from './verdicts.js';
 
 /** go-spiffe's workload peer built with CGO_ENABLED=0: it runs in a container with no libc. */
 export const GO_STATIC_BINARY = join(INTEROP_DIR, 'go', 'bin', 'interop-static');

@@ -36,6 +36,7 @@ import {
   makeTempDir,
   type PostgresCluster,
   startPostgres,
+  suiteUnavailable,
   type TempDir,
 } from '@tessera/testkit';
 import {
@@ -44,7 +45,6 @@ import {
   type TesseraProcess,
   waitForLogCount,
 } from '../e2e/tessera-process.js';
-import { suiteUnavailable } from './verdicts.js';
 
 const run = promisify(execFile);
 const quiet = createLogger({ level: 'error', write: () => undefined });

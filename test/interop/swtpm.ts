@@ -6,8 +6,7 @@ import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { freePort } from '@tessera/testkit';
-import { onPath, suiteUnavailable } from './verdicts.js';
+import { freePort, onPath, suiteUnavailable } from '@tessera/testkit';
 
 /** What the TPM suite runs: swtpm and its set-up tools, and the tpm2-tools the agent drives. */
 export const TPM_PROGRAMS = [

@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { onPath, suiteUnavailable } from './verdicts.js';
+import { onPath, suiteUnavailable } from '@tessera/testkit';
 
 export const SYSTEMD = '/lib/systemd/systemd';
 

@@ -2,12 +2,10 @@
  * Verdicts: ours (from the `spiffe` package) and the reference peers' (go-spiffe and py-spiffe,
  * run as child processes), in one shape so they can be compared vector by vector.
  */
-import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
-import { test } from 'node:test';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import {
@@ -22,6 +20,7 @@ import {
   verifyX509Svid,
   X509BundleSet,
 } from '@tessera/spiffe';
+import { suiteUnavailable } from '@tessera/testkit';
 import { certificateDersFromPem, type Vector, type Verdict } from './vectors.js';
 
 const run = promisify(execFile);
@@ -45,36 +44,6 @@ export function interopUnavailable(suite: string, needs: readonly string[] = [])
     `reference peers not built (missing ${missing.join(', ')}); run test/interop/setup.sh`,
     'interop reference peers are built',
   );
-}
-
-/** True when `program` is an executable file in a directory of PATH. */
-export function onPath(program: string): boolean {
-  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
-    try {
-      accessSync(join(dir, program), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-/**
- * Skips `suite` loudly because of `hint` (what is missing and how to get it), or, with
- * TESSERA_REQUIRE_INTEROP=1, registers a failing test named `requirement`. Returns true.
- */
-export function suiteUnavailable(suite: string, hint: string, requirement: string): true {
-  if (process.env.TESSERA_REQUIRE_INTEROP === '1') {
-    test(`${requirement} (${suite})`, () => {
-      assert.fail(`${hint} (TESSERA_REQUIRE_INTEROP=1 makes this a failure)`);
-    });
-  } else {
-    console.warn(
-      `*** INTEROP SUITE SKIPPED (${suite}): ${hint}; set TESSERA_REQUIRE_INTEROP=1 to make this a failure. ***`,
-    );
-    test(`${suite}`, { skip: hint }, () => {});
-  }
-  return true;
 }
 
 /** What is missing for the peers to run; empty when both are set up. */

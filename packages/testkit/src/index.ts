@@ -10,6 +10,7 @@ export {
   startPostgres,
 } from './postgres.js';
 export { makeTempDir, type TempDir } from './tmp.js';
+export { onPath, suiteUnavailable } from './unavailable.js';
 export {
   type CaOptions,
   type CertificateOptions,
