@@ -147,9 +147,9 @@ describe('the code cache of the command line bundle', () => {
     assert.equal(m.name, 'daemon');
   });
 
-  it('the command line runs from the cache that npm run build made beside its bundle, and writes nothing', async (t) => {
+  it('the command line runs from the cache that npm run build made beside its bundle, and writes nothing', async () => {
     const bundle = fileURLToPath(new URL('./tessera.bundle.cjs', import.meta.url));
-    if (!existsSync(bundle)) return t.skip('no bundle: scripts/bundle-cli.mjs has not run');
+    assert.ok(existsSync(bundle), `no ${bundle}: run npm run build (scripts/bundle-cli.mjs makes it)`);
     const cacheHome = join(tmp.path, 'xdg');
     const bin = fileURLToPath(new URL('../../bin/tessera.js', import.meta.url));
     const r = await new Promise<{ code: number | null; stdout: string }>((resolve) =>
