@@ -88,6 +88,20 @@ describe('a banned or evicted agent', { timeout: 60_000 }, () => {
         ...extra,
       ].join('\n'),
     );
+  /** The configuration of agent `name` attesting with x509pop as node `host` (its certificate and key written now). */
+  const x509popAgent = (name: string, host: string) => {
+    const node = nodeCa.issueCertificate({
+      uris: [],
+      dnsNames: [`${host}.nodes.example`],
+      subject: `CN=${host}`,
+    });
+    const [cert, key] = [join(tmp.path, `${host}.pem`), join(tmp.path, `${host}.key`)];
+    writeFileSync(cert, node.certificatesPem);
+    writeFileSync(key, node.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    return yaml(name, [
+      `node_attestor: { x509pop: { certificate_path: ${cert}, private_key_path: ${key} } }`,
+    ]);
+  };
   /** A join-token agent `name` with an entry for this process's uid; resolves once a workload has its SVID. */
   const joinTokenAgent = async (name: string, logger = lineLog().logger) => {
     const token = `refusal-token-${name}-${tokens++}-0123456789`;
@@ -196,22 +210,8 @@ describe('a banned or evicted agent', { timeout: 60_000 }, () => {
   });
 
   it('evicted, with an attestor that can attest again (x509pop): it attests again and its workloads get their SVIDs back', async () => {
-    const node = nodeCa.issueCertificate({
-      uris: [],
-      dnsNames: ['web-9.nodes.example'],
-      subject: 'CN=web-9',
-    });
-    writeFileSync(join(tmp.path, 'node9.pem'), node.certificatesPem);
-    writeFileSync(join(tmp.path, 'node9.key'), node.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
-      mode: 0o600,
-    });
     const log = lineLog();
-    const agent = await startAgent(
-      yaml('pop', [
-        `node_attestor: { x509pop: { certificate_path: ${tmp.path}/node9.pem, private_key_path: ${tmp.path}/node9.key } }`,
-      ]),
-      { logger: log.logger },
-    );
+    const agent = await startAgent(x509popAgent('pop', 'web-9'), { logger: log.logger });
     agents.push(agent);
     const id = agent.manager.id;
     await server.datastore.createEntry({
@@ -260,18 +260,7 @@ describe('a banned or evicted agent', { timeout: 60_000 }, () => {
   it('its CA revoked while it was stopped: an x509pop agent attests again; a join-token agent stops, saying how to give it a new token', {
     timeout: 60_000,
   }, async () => {
-    const node = nodeCa.issueCertificate({
-      uris: [],
-      dnsNames: ['web-8.nodes.example'],
-      subject: 'CN=web-8',
-    });
-    writeFileSync(join(tmp.path, 'node8.pem'), node.certificatesPem);
-    writeFileSync(join(tmp.path, 'node8.key'), node.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
-      mode: 0o600,
-    });
-    const popYaml = yaml('pop8', [
-      `node_attestor: { x509pop: { certificate_path: ${tmp.path}/node8.pem, private_key_path: ${tmp.path}/node8.key } }`,
-    ]);
+    const popYaml = x509popAgent('pop8', 'web-8');
     let pop = await startAgent(popYaml, { logger: lineLog().logger });
     agents.push(pop);
     const used = await joinTokenAgent('revoked-away');
